@@ -1,0 +1,92 @@
+"""The model registry: ``register_model`` + ``create_spec`` (after timm's create_model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from cifarbench.errors import UsageError, unknown_name
+from cifarbench.models.spec import BatchNorm, Conv, Linear, ModelSpec
+
+Builder = Callable[[int, int, int], ModelSpec]  # (in_channels, image_size, num_classes) -> spec
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Builder
+    description: str
+    origin: str  # which seed project it comes from, or "cifarbench"
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, description: str, origin: str = "cifarbench"):
+    def deco(fn: Builder) -> Builder:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} registered twice")
+        _MODELS[name] = ModelEntry(name, fn, description, origin)
+        return fn
+
+    return deco
+
+
+def _ensure_zoo() -> None:
+    # Importing the zoo modules runs their @register_model decorators.
+    from cifarbench.models import zoo  # noqa: F401
+
+
+def list_models() -> list[ModelEntry]:
+    _ensure_zoo()
+    return [_MODELS[k] for k in sorted(_MODELS)]
+
+
+def model_names() -> list[str]:
+    return [m.name for m in list_models()]
+
+
+def create_spec(name: str, in_channels: int = 3, image_size: int = 32, num_classes: int = 10) -> ModelSpec:
+    _ensure_zoo()
+    if name not in _MODELS:
+        raise unknown_name("model", name, list(_MODELS))
+    if in_channels not in (1, 3):
+        raise UsageError(f"in_channels must be 1 or 3, got {in_channels}")
+    if num_classes < 2:
+        raise UsageError(f"num_classes must be at least 2, got {num_classes}")
+    return _MODELS[name].builder(in_channels, image_size, num_classes)
+
+
+def init_params(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    """Initial weights and buffers in canonical layout, float32, the same on every backend.
+
+    Conv and linear layers use PyTorch's default init (kaiming-uniform with a=sqrt(5), i.e.
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias); BN starts at weight 1, bias 0,
+    running mean 0, running var 1. Drawing them once here (rather than in each framework) makes
+    a run start from the same point whichever backend trains it.
+    """
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for layer in spec.param_layers():
+        if isinstance(layer, BatchNorm):
+            out[f"{layer.name}.weight"] = np.ones(layer.ch, np.float32)
+            out[f"{layer.name}.bias"] = np.zeros(layer.ch, np.float32)
+            out[f"{layer.name}.running_mean"] = np.zeros(layer.ch, np.float32)
+            out[f"{layer.name}.running_var"] = np.ones(layer.ch, np.float32)
+            continue
+        if isinstance(layer, Conv):
+            wshape = (layer.cout, layer.cin, layer.k, layer.k)
+            fan_in = layer.cin * layer.k * layer.k
+            nbias = layer.cout
+        else:
+            assert isinstance(layer, Linear)
+            wshape = (layer.fout, layer.fin)
+            fan_in = layer.fin
+            nbias = layer.fout
+        bound = 1.0 / np.sqrt(fan_in)
+        out[f"{layer.name}.weight"] = rng.uniform(-bound, bound, wshape).astype(np.float32)
+        if layer.bias:
+            out[f"{layer.name}.bias"] = rng.uniform(-bound, bound, nbias).astype(np.float32)
+    return out

@@ -1,0 +1,169 @@
+"""Architectures as data.
+
+A model is a tree of small frozen dataclasses. Every backend walks the same tree with its own
+primitives, so there is one definition of each model (DESIGN.md, principle 1).
+
+Conventions every backend follows:
+- parameter names are given in full on each layer (``layer2.0.conv1``), and a layer owns the
+  tensors ``<name>.weight`` / ``<name>.bias`` (BN also ``running_mean`` / ``running_var``);
+- canonical layouts are PyTorch's: conv weight OIHW, linear weight (out, in);
+- ``Flatten`` flattens in C, H, W order (a channels-last backend transposes to NCHW first),
+  so linear weights after a flatten are portable between backends;
+- ``Group`` and ``Residual`` names are capture points: ``forward(x, capture=...)`` can return
+  their outputs (used by ``cifarbench activations``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Union
+
+
+@dataclass(frozen=True)
+class Conv:
+    name: str
+    cin: int
+    cout: int
+    k: int
+    stride: int = 1
+    pad: int = 0
+    bias: bool = True
+
+
+@dataclass(frozen=True)
+class BatchNorm:
+    name: str
+    ch: int
+    eps: float = 1e-5
+    momentum: float = 0.1  # PyTorch convention: new = (1 - m) * old + m * batch
+
+
+@dataclass(frozen=True)
+class Linear:
+    name: str
+    fin: int
+    fout: int
+    bias: bool = True
+
+
+@dataclass(frozen=True)
+class ReLU:
+    slope: float = 0.0  # > 0 means leaky ReLU
+
+
+@dataclass(frozen=True)
+class MaxPool:
+    k: int = 2
+    stride: int = 2
+
+
+@dataclass(frozen=True)
+class AvgPool:
+    k: int = 2
+    stride: int = 2
+
+
+@dataclass(frozen=True)
+class GlobalAvgPool:
+    """Mean over H and W: (N, C, H, W) -> (N, C)."""
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """(N, C, H, W) -> (N, C*H*W) in C, H, W order."""
+
+
+@dataclass(frozen=True)
+class Dropout:
+    p: float
+
+
+@dataclass(frozen=True)
+class Group:
+    """A named sequence; its output is a capture point."""
+
+    name: str
+    layers: tuple["Layer", ...]
+
+
+@dataclass(frozen=True)
+class Residual:
+    """out = body(x) + shortcut(x) (identity when shortcut is empty), then ReLU if relu_after."""
+
+    name: str
+    body: tuple["Layer", ...]
+    shortcut: tuple["Layer", ...] = ()
+    relu_after: bool = True
+
+
+Layer = Union[Conv, BatchNorm, Linear, ReLU, MaxPool, AvgPool, GlobalAvgPool, Flatten, Dropout, Group, Residual]
+PARAM_LAYERS = (Conv, BatchNorm, Linear)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    layers: tuple[Layer, ...]
+    in_channels: int
+    image_size: int
+    num_classes: int
+    capture_points: tuple[str, ...] = field(default=())  # the four depths `activations` shows
+
+    def param_layers(self) -> Iterator[Union[Conv, BatchNorm, Linear]]:
+        yield from iter_param_layers(self.layers)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Trainable tensors in canonical order and layout."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for layer in self.param_layers():
+            shapes.update(layer_param_shapes(layer))
+        return shapes
+
+    def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Non-trainable state (BN running statistics)."""
+        return {
+            f"{bn.name}.{buf}": (bn.ch,)
+            for bn in self.param_layers()
+            if isinstance(bn, BatchNorm)
+            for buf in ("running_mean", "running_var")
+        }
+
+    def num_params(self) -> int:
+        total = 0
+        for shape in self.param_shapes().values():
+            n = 1
+            for d in shape:
+                n *= d
+            total += n
+        return total
+
+
+def iter_layers(layers: tuple[Layer, ...]) -> Iterator[Layer]:
+    """Every layer of a tree, depth first, containers included."""
+    for layer in layers:
+        yield layer
+        if isinstance(layer, Group):
+            yield from iter_layers(layer.layers)
+        elif isinstance(layer, Residual):
+            yield from iter_layers(layer.body)
+            yield from iter_layers(layer.shortcut)
+
+
+def iter_param_layers(layers: tuple[Layer, ...]) -> Iterator[Union[Conv, BatchNorm, Linear]]:
+    for layer in iter_layers(layers):
+        if isinstance(layer, PARAM_LAYERS):
+            yield layer
+
+
+def layer_param_shapes(layer: Union[Conv, BatchNorm, Linear]) -> dict[str, tuple[int, ...]]:
+    if isinstance(layer, Conv):
+        out = {f"{layer.name}.weight": (layer.cout, layer.cin, layer.k, layer.k)}
+        if layer.bias:
+            out[f"{layer.name}.bias"] = (layer.cout,)
+        return out
+    if isinstance(layer, BatchNorm):
+        return {f"{layer.name}.weight": (layer.ch,), f"{layer.name}.bias": (layer.ch,)}
+    out = {f"{layer.name}.weight": (layer.fout, layer.fin)}
+    if layer.bias:
+        out[f"{layer.name}.bias"] = (layer.fout,)
+    return out
