@@ -1,3 +1,3 @@
 """Every registered architecture; importing this package registers them all."""
 
-from cifarbench.models.zoo import cnn, resnet  # noqa: F401
+from cifarbench.models.zoo import cifar_resnet, cnn, cvet, definfo, lenet, menz, resnet  # noqa: F401

@@ -1,0 +1,152 @@
+"""Activations, pooling, linear, dropout and flatten, channels-last (NHWC), forward + backward.
+
+Each forward returns its output and the cache its backward needs; each backward maps the
+upstream gradient ``dy`` to ``dx`` (and parameter gradients where there are parameters).
+"""
+
+from __future__ import annotations
+
+from cifarbench.backends.numpy_backend.arrays import array_module
+
+# ----- ReLU / leaky ReLU: y = x if x > 0 else slope * x;  dx = dy * (1 if x > 0 else slope) --
+
+
+def relu_forward(x, slope: float = 0.0, inplace: bool = False):
+    """Returns (y, mask) with mask = x > 0 (a boolean, a quarter of the memory of y)."""
+    xp = array_module(x)
+    mask = x > 0
+    if slope == 0.0:
+        y = x if inplace else xp.empty_like(x)
+        xp.maximum(x, 0, out=y)
+    else:
+        y = xp.where(mask, x, x * slope)
+    return y, mask
+
+
+def relu_backward(dy, mask, slope: float = 0.0):
+    xp = array_module(dy)
+    if slope == 0.0:
+        return dy * mask
+    return xp.where(mask, dy, dy * slope)
+
+
+# ----- pooling over k x k windows with stride s: one strided view per window tap -----------
+
+
+def _pool_out(size: int, k: int, s: int) -> int:
+    return (size - k) // s + 1
+
+
+def _tap(x, i: int, j: int, ho: int, wo: int, s: int):
+    """The view of x that window tap (i, j) reads for every output pixel."""
+    return x[:, i : i + s * ho : s, j : j + s * wo : s, :]
+
+
+def maxpool_forward(x, k: int, s: int):
+    """y = max over each window; cache = index of the first maximal tap (PyTorch's tie rule)."""
+    xp = array_module(x)
+    n, h, w, c = x.shape
+    ho, wo = _pool_out(h, k, s), _pool_out(w, k, s)
+    y = xp.array(_tap(x, 0, 0, ho, wo, s))
+    arg = xp.zeros(y.shape, dtype=xp.uint8)
+    for t in range(1, k * k):
+        v = _tap(x, t // k, t % k, ho, wo, s)
+        better = v > y
+        xp.copyto(y, v, where=better)
+        xp.copyto(arg, t, where=better)
+    return y, (arg, x.shape)
+
+
+def maxpool_backward(dy, cache, k: int, s: int):
+    """The gradient goes to the one tap that won each window."""
+    xp = array_module(dy)
+    arg, x_shape = cache
+    ho, wo = dy.shape[1], dy.shape[2]
+    dx = xp.zeros(x_shape, dtype=dy.dtype)
+    for t in range(k * k):
+        _tap(dx, t // k, t % k, ho, wo, s)[...] += dy * (arg == t)
+    return dx
+
+
+def avgpool_forward(x, k: int, s: int):
+    """y = mean over each k x k window (no padding)."""
+    xp = array_module(x)
+    n, h, w, c = x.shape
+    ho, wo = _pool_out(h, k, s), _pool_out(w, k, s)
+    y = xp.zeros((n, ho, wo, c), dtype=x.dtype)
+    for t in range(k * k):
+        y += _tap(x, t // k, t % k, ho, wo, s)
+    y *= 1.0 / (k * k)
+    return y
+
+
+def avgpool_backward(dy, x_shape, k: int, s: int):
+    """Each input pixel gets dy / k^2 from every window it belongs to."""
+    xp = array_module(dy)
+    ho, wo = dy.shape[1], dy.shape[2]
+    dx = xp.zeros(x_shape, dtype=dy.dtype)
+    g = dy * (1.0 / (k * k))
+    for t in range(k * k):
+        _tap(dx, t // k, t % k, ho, wo, s)[...] += g
+    return dx
+
+
+def global_avgpool_forward(x):
+    """(N, H, W, C) -> (N, C): mean over H and W."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h * w, c).mean(axis=1)
+
+
+def global_avgpool_backward(dy, x_shape):
+    xp = array_module(dy)
+    n, h, w, c = x_shape
+    g = dy * (1.0 / (h * w))
+    return xp.broadcast_to(g[:, None, None, :], x_shape).copy()
+
+
+# ----- linear: y = x @ W.T + b;  dx = dy @ W, dW = dy.T @ x, db = sum_rows dy ----------------
+
+
+def linear_forward(x, w, b):
+    y = x @ w.T
+    if b is not None:
+        y += b
+    return y
+
+
+def linear_backward(dy, x, w, need_dx: bool = True, has_bias: bool = True):
+    dw = dy.T @ x
+    db = dy.sum(axis=0) if has_bias else None
+    dx = dy @ w if need_dx else None
+    return dx, dw, db
+
+
+# ----- dropout (inverted): keep with probability 1 - p and scale by 1 / (1 - p) -------------
+
+
+def dropout_forward(x, p: float, rng):
+    """rng: a numpy/cupy Generator. Returns (y, scaled mask); the mask is dy's multiplier too."""
+    keep = rng.random(x.shape, dtype=x.dtype) >= p
+    mask = keep.astype(x.dtype)
+    mask *= 1.0 / (1.0 - p)
+    return x * mask, mask
+
+
+def dropout_backward(dy, mask):
+    return dy * mask
+
+
+# ----- flatten in C, H, W order (the canonical order, so linear weights are portable) ------
+
+
+def flatten_forward(x):
+    """(N, H, W, C) channels-last -> (N, C*H*W) in C, H, W order."""
+    xp = array_module(x)
+    n = x.shape[0]
+    return xp.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(n, -1)
+
+
+def flatten_backward(dy, x_shape):
+    xp = array_module(dy)
+    n, h, w, c = x_shape
+    return xp.ascontiguousarray(dy.reshape(n, c, h, w).transpose(0, 2, 3, 1))

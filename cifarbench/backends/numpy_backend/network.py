@@ -1,0 +1,259 @@
+"""A model spec turned into a tree of nodes that run forward and backward by hand.
+
+Each node's ``forward`` keeps what its ``backward`` needs (the cache) on the node itself, so
+one forward must be followed by at most one backward. Parameters live in ``Net.params``
+(internal layout: conv OHWI, everything else canonical), gradients land in ``Net.grads``.
+
+Activations flow channels-last (NHWC); the network input is converted from NCHW once.
+"""
+
+from __future__ import annotations
+
+from cifarbench.backends.numpy_backend import conv, layers, norm
+from cifarbench.backends.numpy_backend.arrays import Workspace
+from cifarbench.models import spec as S
+
+
+class Net:
+    """Shared state of one model: parameters, buffers, gradients, scratch, RNG, mode flags."""
+
+    def __init__(self, model_spec: S.ModelSpec, xp, dtype):
+        self.spec = model_spec
+        self.xp = xp
+        self.dtype = dtype
+        self.params: dict[str, object] = {}
+        self.buffers: dict[str, object] = {}
+        self.grads: dict[str, object] = {}
+        self.ws = Workspace()
+        self.rng = xp.random.default_rng(0)
+        self.train = False
+        self.dropout = True
+        self.captures: dict[str, object] = {}
+        self.capture_names: frozenset[str] = frozenset()
+        self.root = Seq(None, model_spec.layers, need_dx=False, owned=False)
+
+    def forward(self, x_nhwc, train: bool, dropout: bool = True, capture=()):
+        self.train, self.dropout = train, dropout
+        self.capture_names = frozenset(capture)
+        self.captures = {}
+        return self.root.forward(x_nhwc, self)
+
+    def backward(self, dlogits) -> None:
+        self.root.backward(dlogits, self)
+
+
+class Seq:
+    """A sequence of layers (the model, a Group, a residual branch); a named one is a capture point."""
+
+    def __init__(self, name, specs, need_dx: bool, owned: bool):
+        self.name = name
+        self.nodes = []
+        for i, s in enumerate(specs):
+            # Only the first node sees the sequence's input: it may need no dx (model input)
+            # and must not overwrite it (a residual input is read by both branches). A
+            # dropout may hand its input through unchanged, so it passes ownership on as is.
+            self.nodes.append(make_node(s, need_dx or i > 0, owned))
+            owned = owned if isinstance(s, S.Dropout) else True
+
+    def forward(self, x, net: Net):
+        for node in self.nodes:
+            x = node.forward(x, net)
+        if self.name is not None and self.name in net.capture_names:
+            net.captures[self.name] = x.copy()
+        return x
+
+    def backward(self, dy, net: Net):
+        for node in reversed(self.nodes):
+            dy = node.backward(dy, net)
+            if dy is None:
+                break
+        return dy
+
+
+class ConvNode:
+    def __init__(self, s: S.Conv, need_dx: bool):
+        self.s, self.need_dx = s, need_dx
+
+    def forward(self, x, net):
+        self.x = x
+        b = net.params.get(f"{self.s.name}.bias")
+        return conv.conv2d_forward(x, net.params[f"{self.s.name}.weight"], b, self.s.stride, self.s.pad, net.ws)
+
+    def backward(self, dy, net):
+        s = self.s
+        dx, dw, db = conv.conv2d_backward(
+            dy, self.x, net.params[f"{s.name}.weight"], s.stride, s.pad, net.ws, self.need_dx, s.bias
+        )
+        net.grads[f"{s.name}.weight"] = dw
+        if s.bias:
+            net.grads[f"{s.name}.bias"] = db
+        self.x = None
+        return dx
+
+
+class BatchNormNode:
+    def __init__(self, s: S.BatchNorm):
+        self.s = s
+
+    def forward(self, x, net):
+        n = self.s.name
+        gamma, beta = net.params[f"{n}.weight"], net.params[f"{n}.bias"]
+        rm, rv = net.buffers[f"{n}.running_mean"], net.buffers[f"{n}.running_var"]
+        if not net.train:
+            return norm.batchnorm_eval_forward(x, gamma, beta, rm, rv, self.s.eps)
+        y, self.cache, mean, var = norm.batchnorm_train_forward(x, gamma, beta, self.s.eps)
+        norm.update_running(rm, rv, mean, var, x.size // x.shape[-1], self.s.momentum)
+        return y
+
+    def backward(self, dy, net):
+        n = self.s.name
+        dx, net.grads[f"{n}.weight"], net.grads[f"{n}.bias"] = norm.batchnorm_backward(
+            dy, self.cache, net.params[f"{n}.weight"]
+        )
+        self.cache = None
+        return dx
+
+
+class ReLUNode:
+    def __init__(self, s: S.ReLU, owned: bool):
+        self.slope, self.owned = s.slope, owned
+
+    def forward(self, x, net):
+        y, self.mask = layers.relu_forward(x, self.slope, inplace=self.owned)
+        return y
+
+    def backward(self, dy, net):
+        return layers.relu_backward(dy, self.mask, self.slope)
+
+
+class MaxPoolNode:
+    def __init__(self, s: S.MaxPool):
+        self.k, self.st = s.k, s.stride
+
+    def forward(self, x, net):
+        y, self.cache = layers.maxpool_forward(x, self.k, self.st)
+        return y
+
+    def backward(self, dy, net):
+        return layers.maxpool_backward(dy, self.cache, self.k, self.st)
+
+
+class AvgPoolNode:
+    def __init__(self, s: S.AvgPool):
+        self.k, self.st = s.k, s.stride
+
+    def forward(self, x, net):
+        self.shape = x.shape
+        return layers.avgpool_forward(x, self.k, self.st)
+
+    def backward(self, dy, net):
+        return layers.avgpool_backward(dy, self.shape, self.k, self.st)
+
+
+class GlobalAvgPoolNode:
+    def forward(self, x, net):
+        self.shape = x.shape
+        return layers.global_avgpool_forward(x)
+
+    def backward(self, dy, net):
+        return layers.global_avgpool_backward(dy, self.shape)
+
+
+class FlattenNode:
+    def forward(self, x, net):
+        self.shape = x.shape
+        return layers.flatten_forward(x)
+
+    def backward(self, dy, net):
+        return layers.flatten_backward(dy, self.shape)
+
+
+class LinearNode:
+    def __init__(self, s: S.Linear, need_dx: bool):
+        self.s, self.need_dx = s, need_dx
+
+    def forward(self, x, net):
+        self.x = x
+        return layers.linear_forward(x, net.params[f"{self.s.name}.weight"], net.params.get(f"{self.s.name}.bias"))
+
+    def backward(self, dy, net):
+        s = self.s
+        dx, dw, db = layers.linear_backward(dy, self.x, net.params[f"{s.name}.weight"], self.need_dx, s.bias)
+        net.grads[f"{s.name}.weight"] = dw
+        if s.bias:
+            net.grads[f"{s.name}.bias"] = db
+        self.x = None
+        return dx
+
+
+class DropoutNode:
+    def __init__(self, s: S.Dropout):
+        self.p = s.p
+
+    def forward(self, x, net):
+        self.mask = None
+        if not (net.train and net.dropout) or self.p == 0.0:
+            return x
+        y, self.mask = layers.dropout_forward(x, self.p, net.rng)
+        return y
+
+    def backward(self, dy, net):
+        return dy if self.mask is None else layers.dropout_backward(dy, self.mask)
+
+
+class ResidualNode:
+    """out = body(x) + shortcut(x), then ReLU if relu_after."""
+
+    def __init__(self, s: S.Residual, need_dx: bool):
+        self.name = s.name
+        self.body = Seq(None, s.body, need_dx, owned=False)
+        self.shortcut = Seq(None, s.shortcut, need_dx, owned=False) if s.shortcut else None
+        self.relu = ReLUNode(S.ReLU(), owned=True) if s.relu_after else None
+        self.need_dx = need_dx
+
+    def forward(self, x, net):
+        out = self.body.forward(x, net)
+        if out is x:  # a body of dropouts only, in eval mode
+            out = out.copy()
+        out += self.shortcut.forward(x, net) if self.shortcut else x
+        if self.relu:
+            out = self.relu.forward(out, net)
+        if self.name in net.capture_names:
+            net.captures[self.name] = out.copy()
+        return out
+
+    def backward(self, dy, net):
+        if self.relu:
+            dy = self.relu.backward(dy, net)
+        dx = self.body.backward(dy, net)
+        dskip = self.shortcut.backward(dy, net) if self.shortcut else dy
+        if not self.need_dx:
+            return None
+        dx += dskip
+        return dx
+
+
+def make_node(s, need_dx: bool, owned: bool):
+    if isinstance(s, S.Conv):
+        return ConvNode(s, need_dx)
+    if isinstance(s, S.BatchNorm):
+        return BatchNormNode(s)
+    if isinstance(s, S.ReLU):
+        return ReLUNode(s, owned)
+    if isinstance(s, S.MaxPool):
+        return MaxPoolNode(s)
+    if isinstance(s, S.AvgPool):
+        return AvgPoolNode(s)
+    if isinstance(s, S.GlobalAvgPool):
+        return GlobalAvgPoolNode()
+    if isinstance(s, S.Flatten):
+        return FlattenNode()
+    if isinstance(s, S.Linear):
+        return LinearNode(s, need_dx)
+    if isinstance(s, S.Dropout):
+        return DropoutNode(s)
+    if isinstance(s, S.Group):
+        return Seq(s.name, s.layers, need_dx, owned)
+    if isinstance(s, S.Residual):
+        return ResidualNode(s, need_dx)
+    raise TypeError(f"numpy backend: unsupported layer {type(s).__name__}")

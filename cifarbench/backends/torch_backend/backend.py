@@ -1,0 +1,252 @@
+"""TorchBackend: the Backend contract on PyTorch (CUDA, MPS, CPU)."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import sys
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cifarbench.backends.base import Backend, EpochStats, OptimConfig, TrainOptions
+from cifarbench.backends.torch_backend.data import DeviceData
+from cifarbench.backends.torch_backend.net import IGNORED_SUFFIXES, Dropper, SpecNet, canonical_tensors
+from cifarbench.backends.torch_backend.optim import export_state, import_state, make_optimizer, set_hyper
+from cifarbench.errors import BackendUnavailable, CheckpointError, UsageError
+from cifarbench.models.spec import Group, ModelSpec, Residual, iter_layers
+
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# channels_last pays off with cuDNN tensor cores; on this CPU build it measured slower (see report), on MPS it is untested.
+CHANNELS_LAST_DEFAULT = {"cuda": True, "mps": False, "cpu": False}
+
+
+def _mps_reason() -> str | None:
+    if sys.platform != "darwin" or platform.machine() != "arm64":
+        return "MPS needs macOS on Apple silicon"
+    if not torch.backends.mps.is_built():
+        return "this torch build has no MPS support"
+    if not torch.backends.mps.is_available():
+        return "torch.backends.mps.is_available() is False (needs macOS 12.3+)"
+    return None
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().float().cpu().numpy())
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    devices = ("cuda", "mps", "cpu")
+    supported_precisions = ("fp32", "bf16", "fp16")
+
+    @classmethod
+    def probe(cls) -> dict[str, str | None]:
+        cuda = None if torch.cuda.is_available() else "torch.cuda.is_available() is False: no NVIDIA GPU/driver or a CPU-only torch build"
+        return {"cuda": cuda, "mps": _mps_reason(), "cpu": None}
+
+    def __init__(self, device: str, options: TrainOptions, seed: int = 0):
+        super().__init__(device, options, seed)
+        if device not in self.devices:
+            raise UsageError(f"backend 'torch' has no device '{device}'; valid: {', '.join(self.devices)}")
+        reason = self.probe()[device]
+        if reason is not None:
+            raise BackendUnavailable(f"torch device '{device}' is not available: {reason}")
+        if options.precision not in AMP_DTYPES:
+            raise UsageError(f"unknown precision '{options.precision}'; valid: {', '.join(AMP_DTYPES)}")
+        if options.precision == "fp16" and device == "cpu":
+            raise UsageError("--precision fp16 needs a GPU (cuda or mps); on the CPU use bf16 or fp32")
+        self._dev = torch.device(device)
+        self._amp_dtype = AMP_DTYPES[options.precision]
+        extra = dict(options.extra)
+        self._channels_last = bool(extra.get("channels_last", CHANNELS_LAST_DEFAULT[device]))
+        self._compile = bool(extra.get("compile", False))
+        if "threads" in extra and device == "cpu":
+            torch.set_num_threads(int(extra["threads"]))
+        if device == "cuda":
+            torch.backends.cudnn.benchmark = not extra.get("deterministic", False)
+            torch.backends.cudnn.deterministic = bool(extra.get("deterministic", False))
+            # fp32 means fp32: TF32 would break the 1e-4 parity contract unless asked for
+            torch.backends.cudnn.allow_tf32 = bool(extra.get("tf32", False))
+            torch.backends.cuda.matmul.allow_tf32 = bool(extra.get("tf32", False))
+        self._dropper = Dropper(self._dev)
+        self._dropper.seed(seed)
+        self._data = DeviceData(self._dev, options, self._channels_last)
+        self._spec: ModelSpec | None = None
+        self._net: SpecNet | None = None
+        self._call = None  # the (maybe compiled) module used on the fast paths
+        self._tensors: dict[str, torch.Tensor] = {}
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._opt_name = "sgd"
+        self._scaler = None
+        self._steps = 0
+        self._reset_stats()
+
+    # ----- helpers ---------------------------------------------------------------------
+    def _autocast(self):
+        if self._amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self._dev.type, dtype=self._amp_dtype)
+
+    def _require_model(self) -> SpecNet:
+        if self._net is None:
+            raise UsageError("build() must be called before using the model")
+        return self._net
+
+    def _set_mode(self, train: bool) -> None:
+        net = self._require_model()
+        if net.training != train:
+            net.train(train)
+
+    def _reset_stats(self) -> None:
+        self._loss_sum = torch.zeros((), dtype=torch.float32, device=self._dev)
+        self._correct = torch.zeros((), dtype=torch.int64, device=self._dev)
+        self._count = 0
+
+    # ----- model -----------------------------------------------------------------------
+    def build(self, spec: ModelSpec, state: dict[str, np.ndarray]) -> None:
+        net = SpecNet(spec, self._dropper).to(self._dev)
+        if self._channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self._spec, self._net = spec, net
+        self._tensors = canonical_tensors(net)
+        self._names = list(spec.param_shapes()) + list(spec.buffer_shapes())
+        assert set(self._tensors) == set(self._names), "builder and spec disagree on tensor names"
+        self.load_state_dict(state)
+        self._call = torch.compile(net) if self._compile else net
+        self._optimizer = None
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        self._require_model()
+        return {name: _to_numpy(self._tensors[name]) for name in self._names}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self._require_model()
+        given = {k for k in state if not k.endswith(IGNORED_SUFFIXES)}
+        missing = [k for k in self._names if k not in given]
+        extra = sorted(given - set(self._names))
+        if missing or extra:
+            what = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
+            raise CheckpointError(f"weights do not fit model '{self._spec.name}': {what} ({len(missing)} missing, {len(extra)} unexpected)")
+        with torch.no_grad():
+            for name in self._names:
+                target = self._tensors[name]
+                arr = np.asarray(state[name], dtype=np.float32)
+                if tuple(arr.shape) != tuple(target.shape):
+                    raise CheckpointError(f"{name}: shape {arr.shape} does not fit the model's {tuple(target.shape)}")
+                target.copy_(torch.from_numpy(arr))
+
+    def capture_points(self) -> list[str]:
+        spec = self._spec
+        return [] if spec is None else [l.name for l in iter_layers(spec.layers) if isinstance(l, (Group, Residual))]
+
+    def forward(
+        self, x: np.ndarray, train: bool = False, capture: Sequence[str] = (), dropout: bool = True
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        net = self._require_model()
+        unknown = [c for c in capture if c not in self.capture_points()]
+        if unknown:
+            raise UsageError(f"unknown capture point '{unknown[0]}'; valid: {', '.join(self.capture_points())}")
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self._dev)
+        if self._channels_last:
+            xt = xt.contiguous(memory_format=torch.channels_last)
+        self._set_mode(train)
+        store: dict[str, torch.Tensor] | None = {} if capture else None
+        self._dropper.enabled = dropout
+        try:
+            with torch.no_grad(), self._autocast():
+                logits = net(xt, store)
+        finally:
+            self._dropper.enabled = True
+        caps = {name: _to_numpy(store[name]) for name in capture} if store is not None else {}
+        return _to_numpy(logits), caps
+
+    # ----- optimizer -------------------------------------------------------------------
+    def configure_optimizer(self, opt: OptimConfig) -> None:
+        self._require_model()
+        params = [self._tensors[name] for name in self._spec.param_shapes()]
+        self._optimizer = make_optimizer(params, opt, self._dev)
+        self._opt_name = opt.name
+        self._param_names = {p: name for name, p in zip(self._spec.param_shapes(), params)}
+        self._params_by_name = dict(zip(self._spec.param_shapes(), params))
+        self._scaler = torch.amp.GradScaler(self._dev.type) if self._amp_dtype == torch.float16 else None
+        self._steps = 0
+
+    def _require_optimizer(self) -> torch.optim.Optimizer:
+        if self._optimizer is None:
+            raise UsageError("configure_optimizer() must be called before training")
+        return self._optimizer
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        return export_state(self._require_optimizer(), self._opt_name, self._param_names, self._steps)
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        self._steps = import_state(self._require_optimizer(), self._opt_name, self._params_by_name, state)
+
+    # ----- data and steps --------------------------------------------------------------
+    def set_data(self, split: str, x: np.ndarray, y: np.ndarray) -> None:
+        self._data.set_split(split, x, y)
+
+    def begin_epoch(self, order: np.ndarray, offsets: np.ndarray | None, flips: np.ndarray | None, seed: int) -> None:
+        self._data.begin_epoch(order, offsets, flips)
+        self._dropper.seed(seed)
+        self._reset_stats()
+
+    def train_step(self, start: int, stop: int, lr: float, momentum: float) -> None:
+        optimizer = self._require_optimizer()
+        x, y = self._data.train_batch(start, stop)
+        set_hyper(optimizer, self._opt_name, lr, momentum)
+        self._set_mode(True)
+        optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            logits = self._call(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.options.label_smoothing)
+        if self._scaler is not None:
+            self._scaler.scale(loss).backward()
+            self._scaler.step(optimizer)
+            self._scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        n = x.shape[0]
+        with torch.no_grad():  # accumulate on the device: no host sync per step
+            self._loss_sum += loss.detach() * n
+            self._correct += (logits.detach().argmax(dim=1) == y).sum()
+        self._count += n
+        self._steps += 1
+
+    def end_epoch(self) -> EpochStats:
+        self.synchronize()
+        stats = EpochStats(loss_sum=float(self._loss_sum.item()), correct=int(self._correct.item()), count=self._count)
+        self._reset_stats()
+        return stats
+
+    def predict(self, split: str, batch_size: int) -> np.ndarray:
+        self._require_model()
+        if batch_size < 1:
+            raise UsageError(f"batch size must be positive, got {batch_size}")
+        n = self._data.size(split)
+        self._set_mode(False)
+        outs = []
+        with torch.inference_mode(), self._autocast():
+            for start in range(0, n, batch_size):
+                outs.append(self._call(self._data.eval_batch(split, start, start + batch_size)).float())
+        if not outs:
+            return np.zeros((0, self._spec.num_classes), np.float32)
+        return _to_numpy(torch.cat(outs))
+
+    def synchronize(self) -> None:
+        if self._dev.type == "cuda":
+            torch.cuda.synchronize(self._dev)
+        elif self._dev.type == "mps":
+            torch.mps.synchronize()
+
+    def describe(self) -> str:
+        version = torch.__version__.split("+")[0]
+        if self._dev.type == "cuda":
+            return f"torch {version} cuda ({torch.cuda.get_device_name(self._dev)})"
+        if self._dev.type == "mps":
+            return f"torch {version} mps (Apple {platform.machine()})"
+        return f"torch {version} cpu ({torch.get_num_threads()} threads)"

@@ -1,0 +1,151 @@
+"""ModelSpec -> torch.nn.Module.
+
+Parameters live in ordinary nn.Conv2d / nn.BatchNorm2d / nn.Linear modules registered at
+their canonical dotted paths (``layer2.0.conv1`` becomes the child chain layer2 -> 0 -> conv1),
+so ``named_parameters()`` yields canonical names without any renaming table. The forward pass
+walks the spec tree itself (kept as a plain, unregistered plan), which keeps residual wiring,
+capture points and dropout in one small interpreter.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cifarbench.models.spec import (
+    AvgPool,
+    BatchNorm,
+    Conv,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    Group,
+    Layer,
+    Linear,
+    MaxPool,
+    ModelSpec,
+    ReLU,
+    Residual,
+    iter_param_layers,
+)
+
+# Buffers torch keeps that the canonical format does not (BN counts only matter when momentum=None).
+IGNORED_SUFFIXES = (".num_batches_tracked",)
+
+
+def _make_module(layer: Conv | BatchNorm | Linear) -> nn.Module:
+    if isinstance(layer, Conv):
+        return nn.Conv2d(layer.cin, layer.cout, layer.k, stride=layer.stride, padding=layer.pad, bias=layer.bias)
+    if isinstance(layer, BatchNorm):
+        return nn.BatchNorm2d(layer.ch, eps=layer.eps, momentum=layer.momentum)
+    return nn.Linear(layer.fin, layer.fout, bias=layer.bias)
+
+
+def _register_at(root: nn.Module, dotted: str, module: nn.Module) -> None:
+    """Attach ``module`` at ``root.<dotted>``, creating empty container modules on the way."""
+    *parents, leaf = dotted.split(".")
+    node = root
+    for part in parents:
+        child = node._modules.get(part)
+        if child is None:
+            child = nn.Module()
+            node.add_module(part, child)
+        node = child
+    if leaf in node._modules:
+        raise ValueError(f"model spec names layer {dotted!r} twice")
+    node.add_module(leaf, module)
+
+
+class Dropper:
+    """Inverted dropout whose mask comes from an explicit generator (F.dropout takes none).
+
+    Owning the generator is what makes a CPU run repeatable bit for bit given (seed, epoch).
+    """
+
+    def __init__(self, device: torch.device):
+        self.generator = torch.Generator(device=device)
+        self.enabled = True
+
+    def seed(self, seed: int) -> None:
+        self.generator.manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+
+    def __call__(self, x: torch.Tensor, p: float) -> torch.Tensor:
+        if p <= 0.0:
+            return x
+        if p >= 1.0:
+            return torch.zeros_like(x)
+        keep = torch.empty_like(x).bernoulli_(1.0 - p, generator=self.generator)
+        return x * keep * (1.0 / (1.0 - p))
+
+
+class SpecNet(nn.Module):
+    """Runs a ModelSpec; ``capture`` (a dict given to forward) receives Group/Residual outputs."""
+
+    def __init__(self, spec: ModelSpec, dropper: Dropper):
+        super().__init__()
+        for layer in iter_param_layers(spec.layers):
+            _register_at(self, layer.name, _make_module(layer))
+        self._spec_layers = spec.layers
+        self._dropper = dropper
+        self._leaf: dict[str, nn.Module] = {layer.name: self.get_submodule(layer.name) for layer in iter_param_layers(spec.layers)}
+
+    def forward(self, x: torch.Tensor, capture: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        return self._run(self._spec_layers, x, capture)
+
+    def _run(self, layers: tuple[Layer, ...], x: torch.Tensor, capture: dict | None) -> torch.Tensor:
+        for layer in layers:
+            x = self._layer(layer, x, capture)
+        return x
+
+    def _layer(self, layer: Layer, x: torch.Tensor, capture: dict | None) -> torch.Tensor:
+        if isinstance(layer, (Conv, BatchNorm, Linear)):
+            return self._leaf[layer.name](x)
+        if isinstance(layer, Group):
+            x = self._run(layer.layers, x, capture)
+            return _captured(capture, layer.name, x)
+        if isinstance(layer, Residual):
+            short = self._run(layer.shortcut, x, capture) if layer.shortcut else x
+            x = self._run(layer.body, x, capture) + short
+            if layer.relu_after:
+                x = F.relu(x)
+            return _captured(capture, layer.name, x)
+        return _STATELESS[type(layer)](self, layer, x)
+
+
+def _captured(capture: dict | None, name: str, x: torch.Tensor) -> torch.Tensor:
+    if capture is not None:
+        capture[name] = x
+    return x
+
+
+def _relu(net: SpecNet, layer: ReLU, x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, layer.slope) if layer.slope > 0 else F.relu(x)
+
+
+def _dropout(net: SpecNet, layer: Dropout, x: torch.Tensor) -> torch.Tensor:
+    if not (net.training and net._dropper.enabled):
+        return x
+    return net._dropper(x, layer.p)
+
+
+_STATELESS: dict[type, Callable[[SpecNet, object, torch.Tensor], torch.Tensor]] = {
+    ReLU: _relu,
+    MaxPool: lambda net, layer, x: F.max_pool2d(x, layer.k, layer.stride),
+    AvgPool: lambda net, layer, x: F.avg_pool2d(x, layer.k, layer.stride),
+    GlobalAvgPool: lambda net, layer, x: x.mean(dim=(2, 3)),
+    # reshape follows the logical N, C, H, W order even for channels_last storage
+    Flatten: lambda net, layer, x: x.flatten(1),
+    Dropout: _dropout,
+}
+
+
+def canonical_tensors(net: nn.Module) -> dict[str, torch.Tensor]:
+    """Canonical name -> the live parameter/buffer tensor (BN batch counters left out)."""
+    out: dict[str, torch.Tensor] = dict(net.named_parameters())
+    for name, buf in net.named_buffers():
+        if not name.endswith(IGNORED_SUFFIXES):
+            out[name] = buf
+    return out

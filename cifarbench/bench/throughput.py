@@ -1,0 +1,144 @@
+"""Throughput mode: warm-up (timed on its own: compilation, autotuning, first allocations), then
+repeated timed windows of steady-state training steps and of evaluation.
+
+Phases are timed separately: ``data`` (moving the arrays to the device once, and each window's
+upload of order/augmentation draws), ``step`` (the training steps of a window, ending with
+``end_epoch``, which synchronises) and ``eval`` (``predict`` over the eval images). Images/s of
+a window = images / wall time of whole steps; min/median/max over the windows.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cifarbench.backends import create_backend
+from cifarbench.backends.base import Backend, OptimConfig, TrainOptions
+from cifarbench.bench.matrix import Case
+from cifarbench.bench.timing import Clock, timed
+from cifarbench.config import RunConfig
+from cifarbench.engine.metrics import summarize
+from cifarbench.errors import UsageError
+from cifarbench.models import create_spec, init_params
+
+# Shapes for --synthetic (images, channels, classes): the shape of the data set named by --dataset.
+SYNTHETIC_SHAPES = {"mnist": (28, 1, 10), "fashion-mnist": (28, 1, 10), "cifar100": (32, 3, 100)}
+
+
+@dataclass
+class Windows:
+    warmup_steps: int = 5
+    steps: int = 20
+    repeats: int = 5
+    eval_batch_size: int = 1000
+
+    def check(self) -> None:
+        if self.warmup_steps < 0 or self.steps < 1 or self.repeats < 1 or self.eval_batch_size < 1:
+            raise UsageError("--warmup-steps must be >= 0; --steps, --repeats and --eval-batch-size >= 1")
+
+
+@dataclass
+class BenchData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_eval: np.ndarray
+    y_eval: np.ndarray
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int
+    channels: int
+    num_classes: int
+    source: str
+
+
+def bench_data(cfg: RunConfig, synthetic: bool, n_train: int, n_eval: int) -> BenchData:
+    """The first n_train/n_eval images of the data set (repeated if it is smaller), or synthetic ones."""
+    from cifarbench.data import load_dataset, make_synthetic
+
+    if synthetic:
+        size, ch, classes = SYNTHETIC_SHAPES.get(cfg.dataset, (32, 3, 10))
+        ds = make_synthetic(n_train, n_eval, classes, size, ch, seed=cfg.seed)
+        mean, std = (0.5,) * ch, (0.25,) * ch
+    else:
+        from cifarbench.engine.trainer import normalization
+
+        ds = load_dataset(cfg.dataset, cfg.data_dir)
+        mean, std = normalization(cfg, ds)
+    take = lambda a, n: a[np.arange(n) % len(a)]  # noqa: E731 - cycling keeps any n valid
+    return BenchData(take(ds.x_train, n_train), take(ds.y_train, n_train), take(ds.x_test, n_eval),
+                     take(ds.y_test, n_eval), tuple(mean), tuple(std), ds.image_size, ds.channels,
+                     ds.num_classes, "synthetic" if synthetic else ds.name)
+
+
+def _window(backend: Backend, rng: np.random.Generator, n: int, steps: int, bs: int, lr: float, mom: float,
+            clock: Clock) -> tuple[float, float, Any]:
+    """(upload seconds, step seconds, epoch stats) for one window of ``steps`` steps."""
+    from cifarbench.data.augment import draw_epoch
+
+    order, offsets, flips = draw_epoch(rng, n, backend.options.crop_pad, backend.options.flip)
+    _, t_data = timed(backend, lambda: backend.begin_epoch(order, offsets, flips, int(rng.integers(2**31))), clock)
+
+    def run() -> Any:
+        for i in range(steps):
+            backend.train_step(i * bs, (i + 1) * bs, lr, mom)
+        return backend.end_epoch()
+
+    stats, t_step = timed(backend, run, clock)
+    return t_data, t_step, stats
+
+
+def measure(backend: Backend, data: BenchData, batch_size: int, win: Windows, lr: float, momentum: float,
+            seed: int = 0, clock: Clock = time.perf_counter) -> dict[str, Any]:
+    """Time an already built backend (model and optimizer configured) on these arrays."""
+    win.check()
+    n = len(data.y_train)
+    if n < batch_size * max(win.steps, win.warmup_steps):
+        raise UsageError(f"bench data has {n} images; a window needs {batch_size * max(win.steps, win.warmup_steps)}")
+    rng = np.random.default_rng(seed)
+
+    def upload() -> None:
+        backend.set_data("train", data.x_train, data.y_train)
+        backend.set_data("test", data.x_eval, data.y_eval)
+
+    _, data_s = timed(backend, upload, clock)
+    warm_s = 0.0
+    if win.warmup_steps:
+        t_d, t_s, _ = _window(backend, rng, n, win.warmup_steps, batch_size, lr, momentum, clock)
+        warm_s = t_d + t_s
+    _, eval_warm_s = timed(backend, lambda: backend.predict("test", win.eval_batch_size), clock)
+    uploads, steps_s, eval_s, losses = [], [], [], []
+    for _ in range(win.repeats):
+        t_d, t_s, stats = _window(backend, rng, n, win.steps, batch_size, lr, momentum, clock)
+        uploads.append(t_d)
+        steps_s.append(t_s)
+        losses.append(stats.loss_sum / max(stats.count, 1))
+        _, t_e = timed(backend, lambda: backend.predict("test", win.eval_batch_size), clock)
+        eval_s.append(t_e)
+    images = win.steps * batch_size
+    return {
+        "data_s": data_s, "epoch_upload_s": summarize(uploads), "warmup_s": warm_s, "eval_warmup_s": eval_warm_s,
+        "train_window_s": summarize(steps_s), "eval_window_s": summarize(eval_s),
+        "train_ips": summarize([images / t if t > 0 else math.inf for t in steps_s]),
+        "eval_ips": summarize([len(data.y_eval) / t if t > 0 else math.inf for t in eval_s]),
+        "step_ms": 1000 * float(np.median(steps_s)) / win.steps,
+        "train_loss_last": losses[-1], "images_per_window": images, "eval_images": len(data.y_eval),
+    }
+
+
+def run_case(case: Case, cfg: RunConfig, data: BenchData, win: Windows, clock: Clock = time.perf_counter) -> dict[str, Any]:
+    """Create, build and time one backend/device/model/precision/batch-size combination."""
+    spec = create_spec(case.model, data.channels, data.image_size, data.num_classes)
+    extra: dict[str, Any] = {"compile": cfg.compile}
+    options = TrainOptions(mean=data.mean, std=data.std, label_smoothing=cfg.label_smoothing,
+                           crop_pad=cfg.crop_pad if "crop" in cfg.augment else 0, flip="flip" in cfg.augment,
+                           precision=case.precision, extra=extra)
+    backend = create_backend(case.backend, case.device, options, cfg.seed)
+    backend.build(spec, init_params(spec, cfg.seed))
+    backend.configure_optimizer(OptimConfig(cfg.opt, cfg.momentum, cfg.nesterov, cfg.weight_decay, tuple(cfg.betas)))
+    momentum = cfg.momentum if cfg.opt == "sgd" else cfg.betas[0]
+    result = measure(backend, data, case.batch_size, win, cfg.lr, momentum, cfg.seed, clock)
+    return {**case.as_dict(), "device_name": backend.describe(), "params": spec.num_params(), **result}

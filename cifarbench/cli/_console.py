@@ -1,0 +1,27 @@
+"""Where output goes: stdout carries data, stderr carries progress and messages."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+def print_json(obj: Any) -> None:
+    from cifarbench.checkpoint import _json_default
+
+    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def info(message: str) -> None:
+    err_console.print(message, highlight=False, soft_wrap=True)

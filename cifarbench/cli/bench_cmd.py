@@ -1,0 +1,152 @@
+"""`cifarbench bench`: throughput (default) or training-mode (--epochs N) benchmarks, and --compare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape
+
+from cifarbench.cli._console import err_console, info, out_console, print_json, warn
+from cifarbench.errors import UsageError
+
+RECIPE = ("dataset", "data_dir", "lr", "opt", "sched", "augment", "compile", "val_split", "seed")
+
+
+def _split(text: Optional[str]) -> Optional[list[str]]:
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    return parts or None
+
+
+def _ints(text: Optional[str], flag: str) -> Optional[list[int]]:
+    parts = _split(text)
+    try:
+        return [int(p) for p in parts] if parts else None
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated integers, got '{text}'") from None
+
+
+def bench(
+    backend: Optional[str] = typer.Option(None, "--backend", help="Comma list (default: every backend; unavailable ones are listed)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Comma list, 'auto' (each backend's best) or 'all'."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Comma list of models (default: the config's, cnn)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Comma list: fp32, bf16, fp16."),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", "-b", help="Comma list of batch sizes."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML recipe: a path or a bundled name."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Data set (throughput mode: its first images)."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Dataset cache directory."),
+    synthetic: bool = typer.Option(False, "--synthetic", help="Random images of the data set's shape: no download."),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    opt: Optional[str] = typer.Option(None, "--opt", help="sgd, adam, adamw."),
+    sched: Optional[str] = typer.Option(None, "--sched", "--scheduler"),
+    augment: Optional[str] = typer.Option(None, "--augment", help="crop, flip, crop+flip or none."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile"),
+    val_split: Optional[int] = typer.Option(None, "--val-split"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Base seed (training mode: seeds seed..seed+K-1)."),
+    warmup_steps: int = typer.Option(5, "--warmup-steps", help="Throughput: untimed-for-throughput warm-up steps (timed apart)."),
+    steps: int = typer.Option(20, "--steps", help="Throughput: training steps per timed window."),
+    repeats: int = typer.Option(5, "--repeats", help="Throughput: timed windows (min/median/max over them)."),
+    eval_batch_size: Optional[int] = typer.Option(None, "--eval-batch-size"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training mode: full runs of N epochs through the trainer."),
+    seeds: int = typer.Option(1, "--seeds", help="Training mode: runs per combination (accuracy mean ± std)."),
+    target_acc: Optional[float] = typer.Option(None, "--target-acc", help="Training mode: report time to this eval accuracy (0-1)."),
+    baseline: Optional[str] = typer.Option(
+        None, "--baseline",
+        help="Row the 'relative' column divides by: 'slowest' (default), 'first', or backend[:device[:model[:precision[:batch]]]]."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write bench.json/.csv/.md, charts and run_log.json here."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    compare_files: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", help="Compare two bench.json files: A B."),
+) -> None:
+    """Benchmark backends x devices x models; the relative column is speed against the baseline row."""
+    if compare_files:
+        _compare(*compare_files, json_out)
+        return
+    from cifarbench.bench import BenchSettings, run_bench
+    from cifarbench.cli.progress import PlainReporter
+
+    values = dict(locals())
+    overrides = {k: values[k] for k in RECIPE if values[k] is not None}
+    if eval_batch_size is not None:
+        overrides["eval_batch_size"] = eval_batch_size
+    if epochs is not None and epochs < 1:
+        raise UsageError("--epochs must be at least 1")
+    settings = BenchSettings(
+        backends=_split(backend), devices=_split(device), models=_split(model), precisions=_split(precision),
+        batch_sizes=_ints(batch_size, "--batch-size"), config_file=config, overrides=overrides, synthetic=synthetic,
+        warmup_steps=warmup_steps, steps=steps, repeats=repeats, eval_batch_size=eval_batch_size, epochs=epochs,
+        seeds=seeds, target_acc=target_acc, baseline=baseline,
+    )
+    result = run_bench(settings, PlainReporter(), out_dir=output)
+    _show(result, to_stderr=json_out)
+    if output is not None:
+        _write(result, output)
+    if json_out:
+        print_json(result)
+    if not result["rows"]:
+        raise UsageError("nothing could run here; see the reasons above")
+
+
+def _show(result: dict[str, Any], to_stderr: bool) -> None:
+    from rich.table import Table
+
+    from cifarbench.report import format_table, skipped_lines
+
+    headers, cells = format_table(result)
+    table = Table(*headers, title=f"cifarbench bench ({result['mode']})", header_style="bold")
+    for row in cells:
+        table.add_row(*row)
+    _print_table(table, err_console if to_stderr else out_console)
+    for line in skipped_lines(result):
+        info(f"[dim]not run:[/] {escape(line)}")
+    if result.get("baseline"):
+        info(f"relative = {result['relative_meaning']}; baseline {escape(result['baseline'])}")
+
+
+def _print_table(table, console) -> None:
+    # a pipe or a CI log gets rich's 80 columns, which truncates every cell: give it room instead
+    console.print(table, width=None if console.is_terminal else max(console.width, 160))
+
+
+def _write(result: dict[str, Any], out_dir: Path) -> None:
+    from cifarbench.checkpoint import atomic_write_json
+    from cifarbench.report import write_outputs
+    from cifarbench.report.plots import bench_charts
+
+    paths = write_outputs(result, out_dir)
+    paths += bench_charts(result, out_dir)
+    log = {"command": "bench", "mode": result["mode"], "created": result["created"], "settings": result["settings"],
+           "config": result["config"], "baseline": result["baseline"], "results": "bench.json",
+           "fingerprint_id": result["fingerprint_id"], "fingerprint": result["fingerprint"]}
+    atomic_write_json(out_dir / "run_log.json", log)
+    info("wrote " + escape(", ".join(str(p) for p in paths + [out_dir / "run_log.json"])))
+
+
+def _compare(path_a: Path, path_b: Path, json_out: bool) -> None:
+    from rich.table import Table
+
+    from cifarbench.bench import compare
+    from cifarbench.report import load_result
+
+    res = compare(load_result(path_a), load_result(path_b))
+    if not res["fingerprints_match"]:
+        fields = ", ".join(res["differing_fields"]) or "unknown fields"
+        warn(f"fingerprints differ ({res['fingerprint_a']} vs {res['fingerprint_b']}: {escape(fields)}); "
+             "the ratio mixes machine/software changes with what you changed")
+    table = Table("backend", "device", "model", "precision", "batch", f"A: {res['metric']}", f"B: {res['metric']}",
+                  "B vs A", title=f"{path_a} vs {path_b}", header_style="bold")
+    fmt = lambda x: "-" if x is None else f"{x:,.1f}"  # noqa: E731
+    for r in res["rows"]:
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        table.add_row(r["backend"], r["device"], r["model"], r["precision"], str(r["batch_size"]), fmt(r["a"]),
+                      fmt(r["b"]), ratio)
+    _print_table(table, err_console if json_out else out_console)
+    info("B vs A > 1 means B is faster")
+    if json_out:
+        print_json(res)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)

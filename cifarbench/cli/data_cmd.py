@@ -1,0 +1,193 @@
+"""`cifarbench data download|verify|info`: fetch, check and describe data sets.
+
+stdout carries the tables / JSON; progress, warnings and notes go to stderr.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from cifarbench.errors import DataError
+
+ALL = "all"
+
+data_app = typer.Typer(
+    help="Download, verify and describe data sets (cifar10, cifar100, mnist, fashion-mnist, ...).",
+    no_args_is_help=True,
+)
+
+DATA_DIR_HELP = "Dataset directory (default: $CIFARBENCH_DATA, else the user cache dir)."
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")
+
+
+def _downloadable() -> list[str]:
+    from cifarbench.data.sources import SOURCES
+
+    return list(SOURCES)
+
+
+class _DownloadBars:
+    """A rich progress bar per file on a terminal; one line per finished file otherwise."""
+
+    def __init__(self) -> None:
+        from cifarbench.cli._console import err_console
+
+        self.console = err_console
+        self.progress = None
+        self.tasks: dict[str, int] = {}
+        if err_console.is_terminal:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                console=err_console,
+            )
+
+    def __enter__(self) -> "_DownloadBars":
+        if self.progress:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress:
+            self.progress.stop()
+
+    def __call__(self, name: str, done: int, total: int | None) -> None:
+        if self.progress is None:
+            if done == 0:
+                self.console.print(f"downloading {name} ...", highlight=False)
+            elif total and done >= total:
+                self.console.print(f"downloaded {name} ({total / 1e6:.1f} MB)", highlight=False)
+            return
+        if name not in self.tasks or done == 0:
+            self.tasks[name] = self.progress.add_task(name, total=total)
+        self.progress.update(self.tasks[name], completed=done, total=total)
+
+
+@data_app.command("download")
+def download(
+    dataset: str = typer.Argument("cifar10", help="Data set name, or 'all' for every downloadable one."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    mirror: Optional[list[str]] = typer.Option(
+        None, "--mirror", help="Base URL to download from instead of the official hosts (repeatable)."
+    ),
+) -> None:
+    """Download a data set (official URLs, md5-checked) and extract it under the data dir."""
+    from cifarbench.cli._console import info, out_console
+    from cifarbench.data import download_dataset
+    from cifarbench.data.store import resolve_data_dir
+
+    names = _downloadable() if dataset == ALL else [dataset]
+    root = resolve_data_dir(data_dir)
+    with _DownloadBars() as bars:
+        for name in names:
+            folder = download_dataset(name, root, progress=bars, mirrors=mirror or None)
+            out_console.print(f"{name}: {folder}", highlight=False, soft_wrap=True)
+    info(f"data dir: {root}")
+
+
+@data_app.command("verify")
+def verify(
+    dataset: str = typer.Argument(ALL, help="Data set name, or 'all'."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Check every file's md5 against the official release. Exit 1 if any differs or is missing."""
+    from cifarbench.cli._console import info, print_json
+    from cifarbench.data import verify_dataset
+    from cifarbench.data.sources import canonical_name
+    from cifarbench.data.store import resolve_data_dir
+
+    names = _downloadable() if dataset == ALL else [canonical_name(dataset)]
+    checks = []
+    for name in names:
+        rows = verify_dataset(name, data_dir)
+        if dataset == ALL and rows and all(r.status == "missing" for r in rows):
+            info(f"{name}: not present")  # absent data sets are not failures of `verify all`
+            continue
+        checks.extend(rows)
+    if as_json:
+        print_json([c.to_dict() for c in checks])
+    else:
+        _verify_table(checks, resolve_data_dir(data_dir))
+    differ = sum(c.status == "mismatch" for c in checks)
+    missing = sum(c.status == "missing" for c in checks)
+    if differ or missing:
+        raise DataError(
+            f"of {len(checks)} files checked, {differ} differ from the official release and {missing} are missing",
+            hint="a differing copy still loads (with a warning); missing files need `cifarbench data download`",
+        )
+    if not checks:
+        info("nothing to verify")
+
+
+def _print_table(table) -> None:
+    from rich.console import Console
+
+    from cifarbench.cli._console import out_console
+
+    # Piped output has no width; rich would assume 80 columns and cut paths and checksums.
+    console = out_console if out_console.is_terminal else Console(width=240)
+    console.print(table)
+
+
+def _verify_table(checks, root) -> None:
+    import os
+
+    from rich.table import Table
+
+    table = Table("dataset", "file", "status", "md5 found", "md5 expected", box=None)
+    style = {"ok": "green", "mismatch": "yellow", "missing": "red", "unchecked": "dim"}
+    for c in checks:
+        rel = os.path.relpath(c.path, root) if c.path.startswith(str(root)) else c.path
+        expected = c.expected_md5 if c.status == "mismatch" else ("-" if not c.expected_md5 else "=")
+        table.add_row(c.dataset, rel, f"[{style.get(c.status, '')}]{c.status}[/]", c.actual_md5 or "-", expected)
+    _print_table(table)
+
+
+@data_app.command("info")
+def info_cmd(
+    dataset: str = typer.Argument(ALL, help="Data set name (or npz:PATH), or 'all'."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout (an object, or a list for 'all')."),
+) -> None:
+    """Sizes, shapes, classes and per-channel mean/std of data sets already on disk (no download)."""
+    from cifarbench.cli._console import print_json, warn
+    from cifarbench.data import DATASET_NAMES, load_dataset
+
+    names = list(DATASET_NAMES) if dataset == ALL else [dataset]
+    rows = []
+    for name in names:
+        try:
+            ds = load_dataset(name, data_dir, download=False)
+        except DataError as e:
+            if dataset != ALL:
+                raise
+            rows.append({"name": name, "error": e.message})
+            continue
+        for w in ds.warnings:
+            warn(w)
+        rows.append(ds.summary())
+    if as_json:
+        print_json(rows if dataset == ALL else rows[0])
+    else:
+        _info_table(rows)
+
+
+def _info_table(rows: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table("dataset", "train", "test", "shape", "classes", "mean", "std", "source", box=None)
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["name"], "-", "-", "-", "-", "-", "-", "[dim]not found[/]")
+            continue
+        shape = "x".join(str(s) for s in r["image_shape"])
+        mean, std = (",".join(f"{v:.3f}" for v in r[k]) for k in ("mean", "std"))
+        table.add_row(r["name"], str(r["train"]), str(r["test"]), shape, str(r["num_classes"]), mean, std, r["source"])
+    _print_table(table)

@@ -1,0 +1,285 @@
+"""The training loop: config -> data -> backend -> epochs -> metrics and checkpoints.
+
+One loop for every backend. The engine draws the data order and augmentation (seeded per
+epoch, so a resumed run replays the same draws), computes the schedule, times whole phases
+after synchronising the device, evaluates on the validation split (or the test set when no
+split is held out) and writes the run directory atomically after each epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifarbench import checkpoint as ckpt
+from cifarbench.backends import create_backend
+from cifarbench.backends.base import OptimConfig, TrainOptions
+from cifarbench.config import RunConfig, dump_config
+from cifarbench.engine.metrics import evaluate_logits
+from cifarbench.engine.reporter import Reporter
+from cifarbench.engine.schedules import make_schedule
+from cifarbench.errors import UsageError
+from cifarbench.models import create_spec, init_params
+
+METRIC_FIELDS = (
+    "epoch", "train_loss", "train_acc", "eval_split", "eval_loss", "eval_acc", "lr", "momentum",
+    "images_per_s", "train_time_s", "eval_time_s", "epoch_time_s", "elapsed_s",
+)
+
+
+def normalization(cfg: RunConfig, ds) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    c = ds.channels
+    if cfg.normalize == "half":
+        return (0.5,) * c, (0.5,) * c
+    if cfg.normalize == "none":
+        return (0.0,) * c, (1.0,) * c
+    return tuple(ds.mean()), tuple(ds.std())
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A distinct, reproducible seed per (run seed, epoch) for dropout and data draws."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    safe_ds = cfg.dataset.replace(":", "-").replace("/", "_")[-40:]
+    return Path("runs") / f"{cfg.model}-{safe_ds}-{cfg.backend}-{stamp}"
+
+
+@dataclass
+class Splits:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_eval: np.ndarray
+    y_eval: np.ndarray
+    eval_name: str  # "val" or "test"
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, reporter: Reporter | None = None, run_dir: Path | None = None,
+                 resume: bool = False, write: bool = True):
+        self.cfg = cfg
+        self.rep = reporter or Reporter()
+        self.run_dir = Path(run_dir) if run_dir else (Path(cfg.output) if cfg.output else default_run_dir(cfg))
+        self.resume = resume
+        self.write = write
+        self.records: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.start_step_in_epoch = 0
+
+    # ----- set-up ----------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.cfg
+        self._validate_names()
+        from cifarbench.data import load_dataset, split_validation
+
+        self.ds = load_dataset(cfg.dataset, cfg.data_dir, progress=self.rep.download_progress)
+        for w in getattr(self.ds, "warnings", []) or []:
+            self.rep.warning(w)
+        if cfg.val_split >= len(self.ds.y_train):
+            raise UsageError(f"--val-split {cfg.val_split} leaves no training data ({len(self.ds.y_train)} images)")
+        if cfg.val_split:
+            xt, yt, xv, yv = split_validation(self.ds.x_train, self.ds.y_train, cfg.val_split, cfg.seed)
+            self.splits = Splits(xt, yt, xv, yv, "val")
+        else:
+            self.splits = Splits(self.ds.x_train, self.ds.y_train, self.ds.x_test, self.ds.y_test, "test")
+        self.spec = create_spec(cfg.model, self.ds.channels, self.ds.image_size, self.ds.num_classes)
+        self.mean, self.std = normalization(cfg, self.ds)
+        extra: dict[str, Any] = {"compile": cfg.compile, "loader": cfg.loader}
+        if cfg.memory_limit:
+            extra["memory_limit_gb"] = cfg.memory_limit
+        options = TrainOptions(
+            mean=self.mean, std=self.std, label_smoothing=cfg.label_smoothing,
+            crop_pad=cfg.crop_pad if "crop" in cfg.augment else 0, flip="flip" in cfg.augment,
+            precision=cfg.precision, extra=extra,
+        )
+        self.backend = create_backend(cfg.backend, cfg.device, options, cfg.seed)
+        state = init_params(self.spec, cfg.seed)
+        opt_state = None
+        if self.resume:
+            state, opt_state = self._load_resume_state()
+        self.backend.build(self.spec, state)
+        self.backend.configure_optimizer(
+            OptimConfig(cfg.opt, cfg.momentum, cfg.nesterov, cfg.weight_decay, tuple(cfg.betas))
+        )
+        if opt_state is not None:
+            self.backend.load_optimizer_state(opt_state)
+        self.backend.set_data("train", self.splits.x_train, self.splits.y_train)
+        self.backend.set_data(self.splits.eval_name, self.splits.x_eval, self.splits.y_eval)
+        if self.splits.eval_name == "val":
+            self.backend.set_data("test", self.ds.x_test, self.ds.y_test)
+        n = len(self.splits.y_train)
+        self.steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
+        self.schedule = make_schedule(cfg, self.steps_per_epoch)
+
+    def _validate_names(self) -> None:
+        """Fail on a bad model or backend name before spending time on the data."""
+        from cifarbench.backends import load_backend_class, resolve
+        from cifarbench.errors import unknown_name
+        from cifarbench.models import model_names
+
+        if self.cfg.model not in model_names():
+            raise unknown_name("model", self.cfg.model, model_names())
+        load_backend_class(resolve(self.cfg.backend, self.cfg.device)[0])
+
+    def _load_resume_state(self):
+        loaded = ckpt.load_checkpoint(self.run_dir)
+        ckpt.check_compatible(loaded.state, self.spec, str(self.run_dir))
+        side = loaded.sidecar
+        self.start_epoch = int(side.get("epoch", 0))
+        self.start_step_in_epoch = int(side.get("step_in_epoch", 0))
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.is_file():
+            rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
+            self.records = [r for r in rows if r["epoch"] <= self.start_epoch]
+        return loaded.state, ckpt.load_optimizer_state(self.run_dir)
+
+    # ----- the loop --------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.setup()
+        cfg = self.cfg
+        info = self._info()
+        self.rep.start(info)
+        if self.write:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
+        t_run = time.perf_counter()
+        elapsed_before = self.records[-1]["elapsed_s"] if self.records else 0.0
+        epoch, step_in_epoch = self.start_epoch, self.start_step_in_epoch
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                first = self.start_step_in_epoch if epoch == self.start_epoch else 0
+                step_in_epoch = first
+                for step_in_epoch in self._train_epoch(epoch, first):
+                    pass
+                rec = self._finish_epoch(epoch, elapsed_before + time.perf_counter() - t_run)
+                self.records.append(rec)
+                self.rep.epoch_end(rec)
+                last = epoch + 1 == cfg.epochs
+                if self.write and ((epoch + 1) % cfg.save_every == 0 or last):
+                    self._save(epoch + 1, 0)
+                self._write_metrics()
+        except KeyboardInterrupt:
+            if self.write:
+                self._save(epoch, step_in_epoch)
+                self.rep.warning(f"interrupted: resumable checkpoint in {self.run_dir} (cifarbench train --resume {self.run_dir})")
+            raise
+        summary = self._final(time.perf_counter() - t_run + elapsed_before)
+        self.rep.finish(summary)
+        return summary
+
+    def _train_epoch(self, epoch: int, first_step: int):
+        """Yields the index of the step about to run (the interrupt point), then the step count."""
+        from cifarbench.data.augment import draw_epoch
+
+        cfg, b = self.cfg, self.backend
+        n = len(self.splits.y_train)
+        rng = np.random.default_rng(epoch_seed(cfg.seed, epoch))
+        order, offsets, flips = draw_epoch(rng, n, b.options.crop_pad, b.options.flip)
+        self.rep.epoch_begin(epoch + 1, self.steps_per_epoch)
+        b.synchronize()
+        t0 = time.perf_counter()
+        b.begin_epoch(order, offsets, flips, epoch_seed(cfg.seed + 1, epoch))
+        base = epoch * self.steps_per_epoch
+        lr = mom = 0.0
+        for i in range(first_step, self.steps_per_epoch):
+            yield i
+            lr, mom = self.schedule(base + i)
+            b.train_step(i * cfg.batch_size, min((i + 1) * cfg.batch_size, n), lr, mom)
+        stats = b.end_epoch()  # synchronises
+        self._epoch_train = (stats, time.perf_counter() - t0, lr, mom, n - first_step * cfg.batch_size)
+        yield self.steps_per_epoch
+
+    def _finish_epoch(self, epoch: int, elapsed: float) -> dict[str, Any]:
+        stats, train_time, lr, mom, images = self._epoch_train
+        t0 = time.perf_counter()
+        logits = self.backend.predict(self.splits.eval_name, self.cfg.eval_batch_size)
+        ev = evaluate_logits(logits, self.splits.y_eval, self.ds.class_names)
+        eval_time = time.perf_counter() - t0
+        count = max(stats.count, 1)
+        return {
+            "epoch": epoch + 1, "train_loss": stats.loss_sum / count, "train_acc": stats.correct / count,
+            "eval_split": self.splits.eval_name, "eval_loss": ev["loss"], "eval_acc": ev["accuracy"],
+            "lr": lr, "momentum": mom, "images_per_s": images / train_time if train_time > 0 else 0.0,
+            "train_time_s": train_time, "eval_time_s": eval_time, "epoch_time_s": train_time + eval_time,
+            "elapsed_s": elapsed + eval_time,
+        }
+
+    # ----- outputs ---------------------------------------------------------------------
+    def _meta(self) -> dict[str, Any]:
+        return ckpt.model_metadata(
+            self.cfg.model, self.cfg.dataset, self.ds.num_classes, self.ds.channels, self.ds.image_size,
+            self.ds.class_names, self.mean, self.std, self.cfg.backend,
+        )
+
+    def _save(self, epoch: int, step_in_epoch: int) -> None:
+        side = {
+            "epoch": epoch, "step_in_epoch": step_in_epoch,
+            "global_step": epoch * self.steps_per_epoch + step_in_epoch, "epochs": self.cfg.epochs,
+            "finished": epoch >= self.cfg.epochs, "config": self.cfg.model_dump(mode="json"),
+            "saved_at": datetime.now().isoformat(timespec="seconds"),
+        }
+        ckpt.save_checkpoint(self.run_dir, self.backend.state_dict(), self._meta(), self.backend.optimizer_state(), side)
+
+    def _write_metrics(self) -> None:
+        if not self.write:
+            return
+        ckpt.atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(self.records)
+        ckpt.atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
+
+    def _info(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "model": cfg.model, "params": self.spec.num_params(), "dataset": cfg.dataset,
+            "train_images": len(self.splits.y_train), "eval_split": self.splits.eval_name,
+            "eval_images": len(self.splits.y_eval), "test_images": len(self.ds.y_test),
+            "backend": cfg.backend, "device": self.backend.device, "device_name": self.backend.describe(),
+            "precision": cfg.precision, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            "steps_per_epoch": self.steps_per_epoch, "start_epoch": self.start_epoch, "run_dir": str(self.run_dir),
+        }
+
+    def _final(self, total_time: float) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        logits = self.backend.predict("test", self.cfg.eval_batch_size)
+        test = evaluate_logits(logits, self.ds.y_test, self.ds.class_names)
+        test_time = time.perf_counter() - t0
+        last = self.records[-1] if self.records else {}
+        ips = [r["images_per_s"] for r in self.records]
+        steady = ips[1:] if len(ips) > 1 else ips
+        summary = {
+            **self._info(),
+            "total_time_s": total_time + test_time,
+            "train_time_s": sum(r["train_time_s"] for r in self.records),
+            "time_per_epoch_s": float(np.mean([r["epoch_time_s"] for r in self.records])) if self.records else None,
+            "images_per_s": float(np.median(steady)) if steady else None,
+            "final_train_loss": last.get("train_loss"), "final_train_acc": last.get("train_acc"),
+            "final_val_acc": last.get("eval_acc") if self.splits.eval_name == "val" else None,
+            "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test": test,
+            "checkpoint": str(self.run_dir / ckpt.WEIGHTS) if self.write else None,
+            "class_names": list(self.ds.class_names), "seed": self.cfg.seed,
+        }
+        if self.write:
+            self._write_run_log(summary)
+        return summary
+
+    def _write_run_log(self, summary: dict[str, Any]) -> None:
+        try:
+            from cifarbench.fingerprint import training_run_log
+        except ImportError:
+            log = {"config": self.cfg.model_dump(mode="json"), "results": summary}
+        else:
+            log = training_run_log(self.cfg, summary, self.backend)
+        ckpt.atomic_write_json(self.run_dir / "run_log.json", log)

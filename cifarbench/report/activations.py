@@ -1,0 +1,62 @@
+"""Feature maps of one test image at a model's four capture points (after mike7seven's
+visualize_activations, generalised to every model, backend, data set and class count)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from cifarbench.errors import UsageError
+
+
+def _test_image(meta: dict, data_dir: Optional[str], index: Optional[int], seed: int) -> tuple[np.ndarray, int, int]:
+    """(uint8 HWC image, its label, its index) from the checkpoint's data set."""
+    from cifarbench.data import load_dataset
+
+    ds = load_dataset(meta["dataset"], data_dir)
+    n = len(ds.y_test)
+    if n == 0:
+        raise UsageError(f"data set {meta['dataset']} has no test images")
+    if index is None:
+        index = int(np.random.default_rng(seed).integers(n))
+    if not 0 <= index < n:
+        raise UsageError(f"--image-index {index} is out of range: the test set has {n} images (0..{n - 1})")
+    return ds.x_test[index], int(ds.y_test[index]), index
+
+
+def render_activations(checkpoint: str | Path, backend_name: Optional[str], device: Optional[str],
+                       image_index: Optional[int], seed: int, data_dir: Optional[str], out_dir: str | Path,
+                       channels: int = 16) -> list[Path]:
+    from cifarbench.backends import create_backend
+    from cifarbench.backends.base import TrainOptions
+    from cifarbench.checkpoint import check_compatible, load_checkpoint
+    from cifarbench.data.augment import normalize
+    from cifarbench.models import create_spec
+    from cifarbench.report.plots import feature_grid, input_image
+
+    if channels < 1:
+        raise UsageError("--channels must be at least 1")
+    ck = load_checkpoint(checkpoint)
+    meta = ck.meta
+    spec = create_spec(meta["model"], int(meta["in_channels"]), int(meta["image_size"]), int(meta["num_classes"]))
+    check_compatible(ck.state, spec, str(checkpoint))
+    if len(spec.capture_points) == 0:
+        raise UsageError(f"model '{spec.name}' declares no capture points")
+    mean, std = tuple(meta["mean"]), tuple(meta["std"])
+    backend = create_backend(backend_name or meta.get("backend", "torch"), device, TrainOptions(mean=mean, std=std), seed)
+    backend.build(spec, ck.state)
+    img, label, index = _test_image(meta, data_dir, image_index, seed)
+    logits, caps = backend.forward(normalize(img[None], mean, std), capture=list(spec.capture_points))
+    names = list(meta.get("class_names") or [str(i) for i in range(spec.num_classes)])
+    pred = int(np.argmax(logits[0]))
+    out = Path(out_dir)
+    paths = [input_image(img, f"#{index} ground truth: {names[label]} | predicted: {names[pred]}", out / "original.png")]
+    where = backend.describe()
+    for name in spec.capture_points:
+        act = caps[name][0]
+        shape = "x".join(str(s) for s in act.shape[1:]) or "1"
+        title = f"{name} activations ({act.shape[0]} channels, {shape}) — {where}"
+        paths.append(feature_grid(act, title, out / f"{name}.png", channels))
+    return paths

@@ -1,0 +1,110 @@
+"""Bench results as a table of strings: one definition of the columns for rich, Markdown and text.
+
+A result is the dict bench produces (``mode``, ``rows``, ``skipped``, ...). Each column is a
+header and a function of a row; numbers are formatted here once, so the terminal table and
+``bench.md`` always agree.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+Column = tuple[str, Callable[[dict[str, Any]], str]]
+
+
+def _num(x: Any, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:,.{digits}f}"
+
+
+def _stat(row: dict[str, Any], key: str, field: str = "median", digits: int = 1) -> str:
+    return _num((row.get(key) or {}).get(field), digits)
+
+
+def _range(row: dict[str, Any], key: str) -> str:
+    s = row.get(key) or {}
+    if not s.get("n"):
+        return "-"
+    return f"{_num(s['min'], 0)}–{_num(s['max'], 0)}"
+
+
+def _pm(row: dict[str, Any], key: str, scale: float = 1.0, digits: int = 2) -> str:
+    s = row.get(key) or {}
+    if not s.get("n"):
+        return "-"
+    text = _num(s["mean"] * scale, digits)
+    return f"{text} ± {_num(s['std'] * scale, digits)}" if s["n"] > 1 else text
+
+
+def _relative(row: dict[str, Any]) -> str:
+    rel = row.get("relative")
+    if rel is None:
+        return "-"
+    return f"{rel:.2f}x" + (" (base)" if row.get("baseline") else "")
+
+
+def _target(row: dict[str, Any]) -> str:
+    t = row.get("time_to_target_s") or {}
+    reached, runs = row.get("target_reached", 0), row.get("seeds", 0)
+    if not t.get("n"):
+        return f"not reached (0/{runs})"
+    text = _num(t["median"], 1) + " s"
+    return text if reached == runs else f"{text} ({reached}/{runs})"
+
+
+COMMON: list[Column] = [
+    ("backend", lambda r: r["backend"]),
+    ("device", lambda r: r["device"]),
+    ("model", lambda r: r["model"]),
+    ("precision", lambda r: r["precision"]),
+    ("batch", lambda r: str(r["batch_size"])),
+]
+
+THROUGHPUT: list[Column] = COMMON + [
+    ("train img/s", lambda r: _stat(r, "train_ips")),
+    ("train min–max", lambda r: _range(r, "train_ips")),
+    ("eval img/s", lambda r: _stat(r, "eval_ips")),
+    ("eval min–max", lambda r: _range(r, "eval_ips")),
+    ("warm-up s", lambda r: _num(r.get("warmup_s"), 2)),
+    ("relative", _relative),
+]
+
+
+def training_columns(target_acc: float | None) -> list[Column]:
+    cols = COMMON + [
+        ("epochs", lambda r: str(r["epochs"])),
+        ("seeds", lambda r: str(r["seeds"])),
+        ("total s", lambda r: _pm(r, "total_time_s", digits=1)),
+        ("s/epoch", lambda r: _stat(r, "time_per_epoch_s", "mean", 2)),
+        ("train img/s", lambda r: _stat(r, "images_per_s", "median", 0)),
+        ("test acc %", lambda r: _pm(r, "test_accuracy", 100.0)),
+        ("final loss", lambda r: _pm(r, "final_loss", digits=4)),
+    ]
+    if target_acc is not None:
+        cols.append((f"time to {100 * target_acc:g}%", _target))
+    cols.append(("relative", _relative))
+    return cols
+
+
+def columns(result: dict[str, Any]) -> list[Column]:
+    if result.get("mode") == "training":
+        return training_columns(result.get("settings", {}).get("target_acc"))
+    return THROUGHPUT
+
+
+def format_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows of cells) for a bench result."""
+    cols = columns(result)
+    return [h for h, _ in cols], [[fn(row) for _, fn in cols] for row in result.get("rows", [])]
+
+
+def skipped_lines(result: dict[str, Any]) -> list[str]:
+    """One line per combination that did not run, with the reason (never hidden)."""
+    out = []
+    for s in result.get("skipped", []):
+        what = " ".join(str(s[k]) for k in ("backend", "device", "model", "precision") if s.get(k))
+        bs = f" bs{s['batch_size']}" if s.get("batch_size") else ""
+        out.append(f"{what}{bs}: {s['reason']}")
+    return out

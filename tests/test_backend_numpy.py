@@ -1,0 +1,181 @@
+"""NumPy backend behaviour: augmentation, eval BN, dropout seeding, state round trips, probes."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cifarbench.backends.base import OptimConfig, TrainOptions
+from cifarbench.backends.numpy_backend import CupyBackend, NumpyBackend
+from cifarbench.backends.numpy_backend.arrays import blas_threads
+from cifarbench.backends.numpy_backend.augment import make_batch
+from cifarbench.errors import CheckpointError, UsageError
+from cifarbench.models import create_spec, init_params
+
+MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+
+
+def make(model="cnn", size=16, **opts):
+    spec = create_spec(model, image_size=size)
+    be = NumpyBackend("cpu", TrainOptions(mean=MEAN, std=STD, **opts))
+    be.build(spec, init_params(spec, seed=0))
+    return spec, be
+
+
+def data(n, size=16, seed=0):
+    """Images whose class is their colour (plus noise): learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n).astype(np.int64)
+    palette = rng.integers(0, 256, (10, 1, 1, 3))
+    x = np.clip(palette[y] + rng.integers(-40, 41, (n, size, size, 3)), 0, 255).astype(np.uint8)
+    return x, y
+
+
+@pytest.fixture(autouse=True)
+def one_blas_thread():
+    """Tests run on a shared, busy CPU, where 2-thread OpenBLAS GEMMs stall (see blas_threads)."""
+    before = blas_threads()
+    blas_threads(1)
+    yield
+    if before is not None:
+        blas_threads(before)
+
+
+def test_augmentation_matches_reference():
+    augment = pytest.importorskip("cifarbench.data.augment")
+    x, _ = data(20, size=8)
+    rng = np.random.default_rng(5)
+    order, offsets, flips = rng.permutation(20), rng.integers(0, 9, (20, 2)), rng.random(20) < 0.5
+    sl = slice(3, 15)
+    ours = make_batch(x, order[sl], offsets[sl], flips[sl], 4, np.float32(MEAN), np.float32(STD), np.float32)
+    ref = augment.apply_numpy(x, order[sl], offsets[sl], flips[sl], 4, MEAN, STD)
+    np.testing.assert_array_equal(ours.transpose(0, 3, 1, 2), ref)
+
+
+def test_augmentation_definition():
+    """Pixel (r, c) of a crop at (dy, dx) is padded[dy + r, dx + c]; flipping mirrors the width."""
+    x, _ = data(2, size=6)
+    pad = 2
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    offs = np.array([[0, 4], [3, 1]])
+    one = np.zeros(1), np.array([1.0 / 255])  # normalise back to raw pixel values
+    out = make_batch(x, np.array([1, 0]), offs, np.array([False, True]), pad, *one, np.float64)
+    np.testing.assert_allclose(out[0], padded[1, 0:6, 4:10], rtol=1e-12)
+    np.testing.assert_allclose(out[1], padded[0, 3:9, 1:7][:, ::-1], rtol=1e-12)
+
+
+def test_eval_logits_do_not_depend_on_batch_size():
+    spec, be = make()
+    x, y = data(50)
+    be.configure_optimizer(OptimConfig("sgd", momentum=0.9))
+    be.set_data("train", x, y)
+    be.begin_epoch(np.arange(50), None, None, seed=0)
+    for start in range(0, 50, 10):  # move the running statistics away from (0, 1)
+        be.train_step(start, start + 10, 0.05, 0.9)
+    be.set_data("test", x, y)
+    a, b = be.predict("test", 7), be.predict("test", 50)
+    assert a.shape == (50, 10)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(be.state_dict()["bn1.running_var"], 1.0)
+
+
+def test_dropout_is_repeatable_per_epoch_seed():
+    spec, be = make()
+    x, y = data(8)
+    be.set_data("train", x, y)
+    state = be.state_dict()
+    runs = []
+    for seed in (1, 1, 2):
+        be.load_state_dict(state)
+        be.configure_optimizer(OptimConfig("sgd", momentum=0.9))
+        be.begin_epoch(np.arange(8), None, None, seed=seed)
+        be.train_step(0, 8, 0.1, 0.9)
+        runs.append(be.state_dict()["fc2.weight"])
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], runs[2])
+
+
+def test_training_reduces_loss_and_stats_accumulate():
+    spec, be = make(label_smoothing=0.1, crop_pad=2, flip=True)
+    x, y = data(32)
+    be.set_data("train", x, y)
+    be.configure_optimizer(OptimConfig("adamw", weight_decay=0.01))
+    rng = np.random.default_rng(0)
+    losses = []
+    for epoch in range(4):
+        be.begin_epoch(rng.permutation(32), rng.integers(0, 5, (32, 2)), rng.random(32) < 0.5, seed=epoch)
+        for start in range(0, 32, 16):
+            be.train_step(start, start + 16, 1e-2, 0.9)
+        stats = be.end_epoch()
+        assert stats.count == 32 and 0 <= stats.correct <= 32
+        losses.append(stats.loss_sum / stats.count)
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_state_and_optimizer_round_trip():
+    spec, be = make()
+    x, y = data(8)
+    be.set_data("train", x, y)
+    be.configure_optimizer(OptimConfig("sgd", momentum=0.9, nesterov=True, weight_decay=5e-4))
+    be.begin_epoch(np.arange(8), None, None, seed=0)
+    be.train_step(0, 8, 0.1, 0.9)
+    st, ost = be.state_dict(), be.optimizer_state()
+    assert st["conv1.weight"].shape == (32, 3, 3, 3) and ost["conv1.weight.momentum_buffer"].shape == (32, 3, 3, 3)
+    assert float(ost["step"]) == 1.0
+    _, other = make()
+    other.configure_optimizer(OptimConfig("sgd", momentum=0.9, nesterov=True, weight_decay=5e-4))
+    other.load_state_dict(st)
+    other.load_optimizer_state(ost)
+    other.set_data("train", x, y)
+    for b in (be, other):
+        b.begin_epoch(np.arange(8), None, None, seed=3)
+        b.train_step(0, 8, 0.1, 0.9)
+    for k, v in be.state_dict().items():
+        np.testing.assert_array_equal(v, other.state_dict()[k], err_msg=k)
+
+
+def test_bad_inputs_raise_project_errors():
+    spec, be = make()
+    state = be.state_dict()
+    with pytest.raises(CheckpointError):
+        be.load_state_dict({k: v for k, v in state.items() if k != "fc2.bias"})
+    with pytest.raises(CheckpointError):
+        be.load_state_dict({**state, "fc2.bias": np.zeros(3, np.float32)})
+    with pytest.raises(UsageError):
+        be.train_step(0, 4, 0.1, 0.9)
+    with pytest.raises(UsageError):
+        NumpyBackend("cpu", TrainOptions(precision="bf16"))
+
+
+def test_weights_load_in_torch_backend_with_same_logits():
+    pytest.importorskip("torch")
+    try:
+        from cifarbench.backends.torch_backend import TorchBackend
+    except ImportError as exc:
+        pytest.skip(f"torch backend not importable: {exc}")
+    spec, be = make()
+    x, y = data(8)
+    be.set_data("train", x, y)
+    be.configure_optimizer(OptimConfig("sgd", momentum=0.9))
+    be.begin_epoch(np.arange(8), None, None, seed=0)
+    be.train_step(0, 8, 0.1, 0.9)  # trained weights and non-trivial running statistics
+    tb = TorchBackend("cpu", TrainOptions(mean=MEAN, std=STD))
+    tb.build(spec, be.state_dict())
+    xin = np.random.default_rng(1).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    ours, theirs = be.forward(xin)[0], tb.forward(xin)[0]
+    assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < 1e-4
+
+
+def test_cupy_probe_never_raises_and_numpy_needs_no_cupy():
+    probe = CupyBackend.probe()
+    assert set(probe) == {"cuda"}
+    if importlib.util.find_spec("cupy") is None:
+        assert probe["cuda"] == "cupy is not installed (pip install 'cifarbench[cupy]')"
+    assert NumpyBackend.probe() == {"cpu": None}
+    code = "import sys, cifarbench.backends.numpy_backend as m; m.NumpyBackend.probe(); print('cupy' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

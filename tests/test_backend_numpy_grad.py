@@ -1,0 +1,186 @@
+"""Gradient checks of every NumPy-backend primitive against central finite differences (float64)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cifarbench.backends.numpy_backend import conv, layers, loss, norm
+from cifarbench.backends.numpy_backend.arrays import Workspace
+from cifarbench.backends.numpy_backend.network import Net
+from cifarbench.models import spec as S
+
+H = 1e-6  # float64 central differences: error ~ H^2 * f''' + eps / H ~ 1e-10
+
+
+def numgrad(f, a: np.ndarray) -> np.ndarray:
+    """d f() / d a by central differences; f reads a (which is perturbed in place)."""
+    g = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + H
+        fp = f()
+        flat[i] = old - H
+        fm = f()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * H)
+    return g
+
+
+def close(analytic, numeric, tol=1e-6):
+    err = np.linalg.norm(analytic - numeric) / max(np.linalg.norm(numeric), 1e-12)
+    assert err < tol, f"relative error {err:.2e}"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("k,stride,pad,bias", [(3, 1, 1, True), (3, 2, 1, False), (1, 2, 0, False), (1, 1, 0, True), (3, 1, 0, True)])
+def test_conv2d_gradients(rng, k, stride, pad, bias):
+    x = rng.standard_normal((2, 5, 6, 3))
+    w = rng.standard_normal((4, k, k, 3))
+    b = rng.standard_normal(4) if bias else None
+    ws = Workspace()
+    g = rng.standard_normal(conv.conv2d_forward(x, w, b, stride, pad, ws).shape)
+
+    def f():
+        return float((conv.conv2d_forward(x, w, b, stride, pad, Workspace()) * g).sum())
+
+    dx, dw, db = conv.conv2d_backward(g, x, w, stride, pad, ws, need_dx=True, has_bias=bias)
+    close(dx, numgrad(f, x))
+    close(dw, numgrad(f, w))
+    if bias:
+        close(db, numgrad(f, b))
+
+
+def test_conv2d_matches_direct_sum(rng):
+    """The im2col result equals the definition y[n,p,q,o] = sum x[n,sp+i,sq+j,c] w[o,i,j,c]."""
+    x = rng.standard_normal((1, 5, 5, 2))
+    w = rng.standard_normal((3, 3, 3, 2))
+    y = conv.conv2d_forward(x, w, None, 2, 1, Workspace())
+    xpad = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ref = np.zeros((1, 3, 3, 3))
+    for p in range(3):
+        for q in range(3):
+            ref[0, p, q] = np.tensordot(w, xpad[0, 2 * p : 2 * p + 3, 2 * q : 2 * q + 3], axes=([1, 2, 3], [0, 1, 2]))
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_batchnorm_gradients(rng):
+    x = rng.standard_normal((3, 2, 2, 4)) * 2 + 1
+    gamma, beta = rng.standard_normal(4), rng.standard_normal(4)
+    y, cache, _, _ = norm.batchnorm_train_forward(x, gamma, beta, 1e-5)
+    g = rng.standard_normal(y.shape)
+
+    def f():
+        return float((norm.batchnorm_train_forward(x, gamma, beta, 1e-5)[0] * g).sum())
+
+    dx, dgamma, dbeta = norm.batchnorm_backward(g, cache, gamma)
+    close(dx, numgrad(f, x))
+    close(dgamma, numgrad(f, gamma))
+    close(dbeta, numgrad(f, beta))
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+def test_relu_gradients(rng, slope):
+    x = rng.standard_normal((2, 3, 3, 2))
+    x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink
+    g = rng.standard_normal(x.shape)
+    _, mask = layers.relu_forward(x, slope)
+    close(layers.relu_backward(g, mask, slope), numgrad(lambda: float((layers.relu_forward(x, slope)[0] * g).sum()), x))
+
+
+@pytest.mark.parametrize("k,s", [(2, 2), (3, 2), (3, 1)])
+def test_pool_gradients(rng, k, s):
+    x = rng.permutation(2 * 6 * 7 * 3).reshape(2, 6, 7, 3) / 10.0  # distinct values: no ties
+    y, cache = layers.maxpool_forward(x, k, s)
+    g = rng.standard_normal(y.shape)
+    fmax = lambda: float((layers.maxpool_forward(x, k, s)[0] * g).sum())  # noqa: E731
+    close(layers.maxpool_backward(g, cache, k, s), numgrad(fmax, x))
+    favg = lambda: float((layers.avgpool_forward(x, k, s) * g).sum())  # noqa: E731
+    close(layers.avgpool_backward(g, x.shape, k, s), numgrad(favg, x))
+
+
+def test_maxpool_ties_go_to_first_tap():
+    x = np.zeros((1, 2, 2, 1))
+    _, cache = layers.maxpool_forward(x, 2, 2)
+    dx = layers.maxpool_backward(np.ones((1, 1, 1, 1)), cache, 2, 2)
+    assert dx[0, :, :, 0].tolist() == [[1.0, 0.0], [0.0, 0.0]]  # PyTorch's rule
+
+
+def test_global_pool_linear_flatten_gradients(rng):
+    x = rng.standard_normal((2, 3, 4, 5))
+    g = rng.standard_normal((2, 5))
+    close(layers.global_avgpool_backward(g, x.shape), numgrad(lambda: float((layers.global_avgpool_forward(x) * g).sum()), x))
+    gf = rng.standard_normal((2, 60))
+    close(layers.flatten_backward(gf, x.shape), numgrad(lambda: float((layers.flatten_forward(x) * gf).sum()), x))
+    # C, H, W order: element (c, h, w) of image n sits at c*H*W + h*W + w
+    assert layers.flatten_forward(x)[1, 2 * 12 + 1 * 4 + 3] == x[1, 1, 3, 2]
+    a, w, b = rng.standard_normal((3, 4)), rng.standard_normal((5, 4)), rng.standard_normal(5)
+    gl = rng.standard_normal((3, 5))
+    f = lambda: float((layers.linear_forward(a, w, b) * gl).sum())  # noqa: E731
+    dx, dw, db = layers.linear_backward(gl, a, w)
+    close(dx, numgrad(f, a))
+    close(dw, numgrad(f, w))
+    close(db, numgrad(f, b))
+
+
+def test_dropout_gradient_and_scale(rng):
+    x = rng.standard_normal((4, 3, 3, 2))
+    y, mask = layers.dropout_forward(x, 0.5, np.random.default_rng(1))
+    g = rng.standard_normal(x.shape)
+    f = lambda: float((layers.dropout_forward(x, 0.5, np.random.default_rng(1))[0] * g).sum())  # noqa: E731
+    close(layers.dropout_backward(g, mask), numgrad(f, x))
+    assert set(np.unique(mask)) <= {0.0, 2.0} and 0 < (mask == 0).sum() < mask.size
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_cross_entropy_gradient(rng, eps):
+    z = rng.standard_normal((4, 5))
+    y = np.array([0, 3, 4, 1])
+    per, grad, correct = loss.cross_entropy(z, y, eps)
+    close(grad, numgrad(lambda: float(loss.cross_entropy(z, y, eps)[0].mean()), z))
+    assert int(correct) == int((z.argmax(1) == y).sum())
+    lp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    ref = (1 - eps) * -lp[np.arange(4), y] + eps * -lp.mean(1)
+    np.testing.assert_allclose(per, ref, rtol=1e-12)
+
+
+def test_network_gradients_residual_float64(rng):
+    """End to end through residual adds (with and without shortcut), BN, pooling, flatten."""
+    spec = S.ModelSpec(
+        "tiny",
+        (
+            S.Conv("c1", 2, 3, 3, pad=1),
+            S.BatchNorm("b1", 3),
+            S.ReLU(0.1),
+            S.Residual("r1", body=(S.Conv("c2", 3, 3, 3, pad=1, bias=False), S.BatchNorm("b2", 3)), relu_after=True),
+            S.Residual("r2", body=(S.Conv("c3", 3, 4, 3, stride=2, pad=1),), shortcut=(S.Conv("s3", 3, 4, 1, stride=2),), relu_after=False),
+            S.AvgPool(2, 1),
+            S.Flatten(),
+            S.Linear("fc", 4, 3),
+        ),
+        2,
+        4,
+        3,
+    )
+    net = Net(spec, np, np.float64)
+    for k, shape in spec.param_shapes().items():
+        internal = (shape[0], shape[2], shape[3], shape[1]) if len(shape) == 4 else shape
+        net.params[k] = rng.standard_normal(internal) * 0.5 + (1.0 if k.startswith("b") and k.endswith("weight") else 0)
+    for k, shape in spec.buffer_shapes().items():
+        net.buffers[k] = np.ones(shape)
+    x = rng.standard_normal((3, 4, 4, 2))
+    y = np.array([0, 2, 1])
+
+    def f():
+        return float(loss.cross_entropy(net.forward(x, train=True), y)[0].mean())
+
+    _, dz, _ = loss.cross_entropy(net.forward(x, train=True), y)
+    net.backward(dz)
+    grads = dict(net.grads)
+    for name in ("c1.weight", "b1.weight", "c2.weight", "b2.bias", "c3.bias", "s3.weight", "fc.weight"):
+        close(grads[name], numgrad(f, net.params[name]), tol=1e-5)

@@ -1,0 +1,92 @@
+"""fingerprint: the fields, no framework imports, a stable id, and a training run's run_log.json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+from typer.testing import CliRunner
+
+from cifarbench import fingerprint as fp_mod
+from cifarbench.cli import app
+from cifarbench.config import RunConfig
+
+
+def test_collect_without_importing_frameworks():
+    code = ("import sys, json; from cifarbench import fingerprint as f; fp = f.collect(with_availability=False); "
+            "print(json.dumps({'fp': fp, 'loaded': [m for m in ('torch', 'mlx', 'cupy') if m in sys.modules]}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    data = json.loads(out.stdout)
+    assert data["loaded"] == []
+    fp = data["fp"]
+    hw, sw = fp["hardware"], fp["software"]
+    for key in ("os", "os_release", "architecture", "cpu_model", "physical_cores", "logical_cores", "memory_gb",
+                "chip", "gpus"):
+        assert key in hw
+    assert hw["logical_cores"] >= 1 and hw["memory_gb"] > 0
+    assert sw["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert sw["packages"]["numpy"] == np.__version__
+    for key in ("torch", "mlx", "mlx-data", "cupy"):
+        assert key in sw["packages"]
+    assert "numpy_blas" in sw and "torch_build" in sw and "git" in sw and "cifarbench" in sw
+    assert "OMP_NUM_THREADS" in fp["threads"]
+    assert len(fp["fingerprint_id"]) == 16
+
+
+def test_fingerprint_id_covers_stable_fields_only():
+    fp = fp_mod.collect(with_availability=False)
+    same = json.loads(json.dumps(fp))
+    same["created"], same["hostname"] = "another time", "another host"
+    assert fp_mod.fingerprint_id(same) == fp["fingerprint_id"]
+    other = json.loads(json.dumps(fp))
+    other["software"]["packages"]["numpy"] = "0.0.1"
+    assert fp_mod.fingerprint_id(other) != fp["fingerprint_id"]
+    assert fp_mod.diff(fp, other) == ["software.packages"]
+
+
+class _FakeBackend:
+    name = "torch"
+    device = "cpu"
+
+    def describe(self):
+        return "torch cpu (fake)"
+
+
+def test_training_run_log_has_the_seed_fields(tmp_path):
+    recs = [{"epoch": 1, "eval_acc": 0.5, "elapsed_s": 3.0}, {"epoch": 2, "eval_acc": 0.7, "elapsed_s": 6.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    cfg = RunConfig(model="cnn", dataset="cifar10", epochs=2, batch_size=64, opt="sgd", lr=0.1, sched="onecycle", seed=1111)
+    summary = {"run_dir": str(tmp_path), "total_time_s": 12.5, "params": 573194, "test_accuracy": 0.8612,
+               "class_names": ["cat", "dog"], "checkpoint": str(tmp_path / "model.safetensors"),
+               "test": {"per_class_accuracy": {"cat": 0.9, "dog": 0.8224}, "confusion_matrix": [[9, 1], [2, 8]]}}
+    log = fp_mod.training_run_log(cfg, summary, _FakeBackend())
+    assert log["framework"] == "PyTorch"
+    hw = log["hardware"]
+    assert set(hw) >= {"OS", "OS_Version", "Architecture", "Processor", "PyTorch_Version", "Device", "Chip"}
+    assert hw["Device"] == "CPU"  # the truth, not "MPS"
+    tr = log["training"]
+    assert (tr["dataset"], tr["num_classes"], tr["seed"], tr["epochs"], tr["batch_size"]) == ("cifar10", 2, 1111, 2, 64)
+    assert tr["optimizer"].startswith("SGD(lr=0.1") and tr["scheduler"].startswith("OneCycleLR(max_lr=0.1")
+    assert tr["training_time_seconds"] == 12.5 and tr["model"] == "cnn" and tr["model_params"] == 573194
+    assert log["results"]["overall_accuracy_pct"] == 86.12
+    assert log["results"]["per_class_accuracy_pct"] == {"cat": 90.0, "dog": 82.24}
+    assert log["checkpoint"].endswith("model.safetensors") and log["timestamp"]
+    assert log["history"] == recs
+    assert log["config"]["lr"] == 0.1
+    assert log["fingerprint_id"] == log["fingerprint"]["fingerprint_id"]
+    assert any(a["backend"] == "numpy" for a in log["fingerprint"]["availability"])
+    json.dumps(log)  # serialisable as is
+
+
+def test_fingerprint_cli(tmp_path):
+    out = tmp_path / "fp" / "run_log.json"
+    res = CliRunner().invoke(app, ["fingerprint", "--json", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.stdout[res.stdout.index("{"):res.stdout.rindex("}") + 1])
+    written = json.loads(out.read_text())
+    assert printed["fingerprint_id"] == written["fingerprint_id"]
+    rows = {(a["backend"], a["device"]): a for a in written["fingerprint"]["availability"]}
+    assert rows[("numpy", "cpu")]["available"] is True
+    assert all(a["reason"] for a in rows.values())

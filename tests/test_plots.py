@@ -1,0 +1,98 @@
+"""Pictures: every chart is a real, decodable, non-empty PNG; plot and activations CLIs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cifarbench.cli import app
+from cifarbench.engine.metrics import summarize
+from cifarbench.report import plots
+
+
+def _png(path, min_size=(100, 100)):
+    assert path.is_file() and path.stat().st_size > 1000
+    with Image.open(path) as im:
+        im.load()
+        assert im.format == "PNG"
+        assert im.size[0] >= min_size[0] and im.size[1] >= min_size[1]
+        assert len(set(np.asarray(im.convert("L")).ravel().tolist())) > 2  # not a blank canvas
+
+
+def _row(name, ips):
+    return {"backend": name, "device": "cpu", "model": "cnn", "precision": "fp32", "batch_size": 64,
+            "train_ips": summarize(ips), "eval_ips": summarize([2 * x for x in ips]),
+            "total_time_s": summarize([100.0 / ips[0]]),
+            "curves": [{"seed": 0, "elapsed_s": [1.0, 2.0], "eval_acc": [0.3, 0.5]}]}
+
+
+def test_bench_charts(tmp_path):
+    rows = [_row("torch", [100.0, 120.0, 90.0]), _row("numpy", [20.0, 25.0])]
+    paths = plots.bench_charts({"mode": "throughput", "rows": rows}, tmp_path)
+    assert [p.name for p in paths] == ["throughput_train.png", "throughput_eval.png"]
+    paths += plots.bench_charts({"mode": "training", "rows": rows, "settings": {"target_acc": 0.4}}, tmp_path)
+    assert {p.name for p in paths} >= {"training_time.png", "accuracy_vs_time.png"}
+    for p in paths:
+        _png(p)
+
+
+def test_per_class_and_confusion(tmp_path):
+    _png(plots.per_class_bar({"cat": 0.5, "dog": 0.75, "ship": None}, tmp_path / "pc.png"))
+    names = [f"c{i}" for i in range(12)]
+    cm = np.diag(np.arange(1, 13)) + 1
+    _png(plots.confusion_heatmap(cm.tolist(), names, tmp_path / "cm.png"))
+    _png(plots.confusion_heatmap(np.eye(100, dtype=int).tolist(), [str(i) for i in range(100)], tmp_path / "cm100.png"))
+
+
+def _fake_run(path, acc):
+    path.mkdir(parents=True)
+    recs = [{"epoch": e, "train_loss": 2.0 / e, "train_acc": acc * e / 3, "eval_split": "test", "eval_loss": 2.2 / e,
+             "eval_acc": acc * e / 3.2, "elapsed_s": 5.0 * e} for e in (1, 2, 3)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def test_plot_cli(tmp_path):
+    _fake_run(tmp_path / "a", 0.9)
+    _fake_run(tmp_path / "b", 0.6)
+    runner = CliRunner()
+    res = runner.invoke(app, ["plot", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    _png(tmp_path / "a" / "curves.png")
+    res = runner.invoke(app, ["plot", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "both.png")])
+    assert res.exit_code == 0, res.output
+    _png(tmp_path / "both.png")
+    res = runner.invoke(app, ["plot", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "metrics.jsonl" in res.output
+
+
+def _checkpoint(tmp_path, in_channels, classes):
+    """An npz data set and a checkpoint of an untrained cnn for it (no training needed to draw maps)."""
+    from cifarbench.checkpoint import model_metadata, save_checkpoint
+    from cifarbench.models import create_spec, init_params
+
+    rng = np.random.default_rng(0)
+    npz = tmp_path / f"tiny{classes}.npz"
+    np.savez(npz, x_train=rng.integers(0, 256, (4, 16, 16, in_channels), dtype=np.uint8), y_train=np.arange(4) % classes,
+             x_test=rng.integers(0, 256, (6, 16, 16, in_channels), dtype=np.uint8), y_test=np.arange(6) % classes)
+    spec = create_spec("cnn", in_channels, 16, classes)
+    meta = model_metadata("cnn", f"npz:{npz}", classes, in_channels, 16, [f"k{i}" for i in range(classes)],
+                          (0.5,) * in_channels, (0.25,) * in_channels, "torch")
+    save_checkpoint(tmp_path / f"run{classes}", init_params(spec, 0), meta)
+    return tmp_path / f"run{classes}", spec
+
+
+@pytest.mark.parametrize("in_channels,classes", [(3, 100), (1, 10)])
+def test_activations_cli(tmp_path, in_channels, classes):
+    run, spec = _checkpoint(tmp_path, in_channels, classes)
+    out = tmp_path / "act"
+    res = CliRunner().invoke(app, ["activations", str(run), "--backend", "numpy", "--image-index", "2", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    names = ["original"] + list(spec.capture_points)
+    for n in names:
+        _png(out / f"{n}.png")
+    res = CliRunner().invoke(app, ["activations", str(run), "--backend", "numpy", "--image-index", "99", "-o", str(out)])
+    assert res.exit_code == 2 and "out of range" in res.output
