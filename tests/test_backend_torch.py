@@ -272,7 +272,8 @@ def _train(b: TorchBackend, x, y, epochs, first_epoch=0, batch=8):
     n = len(x)
     for epoch in range(first_epoch, first_epoch + epochs):
         rng = np.random.default_rng(100 + epoch)
-        b.begin_epoch(rng.permutation(n), rng.integers(0, 5, (n, 2)), rng.random(n) < 0.5, seed=1000 + epoch)
+        offsets = rng.integers(0, 2 * b.options.crop_pad + 1, (n, 2))
+        b.begin_epoch(rng.permutation(n), offsets, rng.random(n) < 0.5, seed=1000 + epoch)
         for start in range(0, n, batch):
             b.train_step(start, start + batch, 0.05, 0.9)
         b.end_epoch()
@@ -362,3 +363,21 @@ def test_device_and_precision_errors():
     assert b.describe().startswith(f"torch {torch.__version__.split('+')[0]} cpu (")
     with pytest.raises(UsageError, match="set_data"):
         b.predict("test", 4)
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager():
+    """extra={"compile": True}: inductor needs a C++ compiler and ~1 min to build on 2 cores."""
+    spec = ModelSpec("bnlin", (BatchNorm("bn", 2), Flatten(), Linear("fc", 2 * 3 * 3, 4)), 2, 3, 4)
+    x, y = images(8, 3, 2, seed=12), np.random.default_rng(12).integers(0, 4, 8)
+    weights = []
+    for compile_ in (False, True):
+        b = make(spec, crop_pad=1, flip=True, extra={"compile": compile_})
+        b.configure_optimizer(OptimConfig("sgd"))
+        b.set_data("train", x, y)
+        b.set_data("test", x, y)
+        _train(b, x, y, epochs=1, batch=4)
+        weights.append((b.state_dict(), b.predict("test", 4)))
+    for name in weights[0][0]:
+        np.testing.assert_allclose(weights[1][0][name], weights[0][0][name], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(weights[1][1], weights[0][1], rtol=1e-5, atol=1e-5)

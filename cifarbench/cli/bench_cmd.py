@@ -46,7 +46,7 @@ def bench(
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile"),
     val_split: Optional[int] = typer.Option(None, "--val-split"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Base seed (training mode: seeds seed..seed+K-1)."),
-    warmup_steps: int = typer.Option(5, "--warmup-steps", help="Throughput: untimed-for-throughput warm-up steps (timed apart)."),
+    warmup_steps: int = typer.Option(5, "--warmup-steps", help="Throughput: warm-up steps before the timed windows (compile/JIT; timed and reported apart)."),
     steps: int = typer.Option(20, "--steps", help="Throughput: training steps per timed window."),
     repeats: int = typer.Option(5, "--repeats", help="Throughput: timed windows (min/median/max over them)."),
     eval_batch_size: Optional[int] = typer.Option(None, "--eval-batch-size"),

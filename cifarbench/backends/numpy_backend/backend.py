@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from cifarbench.backends.base import Backend, EpochStats, OptimConfig, TrainOptions
-from cifarbench.backends.numpy_backend.arrays import to_numpy
+from cifarbench.backends.numpy_backend.arrays import blas_threads, to_numpy
 from cifarbench.backends.numpy_backend.augment import make_batch, normalise
 from cifarbench.backends.numpy_backend.loss import cross_entropy
 from cifarbench.backends.numpy_backend.network import Net
@@ -37,6 +37,8 @@ class NumpyBackend(Backend):
         if options.precision not in self.supported_precisions:
             raise UsageError(f"backend '{self.name}' supports only fp32, not {options.precision}")
         self.xp = self._array_module()
+        if "threads" in options.extra and self.xp is np:  # BLAS threads (default: OpenBLAS's own)
+            blas_threads(int(options.extra["threads"]))
         self.net: Net | None = None
         self.opt: Optimizer | None = None
         self.data: dict[str, tuple[object, object]] = {}

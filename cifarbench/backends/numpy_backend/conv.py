@@ -48,19 +48,25 @@ def _padded(x, pad: int, ws: Workspace, role: str):
     return buf
 
 
-def im2col(x, k: int, stride: int, pad: int, ws: Workspace):
-    """(N, H, W, C) -> cols (N*Ho*Wo, k*k*C), a view of a workspace buffer (or of x for 1x1)."""
+def cols_shape(x_shape, k: int, stride: int, pad: int) -> tuple[int, int]:
+    n, h, w, c = x_shape
+    return n * out_size(h, k, stride, pad) * out_size(w, k, stride, pad), k * k * c
+
+
+def im2col(x, k: int, stride: int, pad: int, ws: Workspace, out=None):
+    """(N, H, W, C) -> cols (N*Ho*Wo, k*k*C), in ``out`` (flat, large enough) or a workspace
+    buffer; for a 1x1 stride-1 conv, x itself."""
     n, h, w, c = x.shape
     ho, wo = out_size(h, k, stride, pad), out_size(w, k, stride, pad)
+    xp = array_module(x)
+    if k == 1 and pad == 0 and stride == 1:
+        return x.reshape(n * ho * wo, c)
+    shape6 = (n, ho, wo, k, k, c)
+    cols = ws.get(xp, "cols", shape6, x.dtype) if out is None else out[: n * ho * wo * k * k * c].reshape(shape6)
     if k == 1 and pad == 0:
-        src = x if stride == 1 else x[:, ::stride, ::stride]
-        if stride == 1:
-            return src.reshape(n * ho * wo, c)
-        buf = ws.get(array_module(x), "cols", (n, ho, wo, c), x.dtype)
-        buf[...] = src
-        return buf.reshape(n * ho * wo, c)
+        cols[:, :, :, 0, 0, :] = x[:, ::stride, ::stride]
+        return cols.reshape(n * ho * wo, c)
     xpad = _padded(x, pad, ws, "xpad")
-    cols = ws.get(array_module(x), "cols", (n, ho, wo, k, k, c), x.dtype)
     for i in range(k):
         for j in range(k):
             cols[:, :, :, i, j, :] = xpad[:, i : i + stride * ho : stride, j : j + stride * wo : stride, :]
@@ -86,13 +92,16 @@ def col2im(dcols, x_shape: tuple[int, ...], k: int, stride: int, pad: int, ws: W
     return xp.ascontiguousarray(dxpad[:, pad : pad + h, pad : pad + w])
 
 
-def conv2d_forward(x, w, b, stride: int, pad: int, ws: Workspace):
-    """y (N, Ho, Wo, O) = conv(x (N, H, W, C), w (O, k, k, C)) + b."""
+def conv2d_forward(x, w, b, stride: int, pad: int, ws: Workspace, cols_out=None):
+    """y (N, Ho, Wo, O) = conv(x (N, H, W, C), w (O, k, k, C)) + b.
+
+    cols_out: a flat buffer to leave the im2col matrix in, for backward to reuse.
+    """
     xp = array_module(x)
     n, h, wd, _ = x.shape
     o, k = w.shape[0], w.shape[1]
     ho, wo = out_size(h, k, stride, pad), out_size(wd, k, stride, pad)
-    cols = im2col(x, k, stride, pad, ws)
+    cols = im2col(x, k, stride, pad, ws, out=cols_out)
     y = xp.empty((n * ho * wo, o), dtype=x.dtype)
     xp.matmul(cols, w.reshape(o, -1).T, out=y)
     if b is not None:
@@ -100,14 +109,20 @@ def conv2d_forward(x, w, b, stride: int, pad: int, ws: Workspace):
     return y.reshape(n, ho, wo, o)
 
 
-def conv2d_backward(dy, x, w, stride: int, pad: int, ws: Workspace, need_dx: bool = True, has_bias: bool = True):
-    """Gradients (dx or None, dw, db or None) of conv2d_forward for upstream gradient dy."""
+def conv2d_backward(
+    dy, x, w, stride: int, pad: int, ws: Workspace, need_dx: bool = True, has_bias: bool = True, cols=None
+):
+    """Gradients (dx or None, dw, db or None) of conv2d_forward for upstream gradient dy.
+
+    cols: the forward's im2col matrix when it was kept, else it is gathered again.
+    """
     xp = array_module(dy)
     n, ho, wo, o = dy.shape
     k = w.shape[1]
     dy2 = dy.reshape(n * ho * wo, o)
     db = dy2.sum(axis=0) if has_bias else None
-    cols = im2col(x, k, stride, pad, ws)
+    if cols is None:
+        cols = im2col(x, k, stride, pad, ws)
     dw = xp.matmul(dy2.T, cols).reshape(w.shape)
     if not need_dx:
         return None, dw, db

@@ -63,18 +63,27 @@ class Dropper:
     """Inverted dropout whose mask comes from an explicit generator (F.dropout takes none).
 
     Owning the generator is what makes a CPU run repeatable bit for bit given (seed, epoch).
+    Under torch.compile a Generator argument breaks the graph (and the per-layer resumes then
+    hit the recompile limit), so compiled runs use F.dropout and reseed torch's global RNG
+    instead: still repeatable given (seed, epoch), but a different mask stream than eager.
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, use_global_rng: bool = False):
         self.generator = torch.Generator(device=device)
+        self.use_global_rng = use_global_rng
         self.enabled = True
 
     def seed(self, seed: int) -> None:
-        self.generator.manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+        seed = int(seed) & 0xFFFF_FFFF_FFFF_FFFF
+        self.generator.manual_seed(seed)
+        if self.use_global_rng:
+            torch.manual_seed(seed)
 
     def __call__(self, x: torch.Tensor, p: float) -> torch.Tensor:
         if p <= 0.0:
             return x
+        if self.use_global_rng:
+            return F.dropout(x, p, training=True)
         if p >= 1.0:
             return torch.zeros_like(x)
         keep = torch.empty_like(x).bernoulli_(1.0 - p, generator=self.generator)

@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny data sets in the official/npz formats, the shared data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_npz(path: Path, n_train: int = 96, n_test: int = 40, classes: int = 4, size: int = 32,
+              channels: int = 3, seed: int = 0) -> Path:
+    """A small learnable data set: each class has its own mean colour, plus noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(40, 216, size=(classes, channels))
+
+    def split(n):
+        y = rng.integers(0, classes, n)
+        x = centres[y][:, None, None, :] + rng.normal(0, 30, size=(n, size, size, channels))
+        return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
+
+    xtr, ytr = split(n_train)
+    xte, yte = split(n_test)
+    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte,
+             class_names=np.array([f"class{i}" for i in range(classes)]))
+    return path
+
+
+@pytest.fixture
+def tiny_npz(tmp_path) -> str:
+    return "npz:" + str(write_npz(tmp_path / "tiny.npz"))
