@@ -29,7 +29,9 @@ class RunConfig(BaseModel):
     backend: str = Field("torch", description="torch, mlx, numpy, cupy (or cpu/cuda/mps = torch on that device)")
     device: str = Field("auto", description="backend device; auto picks the fastest available")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    compile: bool = Field(False, description="torch.compile / framework JIT where the backend supports it")
+    compile: Optional[bool] = Field(
+        None, description="compile the step (torch.compile, mx.compile); unset: the backend's default (MLX on, torch off)"
+    )
     loader: Literal["memory", "mlx-data"] = Field("memory", description="input pipeline (mlx-data: MLX backend only)")
     memory_limit: Optional[float] = Field(None, gt=0, description="MLX memory limit in GB")
     # recipe

@@ -165,7 +165,8 @@ def test_augmentation_matches_definition(channels_last):
     offsets = np.array([[0, 0], [4, 4], [0, 4], [4, 0], [1, 3], [2, 2]])
     flips = np.array([False, True, True, False, True, False])
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
-    b = TorchBackend("cpu", TrainOptions(mean=mean, std=std, crop_pad=pad, flip=True, extra={"channels_last": channels_last}))
+    opts = TrainOptions(mean=mean, std=std, crop_pad=pad, flip=True, extra={"channels_last": channels_last})
+    b = TorchBackend("cpu", opts)
     b.set_data("train", x, y)
     b.begin_epoch(order, offsets, flips, seed=0)
     got, labels = b._data.train_batch(1, 5)
@@ -279,7 +280,7 @@ def _train(b: TorchBackend, x, y, epochs, first_epoch=0, batch=8):
         b.end_epoch()
 
 
-def _fresh(spec, x, y, opt, seed=0):
+def _fresh(spec, x, y, opt):
     b = make(spec, seed=0, crop_pad=2, flip=True, mean=(0.5,) * 3, std=(0.25,) * 3)
     b.configure_optimizer(opt)
     b.set_data("train", x, y)
@@ -305,7 +306,9 @@ def test_identical_runs_are_bit_identical_and_dropout_seed_matters():
     assert not np.array_equal(b.state_dict()["fc2.weight"], runs[0]["fc2.weight"])
 
 
-@pytest.mark.parametrize("opt", [OptimConfig("sgd", nesterov=True, weight_decay=5e-4), OptimConfig("adam", weight_decay=1e-4)])
+@pytest.mark.parametrize(
+    "opt", [OptimConfig("sgd", nesterov=True, weight_decay=5e-4), OptimConfig("adam", weight_decay=1e-4)]
+)
 def test_optimizer_state_round_trip_resumes_exactly(opt):
     spec = create_spec("cnn", 3, 8, 10)
     x, y = images(16, 8, 3, seed=10), np.random.default_rng(10).integers(0, 10, 16)

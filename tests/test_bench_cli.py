@@ -92,7 +92,8 @@ def test_bench_training_mode(tmp_path):
         assert (out / name).stat().st_size > 0
 
 
-def test_bench_usage_errors():
+def test_bench_usage_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a bench without -o writes runs/bench-TIME in the working directory
     runner = CliRunner()
     res = runner.invoke(app, ["bench", "--backend", "nope", "--synthetic"])
     assert res.exit_code == 2 and "unknown backend" in res.output

@@ -62,6 +62,11 @@ def test_learns_and_test_command_agrees_across_backends(tiny_npz, tmp_path):
     assert json.loads(res_np.stdout)["accuracy"] == pytest.approx(r["accuracy"])
     table = run(["test", str(out)])
     assert "class0" in table.stdout and "test accuracy" in table.stdout
+    pytest.importorskip("matplotlib")
+    plots = tmp_path / "plots"
+    assert run(["test", str(out), "--plots", str(plots)]).exit_code == 0
+    for name in ("per_class_accuracy.png", "confusion_matrix.png"):
+        assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _interrupt_at(monkeypatch, call_no):

@@ -22,6 +22,7 @@ from cifarbench.bench.matrix import Case
 from cifarbench.bench.timing import Clock, timed
 from cifarbench.config import RunConfig
 from cifarbench.engine.metrics import summarize
+from cifarbench.engine.trainer import train_options
 from cifarbench.errors import UsageError
 from cifarbench.models import create_spec, init_params
 
@@ -132,10 +133,7 @@ def measure(backend: Backend, data: BenchData, batch_size: int, win: Windows, lr
 def run_case(case: Case, cfg: RunConfig, data: BenchData, win: Windows, clock: Clock = time.perf_counter) -> dict[str, Any]:
     """Create, build and time one backend/device/model/precision/batch-size combination."""
     spec = create_spec(case.model, data.channels, data.image_size, data.num_classes)
-    extra: dict[str, Any] = {"compile": cfg.compile}
-    options = TrainOptions(mean=data.mean, std=data.std, label_smoothing=cfg.label_smoothing,
-                           crop_pad=cfg.crop_pad if "crop" in cfg.augment else 0, flip="flip" in cfg.augment,
-                           precision=case.precision, extra=extra)
+    options = train_options(cfg, data.mean, data.std, case.precision)
     backend = create_backend(case.backend, case.device, options, cfg.seed)
     backend.build(spec, init_params(spec, cfg.seed))
     backend.configure_optimizer(OptimConfig(cfg.opt, cfg.momentum, cfg.nesterov, cfg.weight_decay, tuple(cfg.betas)))

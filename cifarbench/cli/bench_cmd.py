@@ -56,7 +56,8 @@ def bench(
     baseline: Optional[str] = typer.Option(
         None, "--baseline",
         help="Row the 'relative' column divides by: 'slowest' (default), 'first', or backend[:device[:model[:precision[:batch]]]]."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write bench.json/.csv/.md, charts and run_log.json here."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Run directory for bench.json/.csv/.md, charts and run_log.json (default runs/bench-TIME)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     compare_files: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", help="Compare two bench.json files: A B."),
 ) -> None:
@@ -79,9 +80,13 @@ def bench(
         warmup_steps=warmup_steps, steps=steps, repeats=repeats, eval_batch_size=eval_batch_size, epochs=epochs,
         seeds=seeds, target_acc=target_acc, baseline=baseline,
     )
+    if output is None:  # every bench run keeps its results and run_log.json in a run directory
+        from datetime import datetime
+
+        output = Path("runs") / f"bench-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     result = run_bench(settings, PlainReporter(), out_dir=output)
     _show(result, to_stderr=json_out)
-    if output is not None:
+    if result["rows"]:
         _write(result, output)
     if json_out:
         print_json(result)
@@ -107,7 +112,11 @@ def _show(result: dict[str, Any], to_stderr: bool) -> None:
 
 def _print_table(table, console) -> None:
     # a pipe or a CI log gets rich's 80 columns, which truncates every cell: give it room instead
-    console.print(table, width=None if console.is_terminal else max(console.width, 160))
+    if not console.is_terminal:
+        from rich.console import Console
+
+        console = Console(file=console.file, width=max(console.width, 160), stderr=console.stderr)
+    console.print(table)
 
 
 def _write(result: dict[str, Any], out_dir: Path) -> None:

@@ -44,6 +44,20 @@ def normalization(cfg: RunConfig, ds) -> tuple[tuple[float, ...], tuple[float, .
     return tuple(ds.mean()), tuple(ds.std())
 
 
+def train_options(cfg: RunConfig, mean, std, precision: str | None = None) -> TrainOptions:
+    """The backend options of a recipe (shared by train and bench, so both run the same thing)."""
+    extra: dict[str, Any] = {"loader": cfg.loader}
+    if cfg.compile is not None:  # unset: each backend's own default
+        extra["compile"] = cfg.compile
+    if cfg.memory_limit:
+        extra["memory_limit_gb"] = cfg.memory_limit
+    return TrainOptions(
+        mean=tuple(mean), std=tuple(std), label_smoothing=cfg.label_smoothing,
+        crop_pad=cfg.crop_pad if "crop" in cfg.augment else 0, flip="flip" in cfg.augment,
+        precision=precision or cfg.precision, extra=extra,
+    )
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """A distinct, reproducible seed per (run seed, epoch) for dropout and data draws."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
@@ -94,14 +108,7 @@ class Trainer:
             self.splits = Splits(self.ds.x_train, self.ds.y_train, self.ds.x_test, self.ds.y_test, "test")
         self.spec = create_spec(cfg.model, self.ds.channels, self.ds.image_size, self.ds.num_classes)
         self.mean, self.std = normalization(cfg, self.ds)
-        extra: dict[str, Any] = {"compile": cfg.compile, "loader": cfg.loader}
-        if cfg.memory_limit:
-            extra["memory_limit_gb"] = cfg.memory_limit
-        options = TrainOptions(
-            mean=self.mean, std=self.std, label_smoothing=cfg.label_smoothing,
-            crop_pad=cfg.crop_pad if "crop" in cfg.augment else 0, flip="flip" in cfg.augment,
-            precision=cfg.precision, extra=extra,
-        )
+        options = train_options(cfg, self.mean, self.std)
         self.backend = create_backend(cfg.backend, cfg.device, options, cfg.seed)
         state = init_params(self.spec, cfg.seed)
         opt_state = None

@@ -45,7 +45,9 @@ class TorchBackend(Backend):
 
     @classmethod
     def probe(cls) -> dict[str, str | None]:
-        cuda = None if torch.cuda.is_available() else "torch.cuda.is_available() is False: no NVIDIA GPU/driver or a CPU-only torch build"
+        cuda = None
+        if not torch.cuda.is_available():
+            cuda = "torch.cuda.is_available() is False: no NVIDIA GPU/driver or a CPU-only torch build"
         return {"cuda": cuda, "mps": _mps_reason(), "cpu": None}
 
     def __init__(self, device: str, options: TrainOptions, seed: int = 0):
@@ -64,7 +66,7 @@ class TorchBackend(Backend):
         extra = dict(options.extra)
         self._channels_last = bool(extra.get("channels_last", CHANNELS_LAST_DEFAULT[device]))
         self._compile = bool(extra.get("compile", False))
-        if "threads" in extra and device == "cpu":
+        if extra.get("threads") and device == "cpu":  # None/0 keep torch's default (one per core)
             torch.set_num_threads(int(extra["threads"]))
         if device == "cuda":
             torch.backends.cudnn.benchmark = not extra.get("deterministic", False)
@@ -130,7 +132,8 @@ class TorchBackend(Backend):
         extra = sorted(given - set(self._names))
         if missing or extra:
             what = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
-            raise CheckpointError(f"weights do not fit model '{self._spec.name}': {what} ({len(missing)} missing, {len(extra)} unexpected)")
+            counts = f"{len(missing)} missing, {len(extra)} unexpected"
+            raise CheckpointError(f"weights do not fit model '{self._spec.name}': {what} ({counts})")
         with torch.no_grad():
             for name in self._names:
                 target = self._tensors[name]

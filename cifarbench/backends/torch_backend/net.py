@@ -99,7 +99,7 @@ class SpecNet(nn.Module):
             _register_at(self, layer.name, _make_module(layer))
         self._spec_layers = spec.layers
         self._dropper = dropper
-        self._leaf: dict[str, nn.Module] = {layer.name: self.get_submodule(layer.name) for layer in iter_param_layers(spec.layers)}
+        self._leaf = {layer.name: self.get_submodule(layer.name) for layer in iter_param_layers(spec.layers)}
 
     def forward(self, x: torch.Tensor, capture: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         return self._run(self._spec_layers, x, capture)

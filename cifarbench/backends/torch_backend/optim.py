@@ -37,7 +37,9 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().float().cpu().numpy())
 
 
-def export_state(optimizer: torch.optim.Optimizer, name: str, names: dict[torch.Tensor, str], steps: int) -> dict[str, np.ndarray]:
+def export_state(
+    optimizer: torch.optim.Optimizer, name: str, names: dict[torch.Tensor, str], steps: int
+) -> dict[str, np.ndarray]:
     """Canonical optimizer state; ``steps`` counts optimizer steps (torch's SGD keeps no counter of its own)."""
     out: dict[str, np.ndarray] = {}
     for param, state in optimizer.state.items():
@@ -62,7 +64,7 @@ def import_state(
     expected = {f"{p}.{k}" for p in params for k in keys}
     unknown = sorted(set(state) - expected - {"step"})
     if unknown:
-        raise CheckpointError(f"optimizer state does not fit a {name} optimizer for this model: unexpected {unknown[0]!r}")
+        raise CheckpointError(f"optimizer state does not fit a {name} optimizer for this model: has {unknown[0]!r}")
     optimizer.state.clear()
     for pname, param in params.items():
         present = [k for k in keys if f"{pname}.{k}" in state]
