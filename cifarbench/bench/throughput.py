@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cifarbench.backends import create_backend
-from cifarbench.backends.base import Backend, OptimConfig, TrainOptions
+from cifarbench.backends.base import Backend, OptimConfig
 from cifarbench.bench.matrix import Case
 from cifarbench.bench.timing import Clock, timed
 from cifarbench.config import RunConfig
