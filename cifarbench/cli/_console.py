@@ -25,3 +25,12 @@ def warn(message: str) -> None:
 
 def info(message: str) -> None:
     err_console.print(message, highlight=False, soft_wrap=True)
+
+
+def print_wide(renderable: Any, console: Console | None = None, width: int = 160) -> None:
+    """Print a table; a pipe or CI log gets at least ``width`` columns instead of rich's 80,
+    which would cut paths, checksums and numbers."""
+    console = console or out_console
+    if not console.is_terminal:
+        console = Console(file=console.file, width=max(console.width, width), stderr=console.stderr)
+    console.print(renderable)

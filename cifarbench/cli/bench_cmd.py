@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from cifarbench.cli._console import err_console, info, out_console, print_json, warn
+from cifarbench.cli._console import err_console, info, out_console, print_json, print_wide, warn
 from cifarbench.errors import UsageError
 
 RECIPE = ("dataset", "data_dir", "lr", "opt", "sched", "augment", "compile", "val_split", "seed")
@@ -103,20 +103,11 @@ def _show(result: dict[str, Any], to_stderr: bool) -> None:
     table = Table(*headers, title=f"cifarbench bench ({result['mode']})", header_style="bold")
     for row in cells:
         table.add_row(*row)
-    _print_table(table, err_console if to_stderr else out_console)
+    print_wide(table, err_console if to_stderr else out_console)
     for line in skipped_lines(result):
         info(f"[dim]not run:[/] {escape(line)}")
     if result.get("baseline"):
         info(f"relative = {result['relative_meaning']}; baseline {escape(result['baseline'])}")
-
-
-def _print_table(table, console) -> None:
-    # a pipe or a CI log gets rich's 80 columns, which truncates every cell: give it room instead
-    if not console.is_terminal:
-        from rich.console import Console
-
-        console = Console(file=console.file, width=max(console.width, 160), stderr=console.stderr)
-    console.print(table)
 
 
 def _write(result: dict[str, Any], out_dir: Path) -> None:
@@ -151,7 +142,7 @@ def _compare(path_a: Path, path_b: Path, json_out: bool) -> None:
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         table.add_row(r["backend"], r["device"], r["model"], r["precision"], str(r["batch_size"]), fmt(r["a"]),
                       fmt(r["b"]), ratio)
-    _print_table(table, err_console if json_out else out_console)
+    print_wide(table, err_console if json_out else out_console)
     info("B vs A > 1 means B is faster")
     if json_out:
         print_json(res)

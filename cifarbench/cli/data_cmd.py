@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from cifarbench.cli._console import print_wide
 from cifarbench.errors import DataError
 
 ALL = "all"
@@ -126,16 +127,6 @@ def verify(
         info("nothing to verify")
 
 
-def _print_table(table) -> None:
-    from rich.console import Console
-
-    from cifarbench.cli._console import out_console
-
-    # Piped output has no width; rich would assume 80 columns and cut paths and checksums.
-    console = out_console if out_console.is_terminal else Console(width=240)
-    console.print(table)
-
-
 def _verify_table(checks, root) -> None:
     import os
 
@@ -147,7 +138,7 @@ def _verify_table(checks, root) -> None:
         rel = os.path.relpath(c.path, root) if c.path.startswith(str(root)) else c.path
         expected = c.expected_md5 if c.status == "mismatch" else ("-" if not c.expected_md5 else "=")
         table.add_row(c.dataset, rel, f"[{style.get(c.status, '')}]{c.status}[/]", c.actual_md5 or "-", expected)
-    _print_table(table)
+    print_wide(table, width=240)
 
 
 @data_app.command("info")
@@ -190,4 +181,4 @@ def _info_table(rows: list[dict]) -> None:
         shape = "x".join(str(s) for s in r["image_shape"])
         mean, std = (",".join(f"{v:.3f}" for v in r[k]) for k in ("mean", "std"))
         table.add_row(r["name"], str(r["train"]), str(r["test"]), shape, str(r["num_classes"]), mean, std, r["source"])
-    _print_table(table)
+    print_wide(table, width=240)
