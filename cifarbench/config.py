@@ -32,8 +32,15 @@ class RunConfig(BaseModel):
     compile: Optional[bool] = Field(
         None, description="compile the step (torch.compile, mx.compile); unset: the backend's default (MLX on, torch off)"
     )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        "default", description="torch.compile mode: reduce-overhead = CUDA graphs (small nets), max-autotune = "
+        "Triton autotuning + CUDA graphs (longest warm-up); a mode other than default turns compile on"
+    )
     loader: Literal["memory", "mlx-data"] = Field("memory", description="input pipeline (mlx-data: MLX backend only)")
     memory_limit: Optional[float] = Field(None, gt=0, description="MLX memory limit in GB")
+    threads: Optional[int] = Field(
+        None, ge=1, description="CPU threads (torch intra-op, NumPy's BLAS); unset: the framework's default"
+    )
     # recipe
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -44,7 +51,7 @@ class RunConfig(BaseModel):
     nesterov: bool = False
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    sched: Literal["constant", "step", "cosine", "onecycle"] = "constant"
+    sched: Literal["constant", "step", "cosine", "onecycle", "triangle"] = "constant"
     warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from warmup_start_factor*lr (not onecycle)")
     warmup_start_factor: float = Field(0.0, ge=0, le=1)
     min_lr: float = Field(0.0, ge=0, description="floor of cosine/step")
@@ -53,12 +60,30 @@ class RunConfig(BaseModel):
     pct_start: float = Field(0.3, gt=0, lt=1, description="onecycle: fraction of steps rising")
     div_factor: float = Field(25.0, gt=0, description="onecycle: initial lr = lr / div_factor")
     final_div_factor: float = Field(1e4, gt=0, description="onecycle: final lr = initial / final_div_factor")
+    final_lr_factor: float = Field(
+        0.0, ge=0, description="triangle: lr rises from warmup_start_factor*lr to lr over pct_start of the steps, "
+        "then falls linearly to final_lr_factor*lr"
+    )
+    bn_bias_lr_scale: float = Field(
+        1.0, gt=0, description="lr multiplier for BatchNorm biases; their weight decay is divided by it, so the "
+        "decay per step is unchanged (airbench's 64)"
+    )
+    lookahead_every: int = Field(0, ge=0, description="lookahead: every N steps pull toward slow weights; 0 = off")
+    lookahead_decay: float = Field(
+        0.95**5, ge=0, le=1, description="lookahead: slow weight kept per update, ramped by (step/total)^3; "
+        "the run ends on the slow weights"
+    )
+    tta: int = Field(0, ge=0, le=2, description="test-time augmentation of the final test: 0 none, 1 mirror, "
+                     "2 mirror + 1-pixel translations")
     cycle_momentum: bool = True
     base_momentum: float = Field(0.85, ge=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     # data handling
     augment: list[Literal["crop", "flip"]] = Field(default_factory=list, description="training augmentation")
     crop_pad: int = Field(4, ge=0)
+    flip_mode: Literal["random", "alternate"] = Field(
+        "random", description="alternate: epoch 0 random per image, then each image flips opposite to its previous epoch"
+    )
     normalize: Literal["dataset", "half", "none"] = Field(
         "dataset", description="dataset: per-channel mean/std of the train set; half: (x-0.5)/0.5; none: x/255"
     )
@@ -78,6 +103,8 @@ class RunConfig(BaseModel):
     def _check(self) -> "RunConfig":
         if self.loader == "mlx-data" and self.backend != "mlx":
             raise ValueError("loader 'mlx-data' needs backend 'mlx'")
+        if self.compile is False and self.compile_mode != "default":
+            raise ValueError(f"compile_mode '{self.compile_mode}' needs compile (drop --no-compile)")
         if any(e < 0 for e in self.step_epochs):
             raise ValueError("step_epochs must be >= 0")
         return self

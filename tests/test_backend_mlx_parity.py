@@ -1,7 +1,9 @@
 """MLX vs PyTorch (the torch backend): logits, optimizer steps, and a short training run.
 
-Every registered model is checked at a small image size with batch 2 (MLX's Linux CPU BLAS
-is slow), dropout switched off where the two frameworks' random streams would differ.
+Every registered model at 16x16 pixels and batch 8, with the models' own BN eps (1e-5) and
+Adam's default eps (1e-8), dropout switched off (the frameworks' random streams differ).
+Batch 8 at 16 px keeps BN statistics defined by 8*H*W >= 32 values per channel even in the
+deepest stage; batch 2 at 8 px (BN over 2-8 values) turned float32 round-off into O(1) errors.
 """
 
 from __future__ import annotations
@@ -15,71 +17,47 @@ import pytest
 pytest.importorskip("mlx.core")
 pytest.importorskip("torch")
 
-import torch  # noqa: E402
+import mlx.core as mx  # noqa: E402
 
 from cifarbench.backends.base import OptimConfig, TrainOptions  # noqa: E402
 from cifarbench.backends.mlx_backend import MLXBackend  # noqa: E402
+from cifarbench.backends.mlx_backend.data import normalise  # noqa: E402
 from cifarbench.backends.torch_backend import TorchBackend  # noqa: E402
 from cifarbench.models import create_spec, init_params, model_names  # noqa: E402
 from cifarbench.models import spec as S  # noqa: E402
 from cifarbench.models.shapes import SpecShapeError, output_shape  # noqa: E402
+from parity_reference import cancelled_biases, flat, float32_noise, rel  # noqa: E402
+from parity_reference import no_dropout as parity_layers  # noqa: E402
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 OPTS = TrainOptions(mean=MEAN, std=STD)
-
-
-def rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-
-def parity_layers(layers, bn_eps=None):
-    """Dropout off (the frameworks' random streams differ); optionally a wider BN eps."""
-    out = []
-    for layer in layers:
-        if isinstance(layer, S.Dropout):
-            layer = S.Dropout(0.0)
-        elif isinstance(layer, S.BatchNorm) and bn_eps is not None:
-            layer = dataclasses.replace(layer, eps=bn_eps)
-        elif isinstance(layer, S.Group):
-            layer = dataclasses.replace(layer, layers=parity_layers(layer.layers, bn_eps))
-        elif isinstance(layer, S.Residual):
-            layer = dataclasses.replace(
-                layer, body=parity_layers(layer.body, bn_eps), shortcut=parity_layers(layer.shortcut, bn_eps)
-            )
-        out.append(layer)
-    return tuple(out)
-
-
-def conditioned(spec):
-    """For train mode at batch 2: BN over 2 samples at 1x1 pixels (deep ResNets at 8 px) turns
-    float32 round-off into O(1) differences (torch's own float32 logits are 0.7 away from
-    float64 for resnet50 there), so the check would test round-off, not the implementation.
-    eps = 0.1 bounds that amplification; the code paths (batch stats, running updates) are the same.
-    """
-    return dataclasses.replace(spec, layers=parity_layers(spec.layers, bn_eps=0.1))
+SIZE, BATCH = 16, 8
 
 
 @lru_cache(maxsize=None)
 def small_spec(name: str):
-    """The model at the smallest of 8/16/32 pixels its layers fit (pure shape inference), without dropout."""
-    for size in (8, 16, 32):
+    """The model at the smallest of 16/32 pixels its layers fit (pure shape inference), without dropout."""
+    for size in (SIZE, 32):
         try:
             spec = create_spec(name, image_size=size)
             output_shape(spec)
         except SpecShapeError:
             continue
         return dataclasses.replace(spec, layers=parity_layers(spec.layers))
-    raise AssertionError(f"model {name} fits none of 8/16/32 pixels")
+    raise AssertionError(f"model {name} fits neither 16 nor 32 pixels")
 
 
 def pair(spec, opts=OPTS, state=None):
     """MLX and torch backends with the same weights. Only cnn runs MLX's compiled step: on CPU the
-    first mx.compile of a new graph JITs C++ kernels (~15 s here, cached on disk afterwards)."""
+    first mx.compile of a new graph JITs C++ kernels (~15 s here, cached on disk afterwards).
+    The torch reference runs NCHW (channels_last off): the torch backend's CPU default,
+    channels_last, goes through oneDNN, whose float32 gradients were measured 1000x further from
+    a float64 run (resnet18: 4.5e-3 vs 3e-6), so it would be a poor referee for 1e-4."""
     state = init_params(spec, 0) if state is None else state
     if spec.name != "cnn":
         opts = dataclasses.replace(opts, extra={**opts.extra, "compile": False})
-    backends = MLXBackend("cpu", opts, seed=0), TorchBackend("cpu", dataclasses.replace(opts, extra={}), seed=0)
+    ref_opts = dataclasses.replace(opts, extra={"channels_last": False})
+    backends = MLXBackend("cpu", opts, seed=0), TorchBackend("cpu", ref_opts, seed=0)
     for b in backends:
         b.build(spec, state)
     return backends
@@ -93,13 +71,13 @@ def images(spec, n, seed=1):
 @pytest.mark.parametrize("name", model_names())
 @pytest.mark.parametrize("train", [False, True])
 def test_logits_match_torch(name, train):
-    spec = conditioned(small_spec(name)) if train else small_spec(name)
+    spec = small_spec(name)
     mlx_b, torch_b = pair(spec)
-    x = np.random.default_rng(2).standard_normal((2, spec.in_channels, spec.image_size, spec.image_size)).astype(np.float32)
+    x = np.random.default_rng(2).standard_normal((BATCH, spec.in_channels, spec.image_size, spec.image_size)).astype(np.float32)
     points = spec.capture_points[:2]
     lm, cm = mlx_b.forward(x, train=train, capture=points, dropout=False)
     lt, ct = torch_b.forward(x, train=train, capture=points, dropout=False)
-    assert lm.shape == lt.shape == (2, spec.num_classes)
+    assert lm.shape == lt.shape == (BATCH, spec.num_classes)
     assert rel(lm, lt) < 1e-4
     for p in points:
         assert cm[p].shape == ct[p].shape and rel(cm[p], ct[p]) < 1e-4
@@ -109,7 +87,7 @@ def test_logits_match_torch(name, train):
         assert rel(sm[k], st[k]) < 1e-4, k
 
 
-def _steps(spec, opt, n_steps, bs=2, wd_lr=(0.05, 0.9)):
+def _steps(spec, opt, n_steps, bs=BATCH, wd_lr=(0.05, 0.9)):
     mlx_b, torch_b = pair(spec)
     x = images(spec, bs * n_steps)
     y = np.arange(bs * n_steps, dtype=np.int64) % spec.num_classes
@@ -120,59 +98,96 @@ def _steps(spec, opt, n_steps, bs=2, wd_lr=(0.05, 0.9)):
         b.begin_epoch(np.arange(len(x)), None, None, seed=0)
         for i in range(n_steps):
             b.train_step(i * bs, (i + 1) * bs, lr=wd_lr[0] * (1 + i), momentum=wd_lr[1] - 0.05 * i)
-    return before, mlx_b, torch_b
+    return before, mlx_b, torch_b, (x, y)
 
 
 def heavy(name: str) -> bool:
-    """Deep or big models: their steps cost 10-30 s on a loaded 2-core CPU (mostly torch)."""
+    """Deep or big models: their steps cost 5-40 s on a loaded 2-core CPU."""
     spec = small_spec(name)
     convs = sum(isinstance(layer, S.Conv) for layer in S.iter_layers(spec.layers))
     return spec.num_params() > 2_000_000 or convs > 20
 
 
-SGD = OptimConfig("sgd", momentum=0.9, weight_decay=5e-4)
-# Adam's first step is ~lr * g / (|g| + eps): with eps 1e-8 an entry whose true gradient is 0
-# (a dead ReLU channel, a conv bias cancelled by BN) moves by up to lr on round-off alone, in
-# torch as in MLX. eps = 1e-4 keeps such entries still; the update code path is unchanged.
-ADAMW = OptimConfig("adamw", weight_decay=0.05, eps=1e-4)
+SGD = OptimConfig("sgd", momentum=0.9, weight_decay=5e-4, nesterov=True)
+ADAMW = OptimConfig("adamw", weight_decay=0.05)
+# (model, optimizer) where float32 itself cannot hold 1e-4: torch float32 (NCHW) was measured
+# further than 1e-4 from a float64 run of the same step (a ReLU input within round-off of 0
+# takes the other side and BN spreads it through its channel; Adam turns tiny gradients into
+# +-lr). There the check is "MLX is no further from float64 than torch float32 is". The test
+# re-measures torch's distance and fails if it drops under 1e-4, so this list cannot hide a case.
+FLOAT32_LIMITED = {
+    ("resnet32", "sgd"), ("resnet32", "adamw"), ("resnet34", "sgd"), ("resnet34", "adamw"),
+    ("resnet50", "sgd"), ("resnet50", "adamw"), ("resnet56", "sgd"), ("resnet56", "adamw"), ("speedrun", "adamw"),
+}
 STEP_CASES = [pytest.param(n, SGD, id=f"sgd-{n}") for n in model_names()] + [
-    pytest.param(n, ADAMW, id=f"adamw-{n}", marks=[pytest.mark.slow] if heavy(n) else []) for n in model_names()
+    pytest.param(n, ADAMW, id=f"adamw-{n}") for n in model_names()
 ]
+STEP_CASES = [
+    pytest.param(*c.values, id=c.id, marks=[pytest.mark.slow] if heavy(c.values[0]) else []) for c in STEP_CASES
+]
+
+
+def float64_check(spec, opt, lr, data, names, new_mlx, new_torch) -> None:
+    """MLX within max(1e-4, 3 x torch float32's own distance) of a float64 step from the same start."""
+    x, y = data
+    # MLX's own normalised float32 batch: float64 and torch float32 start from the same bits
+    bits = np.array(normalise(mx.array(x), mx.array(np.float32(MEAN)), mx.array(np.float32(STD)))).transpose(0, 3, 1, 2)
+    exact, d_torch = float32_noise(spec, init_params(spec, 0), x, y, opt, lr[0], lr[1], MEAN, STD, 0.0, bits, names)
+    d_mlx = rel(new_mlx, exact)
+    print(f"{spec.name} {opt.name}: float64 distance: torch32 {d_torch:.1e} (torch backend {rel(new_torch, exact):.1e}), "
+          f"mlx {d_mlx:.1e}")
+    assert d_torch > 1e-4, "torch float32 now meets 1e-4 here: move this case back to the direct check"
+    assert d_mlx < max(1e-4, 3 * d_torch)
 
 
 @pytest.mark.parametrize("name,opt", STEP_CASES)
 def test_optimizer_steps_match_torch(name, opt):
-    spec = conditioned(small_spec(name))
-    n_steps = 1 if heavy(name) else 2  # the second step exercises momentum/beta1 changes
+    spec = small_spec(name)
+    limited = (name, opt.name) in FLOAT32_LIMITED
+    # the second step exercises momentum/beta1 changes; the float64 reference takes one
+    n_steps = 1 if heavy(name) or limited else 2
     lr = (0.05, 0.9) if opt.name == "sgd" else (1e-3, 0.9)
-    before, mlx_b, torch_b = _steps(spec, opt, n_steps, wd_lr=lr)
+    before, mlx_b, torch_b, data = _steps(spec, opt, n_steps, wd_lr=lr)
     sm, st = mlx_b.state_dict(), torch_b.state_dict()
-    names = list(spec.param_shapes())
-    assert rel(np.concatenate([sm[k].ravel() for k in names]), np.concatenate([st[k].ravel() for k in names])) < 1e-4
+    # Adam moves every entry by ~lr * g / |g|, whatever |g|: for a conv bias that BN cancels,
+    # g is pure round-off, so its new value is lr * sign(noise) in torch as in MLX; it is
+    # compared only as bounded (it cannot move more than an Adam step), not for equality.
+    noise = cancelled_biases(spec.layers) if opt.name != "sgd" else set()
+    names = [k for k in spec.param_shapes() if k not in noise]
+    new_mlx, new_torch = flat(sm, names), flat(st, names)
+    whole = rel(new_mlx, new_torch)
+    print(f"{name} {opt.name}: new weights rel {whole:.1e}")
+    if limited:
+        float64_check(spec, opt, lr, data, names, new_mlx, new_torch)
+    else:
+        assert whole < 1e-4
     moved = 0
     for k in spec.param_shapes():
-        # A zero-initialised tensor (BN bias) after Adam holds nothing but lr * m / (sqrt(v) + eps),
-        # i.e. the gradient's relative round-off: measured < 1e-4 on most models, 4e-4..3e-3 run to run
-        # on resnet50 (50 layers of BN over 2 samples at 8 px), where torch's own CPU runs vary too.
-        assert rel(sm[k], st[k]) < (1e-2 if opt.name != "sgd" and not before[k].any() else 1e-4), k
+        if k in noise:
+            step = n_steps * lr[0] * (1 + n_steps) * 1.01  # |update| <= lr_i per step, lr_i = lr * (1 + i)
+            assert np.abs(sm[k] - before[k]).max() <= step and np.abs(st[k] - before[k]).max() <= step, k
+        elif not limited and opt.name == "sgd":
+            # per tensor for SGD only: AdamW's first step moves every entry by +-lr whatever |g|,
+            # so per tensor it counts entries whose gradient sign is round-off
+            assert rel(sm[k], st[k]) < 1e-4, k
         moved += not np.array_equal(st[k], before[k])
     assert moved == len(spec.param_shapes())  # every parameter was actually updated
     om, ot = mlx_b.optimizer_state(), torch_b.optimizer_state()
     assert float(om["step"]) == float(ot["step"]) == n_steps
-    # Moments/gradients compared as one vector: bias grads of conv layers followed by BN are
-    # round-off sized (BN cancels a bias), so their per-tensor relative error means nothing.
     keys = sorted(k for k in ot if k != "step")
     assert set(keys) <= set(om)
-    assert rel(np.concatenate([om[k].ravel() for k in keys]), np.concatenate([ot[k].ravel() for k in keys])) < 1e-4
+    if not limited:  # moments/gradients as one vector (the cancelled biases' noise does not weigh)
+        assert rel(np.concatenate([om[k].ravel() for k in keys]), np.concatenate([ot[k].ravel() for k in keys])) < 1e-4
     stats_m, stats_t = mlx_b.end_epoch(), torch_b.end_epoch()
-    assert stats_m.count == stats_t.count == 2 * n_steps
+    assert stats_m.count == stats_t.count == BATCH * n_steps
+    # the loss comes from the forward alone, which holds 1e-4 on every model
     assert abs(stats_m.loss_sum - stats_t.loss_sum) < 1e-4 * abs(stats_t.loss_sum)
 
 
 def test_checkpoints_cross_load():
     spec = small_spec("cnn")
     opt = OptimConfig("sgd", momentum=0.9, weight_decay=5e-4)
-    _, mlx_b, torch_b = _steps(spec, opt, 1)
+    _, mlx_b, torch_b, _ = _steps(spec, opt, 1)
     # MLX -> torch and torch -> MLX: same weights, buffers and optimizer state back out.
     fresh_t, fresh_m = TorchBackend("cpu", OPTS), MLXBackend("cpu", OPTS)
     fresh_t.build(spec, mlx_b.state_dict())
@@ -188,7 +203,7 @@ def test_checkpoints_cross_load():
 
 def test_short_training_run_tracks_torch():
     """cnn, 256 synthetic images (8 px), 16 steps of batch 32, nesterov SGD + label smoothing."""
-    spec = small_spec("cnn")
+    spec = dataclasses.replace(create_spec("cnn", image_size=8), layers=parity_layers(create_spec("cnn", image_size=8).layers))
     opts = TrainOptions(mean=MEAN, std=STD, label_smoothing=0.1)
     mlx_b, torch_b = pair(spec, opts)
     rng = np.random.default_rng(3)

@@ -57,6 +57,22 @@ def test_state_dict_round_trip_canonical(model):
         assert caps["layer1"].shape == (2, 64, 32, 32) and caps["layer2.0"].shape == (2, 128, 16, 16)
 
 
+def test_state_dict_is_a_snapshot_not_a_view():
+    """Arrays taken before a step keep their values (CPU tensors would otherwise share memory)."""
+    spec = linear_spec()
+    b = make(spec)
+    b.configure_optimizer(OptimConfig("sgd", momentum=0.0))
+    before = b.state_dict()
+    kept = {k: v.copy() for k, v in before.items()}
+    b.set_data("train", images(4, 3, 2), np.arange(4, dtype=np.int64) % 4)
+    b.begin_epoch(np.arange(4), None, None, seed=0)
+    b.train_step(0, 4, lr=0.5, momentum=0.0)
+    after = b.state_dict()
+    for k in kept:
+        np.testing.assert_array_equal(before[k], kept[k])
+    assert not np.array_equal(after["fc.weight"], kept["fc.weight"])
+
+
 def test_load_state_dict_rejects_bad_weights_and_ignores_bn_counter():
     spec = create_spec("cnn", 3, 8, 10)
     b = make(spec)

@@ -104,3 +104,9 @@ def test_npz_malformed(tmp_path):
     np.savez(bad, x_train=np.zeros((3, 32, 32, 3), np.uint8))
     res = invoke(["train", "cnn", "--dataset", f"npz:{bad}", "--epochs", "1"])
     assert res.exit_code in (1, 2) and "y_train" in res.output
+
+
+def test_brackets_in_messages_are_printed_not_parsed_as_markup():
+    """'pip install cifarbench[torchvision]' must reach the user with its extra intact."""
+    res = invoke(["train", "[bold]net[/bold]", "--dataset", "synthetic"])
+    assert res.exit_code == 2 and "unknown model '[bold]net[/bold]'" in res.output

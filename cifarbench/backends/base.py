@@ -27,7 +27,9 @@ Optimizers follow torch.optim exactly: SGD (momentum buffer initialised to the f
 gradient, dampening 0, nesterov, L2 weight decay added to the gradient), Adam (L2 decay added
 to the gradient, bias-corrected), AdamW (decoupled decay ``p -= lr * wd * p`` before the
 update, bias-corrected). Weight decay applies to every parameter. The engine passes lr and
-momentum (SGD momentum, or beta1 for Adam/AdamW) to every ``train_step``.
+momentum (SGD momentum, or beta1 for Adam/AdamW) to every ``train_step``. ``OptimConfig.scales``
+gives named parameters their own lr and weight-decay factors (torch param groups: lr * f_lr,
+weight_decay * f_wd). Tensors the spec freezes (``buffer_shapes()``) are never optimised.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    # (param name, lr factor, weight-decay factor): torch-style param groups; unnamed params use 1, 1
+    scales: tuple[tuple[str, float, float], ...] = ()
+
+    def scale_of(self, name: str) -> tuple[float, float]:
+        return next(((lr, wd) for n, lr, wd in self.scales if n == name), (1.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,23 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def synchronize(self) -> None:
         """Block until all queued device work is done (called before reading a clock)."""
+
+    # ----- weight averaging (optional; this default goes through state dicts) -------------
+    def lookahead(self, decay: float | None) -> None:
+        """Lookahead / EMA over all canonical tensors (parameters and BN statistics).
+
+        ``decay=None`` (re)starts: the current weights become the slow copy. Otherwise
+        ``slow += (1 - decay) * (current - slow)``, then the model continues from ``slow``
+        (``decay=1`` simply loads the slow weights). Optimizer state is left alone.
+        """
+        current = self.state_dict()
+        if decay is None or getattr(self, "_slow_weights", None) is None:
+            self._slow_weights = {k: np.array(v, np.float32, copy=True) for k, v in current.items()}
+            return
+        for k, v in current.items():
+            slow = self._slow_weights[k]
+            slow += np.float32(1.0 - decay) * (v - slow)  # exact where nothing moved (frozen tensors)
+        self.load_state_dict({k: v.copy() for k, v in self._slow_weights.items()})
 
     def describe(self) -> str:
         """Human-readable device name, e.g. 'torch cuda (NVIDIA H100 80GB HBM3)'."""

@@ -24,7 +24,7 @@ from cifarbench.config import RunConfig
 from cifarbench.engine.metrics import summarize
 from cifarbench.engine.trainer import train_options
 from cifarbench.errors import UsageError
-from cifarbench.models import create_spec, init_params
+from cifarbench.models import create_spec, init_params, tv
 
 # Shapes for --synthetic (images, channels, classes): the shape of the data set named by --dataset.
 SYNTHETIC_SHAPES = {"mnist": (28, 1, 10), "fashion-mnist": (28, 1, 10), "cifar100": (32, 3, 100)}
@@ -132,6 +132,7 @@ def measure(backend: Backend, data: BenchData, batch_size: int, win: Windows, lr
 
 def run_case(case: Case, cfg: RunConfig, data: BenchData, win: Windows, clock: Clock = time.perf_counter) -> dict[str, Any]:
     """Create, build and time one backend/device/model/precision/batch-size combination."""
+    tv.check_tv_model(case.model, case.backend)
     spec = create_spec(case.model, data.channels, data.image_size, data.num_classes)
     options = train_options(cfg, data.mean, data.std, case.precision)
     backend = create_backend(case.backend, case.device, options, cfg.seed)

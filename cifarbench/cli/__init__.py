@@ -30,11 +30,14 @@ _state = {"debug": False}
 
 def show_error(message: str, hint: str | None = None) -> None:
     """The one place errors are printed: ``error: message`` and an optional hint, on stderr."""
+    from rich.markup import escape
+
     from cifarbench.cli._console import err_console
 
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    # escape: messages quote user input and pip extras like 'pkg[extra]', which are not markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, markup=True)
     if hint:
-        err_console.print(f"[dim]hint: {hint}[/]", highlight=False, soft_wrap=True)
+        err_console.print(f"[dim]hint: {escape(hint)}[/]", highlight=False, soft_wrap=True)
 
 
 class _Group(TyperGroup):

@@ -11,7 +11,8 @@ from rich.markup import escape
 from cifarbench.cli._console import err_console, info, out_console, print_json, print_wide, warn
 from cifarbench.errors import UsageError
 
-RECIPE = ("dataset", "data_dir", "lr", "opt", "sched", "augment", "compile", "val_split", "seed")
+RECIPE = ("dataset", "data_dir", "lr", "opt", "sched", "augment", "compile", "compile_mode", "val_split", "seed",
+          "threads")
 
 
 def _split(text: Optional[str]) -> Optional[list[str]]:
@@ -44,6 +45,9 @@ def bench(
     sched: Optional[str] = typer.Option(None, "--sched", "--scheduler"),
     augment: Optional[str] = typer.Option(None, "--augment", help="crop, flip, crop+flip or none."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile"),
+    compile_mode: Optional[str] = typer.Option(
+        None, "--compile-mode", help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune; implies --compile."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch/NumPy (default: the framework's)."),
     val_split: Optional[int] = typer.Option(None, "--val-split"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Base seed (training mode: seeds seed..seed+K-1)."),
     warmup_steps: int = typer.Option(5, "--warmup-steps", help="Throughput: warm-up steps before the timed windows (compile/JIT; timed and reported apart)."),

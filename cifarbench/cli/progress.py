@@ -57,7 +57,9 @@ class PlainReporter(Reporter):
     def finish(self, s: dict[str, Any]) -> None:
         info(
             f"test accuracy {s['test_accuracy']:.4f} (loss {s['test_loss']:.4f}) after {s['epochs']} epochs, "
-            f"{s['total_time_s']:.1f} s in all; checkpoint {s['checkpoint']}"
+            f"{s['total_time_s']:.1f} s in all"
+            + (f" (warm-up {s['warmup_s']:.1f} s)" if s.get("warmup_s") else "")
+            + f"; checkpoint {s['checkpoint']}"
         )
 
     def download_progress(self, name: str, done: int, total: int | None) -> None:

@@ -12,24 +12,26 @@ from cifarbench.cli._console import info, out_console, print_json, warn
 
 
 def evaluate_checkpoint(checkpoint: str, dataset: Optional[str], data_dir: Optional[str], backend: str,
-                        device: Optional[str], batch_size: int) -> dict:
+                        device: Optional[str], batch_size: int, threads: Optional[int] = None) -> dict:
     """Load a checkpoint on any backend and evaluate it on its (or another) data set's test split."""
-    from cifarbench.backends import create_backend
+    from cifarbench.backends import create_backend, resolve
     from cifarbench.backends.base import TrainOptions
     from cifarbench.checkpoint import check_compatible, load_checkpoint
     from cifarbench.data import load_dataset
     from cifarbench.engine.metrics import evaluate_logits
-    from cifarbench.models import create_spec
+    from cifarbench.models import create_spec, tv
 
     ck = load_checkpoint(checkpoint)
     meta = ck.meta
+    tv.check_tv_model(meta["model"], resolve(backend, device)[0])
     ds_name = dataset or meta.get("dataset", "cifar10")
     ds = load_dataset(ds_name, data_dir)
     for w in getattr(ds, "warnings", []) or []:
         warn(w)
     spec = create_spec(meta["model"], ds.channels, ds.image_size, ds.num_classes)
     check_compatible(ck.state, spec, f"checkpoint {checkpoint} (model {meta['model']}, {meta['num_classes']} classes)")
-    opts = TrainOptions(mean=tuple(meta.get("mean", ds.mean())), std=tuple(meta.get("std", ds.std())))
+    opts = TrainOptions(mean=tuple(meta.get("mean", ds.mean())), std=tuple(meta.get("std", ds.std())),
+                        extra={} if threads is None else {"threads": threads})
     be = create_backend(backend, device, opts, 0)
     be.build(spec, ck.state)
     be.set_data("test", ds.x_test, ds.y_test)
@@ -52,11 +54,12 @@ def test(
     backend: str = typer.Option("torch", "--backend", help="Any backend: checkpoints are portable."),
     device: Optional[str] = typer.Option(None, "--device"),
     batch_size: int = typer.Option(500, "--batch-size", "-b", min=1),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch/NumPy (default: the framework's)."),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write per-class bars and a confusion heat map here."),
     json_out: bool = typer.Option(False, "--json", help="Print the results (with the confusion matrix) as JSON."),
 ) -> None:
     """Evaluate a checkpoint: overall and per-class accuracy, loss, confusion matrix."""
-    r = evaluate_checkpoint(checkpoint, dataset, data_dir, backend, device, batch_size)
+    r = evaluate_checkpoint(checkpoint, dataset, data_dir, backend, device, batch_size, threads)
     if plots is not None:
         from cifarbench.report.plots import confusion_heatmap, per_class_bar
 

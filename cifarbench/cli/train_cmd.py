@@ -14,7 +14,8 @@ from cifarbench.errors import UsageError
 OVERRIDES = (
     "model", "dataset", "data_dir", "epochs", "batch_size", "eval_batch_size", "lr", "opt", "momentum", "nesterov",
     "weight_decay", "sched", "warmup_epochs", "min_lr", "label_smoothing", "precision", "seed", "output", "backend",
-    "device", "val_split", "augment", "normalize", "compile", "loader", "memory_limit",
+    "device", "val_split", "augment", "normalize", "compile", "compile_mode", "loader", "memory_limit",
+    "threads",
 )
 
 
@@ -45,8 +46,12 @@ def train(
     augment: Optional[str] = typer.Option(None, "--augment", help="crop, flip, crop+flip or none."),
     normalize: Optional[str] = typer.Option(None, "--normalize", help="dataset, half or none."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the step (warm-up reported)."),
+    compile_mode: Optional[str] = typer.Option(
+        None, "--compile-mode", help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune; implies --compile."),
     loader: Optional[str] = typer.Option(None, "--loader", help="memory or mlx-data (MLX only)."),
     memory_limit: Optional[float] = typer.Option(None, "--memory-limit", help="MLX memory limit in GB."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="CPU threads for torch/NumPy (default: the framework's; 1 is often fastest on a busy machine)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
     list_configs: bool = typer.Option(False, "--list-configs", help="List the bundled recipes and exit."),
@@ -80,7 +85,7 @@ def _resume_config(run_dir: Path, overrides: dict):
     if not (run_dir / "config.yaml").is_file():
         raise UsageError(f"--resume {run_dir}: no config.yaml there", hint="pass the run directory a train run wrote")
     changed = {k: v for k, v in overrides.items() if v is not None}
-    allowed = {"epochs", "backend", "device", "data_dir", "eval_batch_size"}
+    allowed = {"epochs", "backend", "device", "data_dir", "eval_batch_size", "threads"}
     bad = sorted(set(changed) - allowed)
     if bad:
         raise UsageError(f"--resume keeps the run's recipe; cannot change: {', '.join(bad)}", hint="allowed: " + ", ".join(sorted(allowed)))
@@ -90,9 +95,12 @@ def _resume_config(run_dir: Path, overrides: dict):
 
 def _run(cfg, resume: Optional[Path], json_out: bool) -> None:
     from cifarbench.cli.progress import make_reporter
+    from cifarbench.engine import distributed
+    from cifarbench.engine.reporter import Reporter
     from cifarbench.engine.trainer import Trainer
 
-    rep = make_reporter()
+    main_rank = distributed.is_main_process()  # under torchrun, ranks > 0 print nothing
+    rep = make_reporter() if main_rank else Reporter()
     trainer = Trainer(cfg, rep, run_dir=resume, resume=resume is not None)
     if resume is not None:
         _check_not_finished(resume, cfg.epochs)
@@ -102,6 +110,9 @@ def _run(cfg, resume: Optional[Path], json_out: bool) -> None:
         close = getattr(rep, "close", None)
         if close:
             close()
+        distributed.shutdown()
+    if not main_rank:
+        return
     if json_out:
         print_json(summary)
     else:

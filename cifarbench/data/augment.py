@@ -34,6 +34,18 @@ def draw_epoch(
     return order, (offsets if crop_pad > 0 else None), (flips if flip else None)
 
 
+def alternate_flips(seed: int, order: np.ndarray, epoch: int, n: int) -> np.ndarray:
+    """Flips of the "alternating" scheme for the samples ``order`` of this epoch.
+
+    Epoch 0 flips each image with probability 1/2 (one draw per image, fixed by the run seed);
+    every later epoch flips exactly the images the previous epoch left unflipped, so over any
+    two epochs each image is seen once each way. A pure function of (seed, epoch): resumable.
+    """
+    base = np.random.default_rng([int(seed) & 0xFFFF_FFFF, 0xF11B]).random(n) < 0.5
+    per_image = base if epoch % 2 == 0 else ~base
+    return per_image[np.asarray(order)]
+
+
 def _per_channel(values: Sequence[float] | float, channels: int, what: str) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float32).reshape(-1)
     if arr.size == 1:

@@ -66,6 +66,28 @@ class Warmup:
         return self.after(step), self.momentum
 
 
+@dataclass(frozen=True)
+class Triangle:
+    """Piecewise linear: ``start * lr`` at step 0, ``lr`` at step int(pct * total), ``end * lr``
+    at step ``total`` (airbench94's schedule: 0.2 -> 1 over 23% of the steps -> 0.07)."""
+
+    lr: float
+    total_steps: int
+    pct: float
+    start: float
+    end: float
+    momentum: float
+
+    def __call__(self, step: int) -> tuple[float, float]:
+        peak = max(int(self.pct * self.total_steps), 1)
+        if step <= peak:
+            frac = self.start + (1.0 - self.start) * step / peak
+        else:
+            span = max(self.total_steps - peak, 1)
+            frac = 1.0 + (self.end - 1.0) * min(step - peak, span) / span
+        return self.lr * frac, self.momentum
+
+
 def make_schedule(cfg, steps_per_epoch: int) -> Schedule:
     """Build the schedule of a RunConfig (cifarbench.config) for this many steps per epoch."""
     total = cfg.epochs * steps_per_epoch
@@ -76,6 +98,8 @@ def make_schedule(cfg, steps_per_epoch: int) -> Schedule:
             final_div_factor=cfg.final_div_factor, cycle_momentum=cfg.cycle_momentum,
             base_momentum=cfg.base_momentum, max_momentum=momentum,
         )
+    if cfg.sched == "triangle":
+        return Triangle(cfg.lr, total, cfg.pct_start, cfg.warmup_start_factor, cfg.final_lr_factor, momentum)
     warm = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total)
     base, floor = cfg.lr, cfg.min_lr
 

@@ -23,15 +23,19 @@ from cifarbench import checkpoint as ckpt
 from cifarbench.backends import create_backend
 from cifarbench.backends.base import OptimConfig, TrainOptions
 from cifarbench.config import RunConfig, dump_config
+from cifarbench.engine import distributed
 from cifarbench.engine.metrics import evaluate_logits
 from cifarbench.engine.reporter import Reporter
+from cifarbench.engine import tta
 from cifarbench.engine.schedules import make_schedule
+from cifarbench.engine.tricks import bn_bias_scales, lookahead_decay
+from cifarbench.engine.whiten import data_init
 from cifarbench.errors import UsageError
 from cifarbench.models import create_spec, init_params
 
 METRIC_FIELDS = (
     "epoch", "train_loss", "train_acc", "eval_split", "eval_loss", "eval_acc", "lr", "momentum",
-    "images_per_s", "train_time_s", "eval_time_s", "epoch_time_s", "elapsed_s",
+    "images_per_s", "train_time_s", "eval_time_s", "epoch_time_s", "elapsed_s", "warmup_s",
 )
 
 
@@ -49,8 +53,12 @@ def train_options(cfg: RunConfig, mean, std, precision: str | None = None) -> Tr
     extra: dict[str, Any] = {"loader": cfg.loader}
     if cfg.compile is not None:  # unset: each backend's own default
         extra["compile"] = cfg.compile
+    if cfg.compile_mode != "default":  # asking for a mode asks for compilation
+        extra["compile"], extra["compile_mode"] = True, cfg.compile_mode
     if cfg.memory_limit:
         extra["memory_limit_gb"] = cfg.memory_limit
+    if cfg.threads is not None:  # unset: the framework's default (one thread per core)
+        extra["threads"] = cfg.threads
     return TrainOptions(
         mean=tuple(mean), std=tuple(std), label_smoothing=cfg.label_smoothing,
         crop_pad=cfg.crop_pad if "crop" in cfg.augment else 0, flip="flip" in cfg.augment,
@@ -66,7 +74,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def default_run_dir(cfg: RunConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     safe_ds = cfg.dataset.replace(":", "-").replace("/", "_")[-40:]
-    return Path("runs") / f"{cfg.model}-{safe_ds}-{cfg.backend}-{stamp}"
+    return Path("runs") / f"{cfg.model.replace(':', '-')}-{safe_ds}-{cfg.backend}-{stamp}"
 
 
 @dataclass
@@ -85,7 +93,8 @@ class Trainer:
         self.rep = reporter or Reporter()
         self.run_dir = Path(run_dir) if run_dir else (Path(cfg.output) if cfg.output else default_run_dir(cfg))
         self.resume = resume
-        self.write = write
+        self.dist = distributed.detect()  # under torchrun: this rank; None in a plain run
+        self.write = write and (self.dist is None or self.dist.is_main)  # rank 0 alone writes
         self.records: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.start_step_in_epoch = 0
@@ -109,14 +118,20 @@ class Trainer:
         self.spec = create_spec(cfg.model, self.ds.channels, self.ds.image_size, self.ds.num_classes)
         self.mean, self.std = normalization(cfg, self.ds)
         options = train_options(cfg, self.mean, self.std)
-        self.backend = create_backend(cfg.backend, cfg.device, options, cfg.seed)
+        if self.dist is not None:
+            self.backend = distributed.create_backend(self.dist, cfg.backend, cfg.device, options, cfg.seed)
+        else:
+            self.backend = create_backend(cfg.backend, cfg.device, options, cfg.seed)
         state = init_params(self.spec, cfg.seed)
+        # dirac / patch-whitening convs (speedrun) are set from the data, the same on every backend
+        state = data_init(self.spec, state, self.splits.x_train, self.mean, self.std)
         opt_state = None
         if self.resume:
             state, opt_state = self._load_resume_state()
         self.backend.build(self.spec, state)
         self.backend.configure_optimizer(
-            OptimConfig(cfg.opt, cfg.momentum, cfg.nesterov, cfg.weight_decay, tuple(cfg.betas))
+            OptimConfig(cfg.opt, cfg.momentum, cfg.nesterov, cfg.weight_decay, tuple(cfg.betas),
+                        scales=bn_bias_scales(self.spec, cfg.bn_bias_lr_scale))
         )
         if opt_state is not None:
             self.backend.load_optimizer_state(opt_state)
@@ -124,19 +139,28 @@ class Trainer:
         self.backend.set_data(self.splits.eval_name, self.splits.x_eval, self.splits.y_eval)
         if self.splits.eval_name == "val":
             self.backend.set_data("test", self.ds.x_test, self.ds.y_test)
+        self.tta_plan = tta.upload(self.backend, "test", self.ds.x_test, self.ds.y_test, cfg.tta)
+        if cfg.lookahead_every:
+            self.backend.lookahead(None)  # the slow weights start here (a resumed run restarts them)
         n = len(self.splits.y_train)
         self.steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
         self.schedule = make_schedule(cfg, self.steps_per_epoch)
+        self._seen_batches: set[int] = set()  # batch sizes stepped already (a new one compiles/autotunes)
 
     def _validate_names(self) -> None:
         """Fail on a bad model or backend name before spending time on the data."""
         from cifarbench.backends import load_backend_class, resolve
         from cifarbench.errors import unknown_name
-        from cifarbench.models import model_names
+        from cifarbench.models import model_names, tv
 
-        if self.cfg.model not in model_names():
+        backend = resolve(self.cfg.backend, self.cfg.device)[0]
+        if self.dist is not None:
+            distributed.check_backend(self.cfg.backend, self.cfg.device)
+        if tv.is_tv_name(self.cfg.model):
+            tv.check_tv_model(self.cfg.model, backend)
+        elif self.cfg.model not in model_names():
             raise unknown_name("model", self.cfg.model, model_names())
-        load_backend_class(resolve(self.cfg.backend, self.cfg.device)[0])
+        load_backend_class(backend)
 
     def _load_resume_state(self):
         loaded = ckpt.load_checkpoint(self.run_dir)
@@ -186,28 +210,57 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, first_step: int):
         """Yields the index of the step about to run (the interrupt point), then the step count."""
-        from cifarbench.data.augment import draw_epoch
+        from cifarbench.data.augment import alternate_flips, draw_epoch
 
         cfg, b = self.cfg, self.backend
         n = len(self.splits.y_train)
         rng = np.random.default_rng(epoch_seed(cfg.seed, epoch))
         order, offsets, flips = draw_epoch(rng, n, b.options.crop_pad, b.options.flip)
+        if flips is not None and cfg.flip_mode == "alternate":
+            flips = alternate_flips(cfg.seed, order, epoch, n)
         self.rep.epoch_begin(epoch + 1, self.steps_per_epoch)
         b.synchronize()
         t0 = time.perf_counter()
         b.begin_epoch(order, offsets, flips, epoch_seed(cfg.seed + 1, epoch))
         base = epoch * self.steps_per_epoch
         lr = mom = 0.0
+        warm_s, warm_images = 0.0, 0
         for i in range(first_step, self.steps_per_epoch):
             yield i
             lr, mom = self.schedule(base + i)
-            b.train_step(i * cfg.batch_size, min((i + 1) * cfg.batch_size, n), lr, mom)
+            start, stop = i * cfg.batch_size, min((i + 1) * cfg.batch_size, n)
+            if stop - start in self._seen_batches:
+                b.train_step(start, stop, lr, mom)
+            else:  # first step of this batch shape: compile/JIT/autotune run here, timed apart
+                warm_s += self._timed_step(start, stop, lr, mom)
+                warm_images += stop - start
+            decay = lookahead_decay(base + i + 1, cfg.epochs * self.steps_per_epoch, cfg.lookahead_every, cfg.lookahead_decay)
+            if decay is not None:
+                b.lookahead(decay)
         stats = b.end_epoch()  # synchronises
-        self._epoch_train = (stats, time.perf_counter() - t0, lr, mom, n - first_step * cfg.batch_size)
+        self._epoch_train = (stats, time.perf_counter() - t0, lr, mom, n - first_step * cfg.batch_size, warm_s,
+                             warm_images)
         yield self.steps_per_epoch
 
+    def _timed_step(self, start: int, stop: int, lr: float, mom: float) -> float:
+        """One synchronised, timed step (the warm-up of a new batch shape)."""
+        b = self.backend
+        b.synchronize()
+        t0 = time.perf_counter()
+        b.train_step(start, stop, lr, mom)
+        b.synchronize()
+        self._seen_batches.add(stop - start)
+        return time.perf_counter() - t0
+
     def _finish_epoch(self, epoch: int, elapsed: float) -> dict[str, Any]:
-        stats, train_time, lr, mom, images = self._epoch_train
+        stats, train_time, lr, mom, images, warm_s, warm_images = self._epoch_train
+        if warm_s > 0:
+            self.rep.message(f"warm-up (first step of each batch size: compile/JIT/autotune): {warm_s:.2f} s, "
+                             "excluded from images/s")
+        # images/s over the steady steps; an epoch made only of warm-up steps keeps the plain ratio
+        steady_images, steady_time = images, train_time
+        if images > warm_images:
+            steady_images, steady_time = images - warm_images, train_time - warm_s
         t0 = time.perf_counter()
         logits = self.backend.predict(self.splits.eval_name, self.cfg.eval_batch_size)
         ev = evaluate_logits(logits, self.splits.y_eval, self.ds.class_names)
@@ -216,9 +269,9 @@ class Trainer:
         return {
             "epoch": epoch + 1, "train_loss": stats.loss_sum / count, "train_acc": stats.correct / count,
             "eval_split": self.splits.eval_name, "eval_loss": ev["loss"], "eval_acc": ev["accuracy"],
-            "lr": lr, "momentum": mom, "images_per_s": images / train_time if train_time > 0 else 0.0,
+            "lr": lr, "momentum": mom, "images_per_s": steady_images / steady_time if steady_time > 0 else 0.0,
             "train_time_s": train_time, "eval_time_s": eval_time, "epoch_time_s": train_time + eval_time,
-            "elapsed_s": elapsed + eval_time,
+            "elapsed_s": elapsed + eval_time, "warmup_s": warm_s,
         }
 
     # ----- outputs ---------------------------------------------------------------------
@@ -260,7 +313,7 @@ class Trainer:
 
     def _final(self, total_time: float) -> dict[str, Any]:
         t0 = time.perf_counter()
-        logits = self.backend.predict("test", self.cfg.eval_batch_size)
+        logits = tta.predict(self.backend, self.tta_plan, self.cfg.eval_batch_size)  # tta 0: plain "test"
         test = evaluate_logits(logits, self.ds.y_test, self.ds.class_names)
         test_time = time.perf_counter() - t0
         last = self.records[-1] if self.records else {}
@@ -272,6 +325,7 @@ class Trainer:
             "train_time_s": sum(r["train_time_s"] for r in self.records),
             "time_per_epoch_s": float(np.mean([r["epoch_time_s"] for r in self.records])) if self.records else None,
             "images_per_s": float(np.median(steady)) if steady else None,
+            "warmup_s": sum(r.get("warmup_s", 0.0) for r in self.records),
             "final_train_loss": last.get("train_loss"), "final_train_acc": last.get("train_acc"),
             "final_val_acc": last.get("eval_acc") if self.splits.eval_name == "val" else None,
             "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test": test,

@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 
 from cifarbench.errors import UsageError, unknown_name
+from cifarbench.models import tv
 from cifarbench.models.spec import BatchNorm, Conv, Linear, ModelSpec
 
 Builder = Callable[[int, int, int], ModelSpec]  # (in_channels, image_size, num_classes) -> spec
@@ -50,12 +51,14 @@ def model_names() -> list[str]:
 
 def create_spec(name: str, in_channels: int = 3, image_size: int = 32, num_classes: int = 10) -> ModelSpec:
     _ensure_zoo()
-    if name not in _MODELS:
+    if name not in _MODELS and not tv.is_tv_name(name):
         raise unknown_name("model", name, list(_MODELS))
     if in_channels not in (1, 3):
         raise UsageError(f"in_channels must be 1 or 3, got {in_channels}")
     if num_classes < 2:
         raise UsageError(f"num_classes must be at least 2, got {num_classes}")
+    if tv.is_tv_name(name):  # torchvision's modules, known by name and tensor shapes only
+        return tv.torchvision_spec(name, in_channels, image_size, num_classes)
     return _MODELS[name].builder(in_channels, image_size, num_classes)
 
 
@@ -67,6 +70,8 @@ def init_params(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     running mean 0, running var 1. Drawing them once here (rather than in each framework) makes
     a run start from the same point whichever backend trains it.
     """
+    if tv.is_tv_spec(spec):  # torchvision's own init, seeded
+        return tv.initial_state(spec, seed)
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for layer in spec.param_layers():

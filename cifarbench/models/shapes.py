@@ -14,6 +14,7 @@ from cifarbench.models.spec import (
     BatchNorm,
     Conv,
     Dropout,
+    GELU,
     Flatten,
     GlobalAvgPool,
     Group,
@@ -23,6 +24,7 @@ from cifarbench.models.spec import (
     ModelSpec,
     ReLU,
     Residual,
+    Scale,
 )
 
 Shape = tuple[int, ...]  # (C, H, W) for feature maps, (F,) after Flatten/GlobalAvgPool
@@ -74,7 +76,7 @@ def layer_shape(layer: Layer, shape: Shape) -> Shape:
     if isinstance(layer, Flatten):
         c, h, w = _need_map(layer, shape)
         return (c * h * w,)
-    if isinstance(layer, (ReLU, Dropout)):
+    if isinstance(layer, (ReLU, GELU, Scale, Dropout)):
         return shape
     if isinstance(layer, Group):
         return walk(layer.layers, shape)

@@ -28,6 +28,12 @@ class Conv:
     stride: int = 1
     pad: int = 0
     bias: bool = True
+    # False: the weight is kept out of the optimizer (a buffer under its canonical name);
+    # the bias, if any, still trains.
+    trainable_weight: bool = True
+    # "default": PyTorch's init; "dirac": the first ``cin`` filters start as the identity;
+    # "whiten": set from the training data by cifarbench.engine.whiten (a patch-whitening layer).
+    init: str = "default"
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class BatchNorm:
     ch: int
     eps: float = 1e-5
     momentum: float = 0.1  # PyTorch convention: new = (1 - m) * old + m * batch
+    trainable_weight: bool = True  # False: the scale stays at its initial 1 (a buffer, name kept)
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,18 @@ class Linear:
 @dataclass(frozen=True)
 class ReLU:
     slope: float = 0.0  # > 0 means leaky ReLU
+
+
+@dataclass(frozen=True)
+class GELU:
+    """x * Phi(x) with the exact normal CDF (erf form), as torch.nn.GELU() by default."""
+
+
+@dataclass(frozen=True)
+class Scale:
+    """y = factor * x (e.g. a fixed temperature on the logits)."""
+
+    factor: float
 
 
 @dataclass(frozen=True)
@@ -96,7 +115,9 @@ class Residual:
     relu_after: bool = True
 
 
-Layer = Union[Conv, BatchNorm, Linear, ReLU, MaxPool, AvgPool, GlobalAvgPool, Flatten, Dropout, Group, Residual]
+Layer = Union[
+    Conv, BatchNorm, Linear, ReLU, GELU, Scale, MaxPool, AvgPool, GlobalAvgPool, Flatten, Dropout, Group, Residual
+]
 PARAM_LAYERS = (Conv, BatchNorm, Linear)
 
 
@@ -113,20 +134,28 @@ class ModelSpec:
         yield from iter_param_layers(self.layers)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Trainable tensors in canonical order and layout."""
+        """Trainable tensors in canonical order and layout (what the optimizer updates)."""
+        frozen = self.frozen_names()
         shapes: dict[str, tuple[int, ...]] = {}
         for layer in self.param_layers():
-            shapes.update(layer_param_shapes(layer))
+            shapes.update({k: v for k, v in layer_param_shapes(layer).items() if k not in frozen})
         return shapes
 
+    def frozen_names(self) -> set[str]:
+        """Weights of layers with ``trainable_weight=False``: kept as buffers under their usual names."""
+        return {f"{l.name}.weight" for l in self.param_layers() if not getattr(l, "trainable_weight", True)}
+
     def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Non-trainable state (BN running statistics)."""
-        return {
+        """Non-trainable state: frozen weights, then BN running statistics."""
+        frozen = self.frozen_names()
+        out = {k: v for l in self.param_layers() for k, v in layer_param_shapes(l).items() if k in frozen}
+        out.update({
             f"{bn.name}.{buf}": (bn.ch,)
             for bn in self.param_layers()
             if isinstance(bn, BatchNorm)
             for buf in ("running_mean", "running_var")
-        }
+        })
+        return out
 
     def num_params(self) -> int:
         total = 0

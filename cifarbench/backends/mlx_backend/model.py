@@ -17,6 +17,7 @@ from cifarbench.models.spec import (
     BatchNorm,
     Conv,
     Dropout,
+    GELU,
     Flatten,
     GlobalAvgPool,
     Group,
@@ -25,6 +26,7 @@ from cifarbench.models.spec import (
     ModelSpec,
     ReLU,
     Residual,
+    Scale,
 )
 
 
@@ -67,9 +69,14 @@ def run_layers(layers, x: mx.array, ctx: Ctx) -> mx.array:
     return x
 
 
+def tensor(ctx: Ctx, key: str) -> mx.array:
+    """A weight by canonical name: trainable ones are in params, frozen ones among the buffers."""
+    return ctx.params[key] if key in ctx.params else ctx.buffers[key]
+
+
 def run_layer(layer, x: mx.array, ctx: Ctx) -> mx.array:
     if isinstance(layer, Conv):
-        y = mx.conv2d(x, ctx.params[f"{layer.name}.weight"].astype(ctx.dtype), stride=layer.stride, padding=layer.pad)
+        y = mx.conv2d(x, tensor(ctx, f"{layer.name}.weight").astype(ctx.dtype), stride=layer.stride, padding=layer.pad)
         return y + ctx.params[f"{layer.name}.bias"].astype(ctx.dtype) if layer.bias else y
     if isinstance(layer, BatchNorm):
         return batch_norm(layer, x, ctx)
@@ -78,6 +85,10 @@ def run_layer(layer, x: mx.array, ctx: Ctx) -> mx.array:
         return y + ctx.params[f"{layer.name}.bias"].astype(ctx.dtype) if layer.bias else y
     if isinstance(layer, ReLU):
         return mx.maximum(x, 0) if layer.slope == 0 else mx.where(x > 0, x, x * layer.slope)
+    if isinstance(layer, GELU):
+        return x * (0.5 * (1.0 + mx.erf(x * (2.0**-0.5))))
+    if isinstance(layer, Scale):
+        return x * layer.factor
     if isinstance(layer, (MaxPool, AvgPool)):
         return pool(x, layer.k, layer.stride, isinstance(layer, MaxPool))
     if isinstance(layer, GlobalAvgPool):
@@ -120,7 +131,7 @@ def batch_norm(layer: BatchNorm, x: mx.array, ctx: Ctx) -> mx.array:
         ctx.new_buffers[f"{layer.name}.running_var"] = mx.stop_gradient((1 - m) * rv + m * unbiased)
     else:
         mean, var = rm, rv
-    scale = ctx.params[f"{layer.name}.weight"] * mx.rsqrt(var + layer.eps)
+    scale = tensor(ctx, f"{layer.name}.weight") * mx.rsqrt(var + layer.eps)
     y = (x32 - mean) * scale + ctx.params[f"{layer.name}.bias"]
     return y.astype(x.dtype)
 

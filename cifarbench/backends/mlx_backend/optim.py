@@ -40,12 +40,13 @@ def _sgd(opt: OptimConfig, params: dict, grads: dict, state: dict) -> dict:
     out = {}
     for k, p in params.items():
         g = grads[k]
+        f_lr, f_wd = opt.scale_of(k)  # Python floats: fixed per compiled graph, like the optimizer kind
         if opt.weight_decay:
-            g = g + opt.weight_decay * p
+            g = g + (opt.weight_decay * f_wd) * p
         buf = m * bufs[k] + g
         bufs[k] = buf
         d = g + m * buf if opt.nesterov else buf
-        out[k] = p - lr * d
+        out[k] = p - (lr * f_lr if f_lr != 1.0 else lr) * d
     return out
 
 
@@ -57,12 +58,14 @@ def _adam(opt: OptimConfig, params: dict, grads: dict, state: dict) -> dict:
     out = {}
     for k, p in params.items():
         g = grads[k]
-        if opt.weight_decay and opt.name == "adam":
-            g = g + opt.weight_decay * p
-        if opt.weight_decay and opt.name == "adamw":
-            p = p * (1 - lr * opt.weight_decay)
+        f_lr, f_wd = opt.scale_of(k)
+        k_lr, wd = (lr * f_lr if f_lr != 1.0 else lr), opt.weight_decay * f_wd
+        if wd and opt.name == "adam":
+            g = g + wd * p
+        if wd and opt.name == "adamw":
+            p = p * (1 - k_lr * wd)
         m = b1 * state["exp_avg"][k] + (1 - b1) * g
         v = b2 * state["exp_avg_sq"][k] + (1 - b2) * (g * g)
         state["exp_avg"][k], state["exp_avg_sq"][k] = m, v
-        out[k] = p - step_size * m / (mx.sqrt(v) / bc2_sqrt + opt.eps)
+        out[k] = p - (step_size * f_lr if f_lr != 1.0 else step_size) * m / (mx.sqrt(v) / bc2_sqrt + opt.eps)
     return out

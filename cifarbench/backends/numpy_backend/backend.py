@@ -74,7 +74,7 @@ class NumpyBackend(Backend):
     def state_dict(self) -> dict[str, np.ndarray]:
         net = self._need_net()
         out = {k: self._to_canonical(k, v) for k, v in net.params.items()}
-        out.update({k: to_numpy(v) for k, v in net.buffers.items()})
+        out.update({k: self._to_canonical(k, v) for k, v in net.buffers.items()})  # frozen conv weights: OHWI
         return out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -111,7 +111,7 @@ class NumpyBackend(Backend):
     def configure_optimizer(self, opt: OptimConfig) -> None:
         if opt.name not in ("sgd", "adam", "adamw"):
             raise UsageError(f"unknown optimizer '{opt.name}'; valid: adam, adamw, sgd")
-        self.opt = Optimizer(opt.name, opt.nesterov, opt.weight_decay, opt.betas[1], opt.eps)
+        self.opt = Optimizer(opt.name, opt.nesterov, opt.weight_decay, opt.betas[1], opt.eps, opt.scales)
 
     def _need_opt(self) -> Optimizer:
         if self.opt is None:

@@ -6,6 +6,8 @@ upstream gradient ``dy`` to ``dx`` (and parameter gradients where there are para
 
 from __future__ import annotations
 
+import numpy as np
+
 from cifarbench.backends.numpy_backend.arrays import array_module
 
 # ----- ReLU / leaky ReLU: y = x if x > 0 else slope * x;  dx = dy * (1 if x > 0 else slope) --
@@ -150,3 +152,62 @@ def flatten_backward(dy, x_shape):
     xp = array_module(dy)
     n, h, w, c = x_shape
     return xp.ascontiguousarray(dy.reshape(n, c, h, w).transpose(0, 2, 3, 1))
+
+
+# ----- GELU (exact, erf form): y = x * Phi(x);  dx = dy * (Phi(x) + x * phi(x)) -------------
+
+_SQRT_HALF = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+# Numerical Recipes' erfc Chebyshev fit (fractional error < 1.2e-7): the fallback when SciPy
+# (an optional extra here) is missing; float32 training cannot see the difference.
+_ERFC_COEF = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
+              0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+
+
+def erf(x):
+    xp = array_module(x)
+    try:
+        if xp is np:
+            from scipy.special import erf as _erf
+        else:
+            from cupyx.scipy.special import erf as _erf
+        return _erf(x)
+    except ImportError:
+        pass
+    z = xp.abs(x)
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = xp.zeros_like(t) + _ERFC_COEF[-1]
+    for c in reversed(_ERFC_COEF[:-1]):
+        poly = poly * t + c
+    erfc = t * xp.exp(-z * z + poly)
+    return xp.where(x >= 0, 1.0 - erfc, erfc - 1.0)
+
+
+def gelu_forward(x):
+    """Returns (y, cache) with cache = (x, Phi(x))."""
+    cdf = erf(x * _SQRT_HALF)
+    cdf += 1.0
+    cdf *= 0.5
+    return x * cdf, (x, cdf)
+
+
+def gelu_backward(dy, cache):
+    xp = array_module(dy)
+    x, cdf = cache
+    pdf = xp.exp(-0.5 * x * x)
+    pdf *= _INV_SQRT_2PI
+    pdf *= x
+    pdf += cdf
+    pdf *= dy
+    return pdf
+
+
+# ----- scale: y = factor * x;  dx = factor * dy ----------------------------------------------
+
+
+def scale_forward(x, factor: float):
+    return x * x.dtype.type(factor)
+
+
+def scale_backward(dy, factor: float):
+    return dy * dy.dtype.type(factor)

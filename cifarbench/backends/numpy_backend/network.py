@@ -45,6 +45,10 @@ class Net:
     def backward(self, dlogits) -> None:
         self.root.backward(dlogits, self)
 
+    def weight(self, key: str):
+        """A weight by canonical name: frozen ones (``trainable_weight=False``) live among the buffers."""
+        return self.params[key] if key in self.params else self.buffers[key]
+
 
 class Seq:
     """A sequence of layers (the model, a Group, a residual branch); a named one is a capture point."""
@@ -100,7 +104,7 @@ class ConvNode:
         s = self.s
         self.x = x
         buf = self._cols_buffer(x, net) if net.train else None
-        y = conv.conv2d_forward(x, net.params[f"{s.name}.weight"], net.params.get(f"{s.name}.bias"), s.stride, s.pad, net.ws, buf)
+        y = conv.conv2d_forward(x, net.weight(f"{s.name}.weight"), net.params.get(f"{s.name}.bias"), s.stride, s.pad, net.ws, buf)
         m, kk = conv.cols_shape(x.shape, s.k, s.stride, s.pad)
         self.cols = None if buf is None else buf[: m * kk].reshape(m, kk)
         return y
@@ -108,10 +112,11 @@ class ConvNode:
     def backward(self, dy, net):
         s = self.s
         dx, dw, db = conv.conv2d_backward(
-            dy, self.x, net.params[f"{s.name}.weight"], s.stride, s.pad, net.ws, self.need_dx, s.bias, self.cols
+            dy, self.x, net.weight(f"{s.name}.weight"), s.stride, s.pad, net.ws, self.need_dx, s.bias, self.cols
         )
         self.cols = None
-        net.grads[f"{s.name}.weight"] = dw
+        if s.trainable_weight:
+            net.grads[f"{s.name}.weight"] = dw
         if s.bias:
             net.grads[f"{s.name}.bias"] = db
         self.x = None
@@ -124,7 +129,7 @@ class BatchNormNode:
 
     def forward(self, x, net):
         n = self.s.name
-        gamma, beta = net.params[f"{n}.weight"], net.params[f"{n}.bias"]
+        gamma, beta = net.weight(f"{n}.weight"), net.params[f"{n}.bias"]
         rm, rv = net.buffers[f"{n}.running_mean"], net.buffers[f"{n}.running_var"]
         if not net.train:
             return norm.batchnorm_eval_forward(x, gamma, beta, rm, rv, self.s.eps)
@@ -134,9 +139,9 @@ class BatchNormNode:
 
     def backward(self, dy, net):
         n = self.s.name
-        dx, net.grads[f"{n}.weight"], net.grads[f"{n}.bias"] = norm.batchnorm_backward(
-            dy, self.cache, net.params[f"{n}.weight"]
-        )
+        dx, dgamma, net.grads[f"{n}.bias"] = norm.batchnorm_backward(dy, self.cache, net.weight(f"{n}.weight"))
+        if self.s.trainable_weight:
+            net.grads[f"{n}.weight"] = dgamma
         self.cache = None
         return dx
 
@@ -151,6 +156,28 @@ class ReLUNode:
 
     def backward(self, dy, net):
         return layers.relu_backward(dy, self.mask, self.slope)
+
+
+class GELUNode:
+    def forward(self, x, net):
+        y, self.cache = layers.gelu_forward(x)
+        return y
+
+    def backward(self, dy, net):
+        dx = layers.gelu_backward(dy, self.cache)
+        self.cache = None
+        return dx
+
+
+class ScaleNode:
+    def __init__(self, s: S.Scale):
+        self.factor = s.factor
+
+    def forward(self, x, net):
+        return layers.scale_forward(x, self.factor)
+
+    def backward(self, dy, net):
+        return layers.scale_backward(dy, self.factor)
 
 
 class MaxPoolNode:
@@ -267,6 +294,10 @@ def make_node(s, need_dx: bool, owned: bool):
         return BatchNormNode(s)
     if isinstance(s, S.ReLU):
         return ReLUNode(s, owned)
+    if isinstance(s, S.GELU):
+        return GELUNode()
+    if isinstance(s, S.Scale):
+        return ScaleNode(s)
     if isinstance(s, S.MaxPool):
         return MaxPoolNode(s)
     if isinstance(s, S.AvgPool):

@@ -26,8 +26,10 @@ from cifarbench.backends.numpy_backend.arrays import array_module
 
 
 class Optimizer:
-    def __init__(self, name: str, nesterov: bool, weight_decay: float, beta2: float, eps: float):
+    def __init__(self, name: str, nesterov: bool, weight_decay: float, beta2: float, eps: float, scales=()):
         self.name = name
+        # param name -> (lr factor, weight-decay factor); others use (1, 1)
+        self.scales = {n: (f_lr, f_wd) for n, f_lr, f_wd in scales}
         self.nesterov = nesterov
         self.wd = weight_decay
         self.beta2 = beta2
@@ -37,11 +39,17 @@ class Optimizer:
 
     def step(self, params: dict, grads: dict, lr: float, momentum: float) -> None:
         self.step_count += 1
+        wd = self.wd
         for name, p in params.items():
-            if self.name == "sgd":
-                self._sgd(name, p, grads[name], lr, momentum)
-            else:
-                self._adam(name, p, grads[name], lr, momentum)
+            f_lr, f_wd = self.scales.get(name, (1.0, 1.0))
+            self.wd = wd * f_wd
+            try:
+                if self.name == "sgd":
+                    self._sgd(name, p, grads[name], lr * f_lr, momentum)
+                else:
+                    self._adam(name, p, grads[name], lr * f_lr, momentum)
+            finally:
+                self.wd = wd
 
     def _sgd(self, name, p, g, lr, momentum):
         xp = array_module(p)

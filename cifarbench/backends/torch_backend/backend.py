@@ -16,12 +16,14 @@ from cifarbench.backends.torch_backend.data import DeviceData
 from cifarbench.backends.torch_backend.net import IGNORED_SUFFIXES, Dropper, SpecNet, canonical_tensors
 from cifarbench.backends.torch_backend.optim import export_state, import_state, make_optimizer, set_hyper
 from cifarbench.errors import BackendUnavailable, CheckpointError, UsageError
+from cifarbench.models import tv
 from cifarbench.models.spec import Group, ModelSpec, Residual, iter_layers
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # channels_last pays off with cuDNN tensor cores, and oneDNN on the CPU skips its layout reorders
 # (cnn training measured ~15-25% faster on a 2-core x86 box); on MPS it is untested, so off.
 CHANNELS_LAST_DEFAULT = {"cuda": True, "mps": False, "cpu": True}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def _mps_reason() -> str | None:
@@ -35,7 +37,9 @@ def _mps_reason() -> str | None:
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().float().cpu().numpy())
+    # always a copy: on the CPU .numpy() shares memory with the live tensor, and a state_dict
+    # taken before a step must not change when the step runs
+    return np.array(t.detach().float().cpu().numpy(), dtype=np.float32, order="C", copy=True)
 
 
 class TorchBackend(Backend):
@@ -66,6 +70,11 @@ class TorchBackend(Backend):
         extra = dict(options.extra)
         self._channels_last = bool(extra.get("channels_last", CHANNELS_LAST_DEFAULT[device]))
         self._compile = bool(extra.get("compile", False))
+        self._compile_mode = str(extra.get("compile_mode") or "default")
+        if self._compile_mode not in COMPILE_MODES:
+            raise UsageError(f"unknown compile mode '{self._compile_mode}'; valid: {', '.join(COMPILE_MODES)}")
+        # reduce-overhead and max-autotune replay CUDA graphs, whose outputs the next replay overwrites
+        self._cudagraphs = self._compile and self._compile_mode != "default" and device == "cuda"
         if extra.get("threads") and device == "cpu":  # None/0 keep torch's default (one per core)
             torch.set_num_threads(int(extra["threads"]))
         if device == "cuda":
@@ -93,6 +102,16 @@ class TorchBackend(Backend):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self._dev.type, dtype=self._amp_dtype)
 
+    def _mark_step(self) -> None:
+        if self._cudagraphs:  # a new iteration: earlier graph outputs may now be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
+
+    def _eval_call(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval logits as float32 that outlive the next call (CUDA-graph outputs are reused buffers)."""
+        self._mark_step()
+        out = self._call(x).float()
+        return out.clone() if self._cudagraphs else out
+
     def _require_model(self) -> SpecNet:
         if self._net is None:
             raise UsageError("build() must be called before using the model")
@@ -110,7 +129,9 @@ class TorchBackend(Backend):
 
     # ----- model -----------------------------------------------------------------------
     def build(self, spec: ModelSpec, state: dict[str, np.ndarray]) -> None:
-        net = SpecNet(spec, self._dropper).to(self._dev)
+        net = (spec.build_module() if tv.is_tv_spec(spec) else SpecNet(spec, self._dropper)).to(self._dev)
+        # torchvision's nn.Dropout/StochasticDepth draw from the global RNG: reseed it per epoch
+        self._dropper.use_global_rng = self._compile or tv.is_tv_spec(spec)
         if self._channels_last:
             net = net.to(memory_format=torch.channels_last)
         self._spec, self._net = spec, net
@@ -118,7 +139,7 @@ class TorchBackend(Backend):
         self._names = list(spec.param_shapes()) + list(spec.buffer_shapes())
         assert set(self._tensors) == set(self._names), "builder and spec disagree on tensor names"
         self.load_state_dict(state)
-        self._call = torch.compile(net) if self._compile else net
+        self._call = torch.compile(net, mode=self._compile_mode) if self._compile else net
         self._optimizer = None
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -144,6 +165,8 @@ class TorchBackend(Backend):
 
     def capture_points(self) -> list[str]:
         spec = self._spec
+        if tv.is_tv_spec(spec):
+            return list(spec.points)
         return [] if spec is None else [l.name for l in iter_layers(spec.layers) if isinstance(l, (Group, Residual))]
 
     def forward(
@@ -161,7 +184,7 @@ class TorchBackend(Backend):
         self._dropper.enabled = dropout
         try:
             with torch.no_grad(), self._autocast():
-                logits = net(xt, store)
+                logits = tv.forward_capturing(net, xt, capture, store) if tv.is_tv_spec(self._spec) else net(xt, store)
         finally:
             self._dropper.enabled = True
         caps = {name: _to_numpy(store[name]) for name in capture} if store is not None else {}
@@ -171,7 +194,7 @@ class TorchBackend(Backend):
     def configure_optimizer(self, opt: OptimConfig) -> None:
         self._require_model()
         params = [self._tensors[name] for name in self._spec.param_shapes()]
-        self._optimizer = make_optimizer(params, opt, self._dev)
+        self._optimizer = make_optimizer(params, opt, self._dev, names=list(self._spec.param_shapes()))
         self._opt_name = opt.name
         self._param_names = {p: name for name, p in zip(self._spec.param_shapes(), params)}
         self._params_by_name = dict(zip(self._spec.param_shapes(), params))
@@ -204,6 +227,7 @@ class TorchBackend(Backend):
         set_hyper(optimizer, self._opt_name, lr, momentum)
         self._set_mode(True)
         optimizer.zero_grad(set_to_none=True)
+        self._mark_step()
         with self._autocast():
             logits = self._call(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.options.label_smoothing)
@@ -236,10 +260,22 @@ class TorchBackend(Backend):
         outs = []
         with torch.inference_mode(), self._autocast():
             for start in range(0, n, batch_size):
-                outs.append(self._call(self._data.eval_batch(split, start, start + batch_size)).float())
+                outs.append(self._eval_call(self._data.eval_batch(split, start, start + batch_size)))
         if not outs:
             return np.zeros((0, self._spec.num_classes), np.float32)
         return _to_numpy(torch.cat(outs))
+
+    def lookahead(self, decay: float | None) -> None:
+        """Base-class semantics, done in place on the device (no host copies, no sync)."""
+        self._require_model()
+        live = [self._tensors[name] for name in self._names]
+        slow = getattr(self, "_slow_weights", None)
+        with torch.no_grad():
+            if decay is None or slow is None:
+                self._slow_weights = [t.detach().clone() for t in live]
+                return
+            torch._foreach_lerp_(slow, live, 1.0 - float(decay))
+            torch._foreach_copy_(live, slow)
 
     def synchronize(self) -> None:
         if self._dev.type == "cuda":

@@ -20,6 +20,7 @@ from cifarbench.models.spec import (
     BatchNorm,
     Conv,
     Dropout,
+    GELU,
     Flatten,
     GlobalAvgPool,
     Group,
@@ -29,6 +30,7 @@ from cifarbench.models.spec import (
     ModelSpec,
     ReLU,
     Residual,
+    Scale,
     iter_param_layers,
 )
 
@@ -38,10 +40,14 @@ IGNORED_SUFFIXES = (".num_batches_tracked",)
 
 def _make_module(layer: Conv | BatchNorm | Linear) -> nn.Module:
     if isinstance(layer, Conv):
-        return nn.Conv2d(layer.cin, layer.cout, layer.k, stride=layer.stride, padding=layer.pad, bias=layer.bias)
-    if isinstance(layer, BatchNorm):
-        return nn.BatchNorm2d(layer.ch, eps=layer.eps, momentum=layer.momentum)
-    return nn.Linear(layer.fin, layer.fout, bias=layer.bias)
+        module = nn.Conv2d(layer.cin, layer.cout, layer.k, stride=layer.stride, padding=layer.pad, bias=layer.bias)
+    elif isinstance(layer, BatchNorm):
+        module = nn.BatchNorm2d(layer.ch, eps=layer.eps, momentum=layer.momentum)
+    else:
+        return nn.Linear(layer.fin, layer.fout, bias=layer.bias)
+    if not layer.trainable_weight:  # a frozen weight: no gradient, and outside the optimizer
+        module.weight.requires_grad_(False)
+    return module
 
 
 def _register_at(root: nn.Module, dotted: str, module: nn.Module) -> None:
@@ -142,6 +148,8 @@ def _dropout(net: SpecNet, layer: Dropout, x: torch.Tensor) -> torch.Tensor:
 
 _STATELESS: dict[type, Callable[[SpecNet, object, torch.Tensor], torch.Tensor]] = {
     ReLU: _relu,
+    GELU: lambda net, layer, x: F.gelu(x),
+    Scale: lambda net, layer, x: x * layer.factor,
     MaxPool: lambda net, layer, x: F.max_pool2d(x, layer.k, layer.stride),
     AvgPool: lambda net, layer, x: F.avg_pool2d(x, layer.k, layer.stride),
     GlobalAvgPool: lambda net, layer, x: x.mean(dim=(2, 3)),

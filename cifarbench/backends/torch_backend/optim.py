@@ -11,22 +11,40 @@ from cifarbench.errors import CheckpointError, UsageError
 STATE_KEYS = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq"), "adamw": ("exp_avg", "exp_avg_sq")}
 
 
-def make_optimizer(params: list[torch.Tensor], opt: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
-    # foreach batches the per-parameter updates into a few kernels; it pays off on GPUs
-    foreach = device.type != "cpu"
+def _groups(params: list[torch.Tensor], names: list[str] | None, opt: OptimConfig):
+    """Plain params, or one param group per (lr factor, wd factor) of ``opt.scales``."""
+    if not opt.scales or names is None:
+        return params
+    groups: dict[tuple[float, float], list[torch.Tensor]] = {}
+    for name, p in zip(names, params):
+        groups.setdefault(opt.scale_of(name), []).append(p)
+    return [{"params": ps, "lr_factor": f_lr, "weight_decay": opt.weight_decay * f_wd} for (f_lr, f_wd), ps in groups.items()]
+
+
+def make_optimizer(
+    params: list[torch.Tensor], opt: OptimConfig, device: torch.device, names: list[str] | None = None
+) -> torch.optim.Optimizer:
+    # foreach batches the per-parameter updates into a few kernels; it pays off on GPUs. On CUDA the
+    # fused kernels go further, and only they let GradScaler (fp16) step without a host sync: it hands
+    # them its found-inf flag on the device instead of reading it back every step.
+    fused = True if device.type == "cuda" else None
+    foreach = None if fused else device.type != "cpu"
+    params = _groups(params, names, opt)
     if opt.name == "sgd":
         return torch.optim.SGD(
-            params, lr=0.0, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay, foreach=foreach
+            params, lr=0.0, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay, foreach=foreach,
+            fused=fused,
         )
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(opt.name)
     if cls is None:
         raise UsageError(f"unknown optimizer '{opt.name}'; valid: adam, adamw, sgd")
-    return cls(params, lr=0.0, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay, foreach=foreach)
+    return cls(params, lr=0.0, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay, foreach=foreach,
+               fused=fused)
 
 
 def set_hyper(optimizer: torch.optim.Optimizer, name: str, lr: float, momentum: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_factor", 1.0)
         if name == "sgd":
             group["momentum"] = momentum
         else:
@@ -81,6 +99,7 @@ def import_state(
             entry[key] = torch.empty_like(param, memory_format=torch.preserve_format).copy_(torch.from_numpy(arr))
         if name != "sgd":
             # torch keeps Adam's step as a float32 CPU tensor unless capturable/fused
-            entry["step"] = torch.tensor(float(steps), dtype=torch.float32)
+            fused = any(g.get("fused") or g.get("capturable") for g in optimizer.param_groups)
+            entry["step"] = torch.tensor(float(steps), dtype=torch.float32, device=param.device if fused else "cpu")
         optimizer.state[param] = entry
     return steps

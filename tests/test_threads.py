@@ -1,0 +1,84 @@
+"""--threads: config field -> TrainOptions.extra["threads"] -> torch.set_num_threads / BLAS threads.
+
+Thread counts are process-global: the torch checks restore torch's setting afterwards and read the
+count back from torch and from what the backend reports (``describe()`` -> ``device_name``); the
+BLAS check runs in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cifarbench.config import build_config
+from cifarbench.engine.trainer import train_options
+from cifarbench.errors import UsageError
+
+
+def test_threads_field_reaches_backend_options():
+    assert "threads" not in train_options(build_config(None, {}), (0.5,), (0.5,)).extra  # unset: framework default
+    assert train_options(build_config(None, {"threads": 1}), (0.5,), (0.5,)).extra["threads"] == 1
+    with pytest.raises(UsageError, match="threads"):
+        build_config(None, {"threads": 0})
+
+
+@pytest.fixture
+def torch_threads():
+    """A thread count unlike the current one; torch's global setting is restored afterwards."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    yield before + 1
+    torch.set_num_threads(before)
+
+
+def _cli(*args: str) -> dict:
+    from typer.testing import CliRunner
+
+    from cifarbench.cli import app
+
+    res = CliRunner().invoke(app, [*args, "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def test_train_and_test_threads_flag_sets_torch_threads(tiny_npz, tmp_path, torch_threads):
+    import torch
+
+    n, out = torch_threads, tmp_path / "run"
+    summary = _cli("train", "lenet", "--dataset", tiny_npz, "--epochs", "1", "--batch-size", "32", "--backend", "torch",
+                   "--device", "cpu", "--threads", str(n), "-o", str(out))
+    assert torch.get_num_threads() == n and summary["device_name"].endswith(f"({n} threads)")
+    assert f"threads: {n}" in (out / "config.yaml").read_text()
+    torch.set_num_threads(1)
+    result = _cli("test", str(out), "--backend", "torch", "--device", "cpu", "--threads", str(n))
+    assert result["device_name"].endswith(f"({n} threads)"), result["device_name"]
+    torch.set_num_threads(1)
+    assert _cli("test", str(out), "--backend", "torch", "--device", "cpu")["device_name"].endswith("(1 threads)")
+
+
+def test_bench_threads_flag_sets_torch_threads(tmp_path, torch_threads):
+    n = torch_threads
+    result = _cli("bench", "--backend", "torch", "--device", "cpu", "--synthetic", "-m", "lenet", "-b", "8",
+                  "--warmup-steps", "1", "--steps", "2", "--repeats", "1", "--eval-batch-size", "16",
+                  "--threads", str(n), "-o", str(tmp_path / "bench"))
+    assert result["rows"][0]["device_name"].endswith(f"({n} threads)")
+    assert result["config"]["threads"] == n
+
+
+def test_numpy_backend_sets_blas_threads():
+    code = (
+        "from cifarbench.backends.base import TrainOptions\n"
+        "from cifarbench.backends.numpy_backend import NumpyBackend\n"
+        "from cifarbench.backends.numpy_backend.arrays import blas_threads\n"
+        "if blas_threads() is None: print('none'); raise SystemExit\n"
+        "blas_threads(2)\n"
+        "NumpyBackend('cpu', TrainOptions(extra={'threads': 1}))\n"
+        "print(blas_threads())\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    if res.stdout.strip() == "none":
+        pytest.skip("OpenBLAS's thread control is not reachable here")
+    assert res.stdout.strip() == "1"
