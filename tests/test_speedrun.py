@@ -71,7 +71,13 @@ def test_gelu_matches_erf_form_and_gradient():
 
     y, cache = layers.gelu_forward(x)
     ref = np.vectorize(lambda v: 0.5 * v * (1 + erf(v / np.sqrt(2))))(x)
-    assert np.abs(y - ref).max() < 1e-12
+    try:  # with SciPy the erf is exact; without it (CI), the fallback's |error| < 1.2e-7
+        import scipy.special  # noqa: F401
+
+        bound = np.full(x.shape, 1e-12)
+    except ImportError:
+        bound = 0.5 * np.abs(x) * 1.2e-7 + 1e-12
+    assert np.all(np.abs(y - ref) <= bound)
     g = rng.standard_normal(x.shape)
     dx = layers.gelu_backward(g, cache)
     assert rel(dx, numgrad(lambda: float((layers.gelu_forward(x)[0] * g).sum()), x)) < 1e-7
