@@ -103,6 +103,22 @@ def test_other_backends_refuse_tv_models():
     tv.check_tv_model("cnn", "numpy")  # not a tv: name: nothing to check
 
 
+def test_activations_refuse_tv_checkpoints_on_other_backends(tmp_path):
+    """The backend check runs before the model is built (with or without torchvision)."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from cifarbench.checkpoint import model_metadata, save_checkpoint
+    from cifarbench.cli import app
+
+    meta = model_metadata("tv:resnet18", "cifar10", 10, 3, 32, [str(i) for i in range(10)], (0.5,) * 3, (0.5,) * 3,
+                          "torch")
+    save_checkpoint(tmp_path / "run", {"fc.weight": np.zeros((10, 512), np.float32)}, meta)
+    res = CliRunner().invoke(app, ["activations", str(tmp_path / "run"), "--backend", "numpy", "-o", str(tmp_path / "a")])
+    assert res.exit_code == 2 and "runs on the torch backend only, not 'numpy'" in res.output
+    assert "Traceback" not in res.output
+
+
 @pytest.mark.skipif(HAS_TV, reason="torchvision is installed")
 def test_cli_without_torchvision(tmp_path):
     from typer.testing import CliRunner
