@@ -23,21 +23,7 @@ from cifarbench.models import create_spec, init_params
 from cifarbench.models import spec as S
 from cifarbench.models.shapes import output_shape
 
-H = 1e-6
-
-
-def numgrad(f, a):
-    g = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + H
-        fp = f()
-        flat[i] = old - H
-        fm = f()
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * H)
-    return g
+from gradcheck import numgrad
 
 
 def rel(a, b):

@@ -122,12 +122,12 @@ class Trainer:
             self.backend = distributed.create_backend(self.dist, cfg.backend, cfg.device, options, cfg.seed)
         else:
             self.backend = create_backend(cfg.backend, cfg.device, options, cfg.seed)
-        state = init_params(self.spec, cfg.seed)
-        # dirac / patch-whitening convs (speedrun) are set from the data, the same on every backend
-        state = data_init(self.spec, state, self.splits.x_train, self.mean, self.std)
         opt_state = None
         if self.resume:
             state, opt_state = self._load_resume_state()
+        else:
+            # dirac / patch-whitening convs (speedrun) are set from the data, the same on every backend
+            state = data_init(self.spec, init_params(self.spec, cfg.seed), self.splits.x_train, self.mean, self.std)
         self.backend.build(self.spec, state)
         self.backend.configure_optimizer(
             OptimConfig(cfg.opt, cfg.momentum, cfg.nesterov, cfg.weight_decay, tuple(cfg.betas),

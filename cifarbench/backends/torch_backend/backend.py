@@ -221,28 +221,37 @@ class TorchBackend(Backend):
         self._dropper.seed(seed)
         self._reset_stats()
 
+    def _rows(self, start: int, stop: int) -> tuple[int, int]:
+        """The samples of order[start:stop] this process trains on (all of them here)."""
+        return start, stop
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, global_batch: int):
+        """(logits, objective to backpropagate, summed loss of these samples), inside autocast."""
+        logits = self._call(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.options.label_smoothing)
+        return logits, loss, loss.detach() * x.shape[0]
+
     def train_step(self, start: int, stop: int, lr: float, momentum: float) -> None:
         optimizer = self._require_optimizer()
-        x, y = self._data.train_batch(start, stop)
+        lo, hi = self._rows(start, stop)
+        x, y = self._data.train_batch(lo, hi)
         set_hyper(optimizer, self._opt_name, lr, momentum)
         self._set_mode(True)
         optimizer.zero_grad(set_to_none=True)
         self._mark_step()
         with self._autocast():
-            logits = self._call(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.options.label_smoothing)
+            logits, objective, loss_sum = self._loss(x, y, stop - start)
         if self._scaler is not None:
-            self._scaler.scale(loss).backward()
+            self._scaler.scale(objective).backward()
             self._scaler.step(optimizer)
             self._scaler.update()
         else:
-            loss.backward()
+            objective.backward()
             optimizer.step()
-        n = x.shape[0]
         with torch.no_grad():  # accumulate on the device: no host sync per step
-            self._loss_sum += loss.detach() * n
+            self._loss_sum += loss_sum
             self._correct += (logits.detach().argmax(dim=1) == y).sum()
-        self._count += n
+        self._count += hi - lo
         self._steps += 1
 
     def end_epoch(self) -> EpochStats:

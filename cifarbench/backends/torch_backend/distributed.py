@@ -27,7 +27,6 @@ from torch import nn
 
 from cifarbench.backends.base import EpochStats, TrainOptions
 from cifarbench.backends.torch_backend.backend import TorchBackend
-from cifarbench.backends.torch_backend.optim import set_hyper
 from cifarbench.engine.distributed import DistEnv, shard
 from cifarbench.errors import BackendUnavailable, UsageError
 from cifarbench.models.spec import ModelSpec
@@ -90,31 +89,14 @@ class DistributedTorchBackend(TorchBackend):
         super().begin_epoch(order, offsets, flips, seed)
         self._dropper.seed(int(np.random.SeedSequence([seed, self._rank]).generate_state(1)[0]))
 
-    def train_step(self, start: int, stop: int, lr: float, momentum: float) -> None:
-        optimizer = self._require_optimizer()
-        lo, hi = shard(start, stop, self._rank, self._world)
-        x, y = self._data.train_batch(lo, hi)
-        set_hyper(optimizer, self._opt_name, lr, momentum)
-        self._set_mode(True)
-        optimizer.zero_grad(set_to_none=True)
-        self._mark_step()
-        with self._autocast():
-            logits = self._train_call(x)
-            loss_sum = F.cross_entropy(logits.float(), y, label_smoothing=self.options.label_smoothing, reduction="sum")
+    def _rows(self, start: int, stop: int) -> tuple[int, int]:
+        return shard(start, stop, self._rank, self._world)
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, global_batch: int):
+        logits = self._train_call(x)
+        loss_sum = F.cross_entropy(logits.float(), y, label_smoothing=self.options.label_smoothing, reduction="sum")
         # DDP divides the summed gradients by the world size; this factor turns that into the global-batch mean
-        objective = loss_sum * (self._world / max(stop - start, 1))
-        if self._scaler is not None:
-            self._scaler.scale(objective).backward()
-            self._scaler.step(optimizer)
-            self._scaler.update()
-        else:
-            objective.backward()
-            optimizer.step()
-        with torch.no_grad():  # on the device: no host sync per step
-            self._loss_sum += loss_sum.detach()
-            self._correct += (logits.detach().argmax(dim=1) == y).sum()
-        self._count += hi - lo
-        self._steps += 1
+        return logits, loss_sum * (self._world / max(global_batch, 1)), loss_sum.detach()
 
     def end_epoch(self) -> EpochStats:
         if not self._sync_bn:
