@@ -1,6 +1,6 @@
 """Multi-process (torchrun-style) training on 2 CPU ranks over gloo, against one process.
 
-Ranks are forked from the test process (torch is already imported, so no rank pays the
+Ranks are forked from a forkserver that has imported torch once (so no rank pays the
 several-second import again) with the environment torchrun would give them; each runs the real
 `cifarbench train` command or the Trainer. A model without BatchNorm (lenet) must end with the
 single-process weights: the shards' loss sums, weighted by world/global_batch and averaged by
@@ -111,8 +111,14 @@ def _rank_main(rank: int, port: int, workdir: str, job, args) -> None:
 
 
 def run_ranks(tmp_path: Path, job, *args) -> list[Path]:
-    """Run job(*args) on WORLD forked ranks; returns each rank's working directory."""
-    ctx = mp.get_context("fork")
+    """Run job(*args) on WORLD forked ranks; returns each rank's working directory.
+
+    The ranks fork from a forkserver, not from this process: this process has run torch (its
+    thread pools hold locks), and a child forked while another thread holds a lock can deadlock
+    (seen: one rank hung in about 1 of 20 runs). The server imports torch and cifarbench once,
+    single-threaded, so each rank still starts in a fraction of a second."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "cifarbench.cli", "cifarbench.engine.trainer"])
     port = _free_port()
     dirs = [tmp_path / f"rank{r}" for r in range(WORLD)]
     procs = []
