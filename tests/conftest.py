@@ -10,6 +10,27 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_parse_cache(tmp_path_factory):
+    """Parsed-data caches go to a folder of the test session, never to the user's cache dir
+    (subprocesses started by tests inherit it through the environment)."""
+    import os
+
+    old = os.environ.get("CIFARBENCH_CACHE")
+    os.environ["CIFARBENCH_CACHE"] = str(tmp_path_factory.mktemp("parse-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CIFARBENCH_CACHE", None)
+    else:
+        os.environ["CIFARBENCH_CACHE"] = old
+
+
+def tree_state(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """Every entry under ``folder`` with its size, mtime and mode: equal before and after means untouched."""
+    return {str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns, p.lstat().st_mode)
+            for p in sorted(folder.rglob("*"))} | {".": (0, folder.stat().st_mtime_ns, folder.stat().st_mode)}
+
+
 def write_npz(path: Path, n_train: int = 96, n_test: int = 40, classes: int = 4, size: int = 32,
               channels: int = 3, seed: int = 0) -> Path:
     """A small learnable data set: each class has its own mean colour, plus noise."""

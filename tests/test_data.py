@@ -136,7 +136,7 @@ def test_dataset_names_and_default_dir(monkeypatch, tmp_path):
 def test_npy_cache_reused_and_invalidated(tmp_path, monkeypatch):
     testing.write_cifar10(tmp_path, per_batch=8)
     first = load_dataset("cifar10", tmp_path, download=False)
-    assert (tmp_path / "cifar-10-batches-py" / cache.CACHE_DIR / "cifar10" / "meta.json").is_file()
+    assert cache.location(tmp_path / "cifar-10-batches-py", "cifar10").joinpath("meta.json").is_file()
     calls = []
     real_parse = formats.parse_cifar
     monkeypatch.setattr(formats, "parse_cifar", lambda *a: calls.append(a) or real_parse(*a))
@@ -151,20 +151,53 @@ def test_npy_cache_reused_and_invalidated(tmp_path, monkeypatch):
     np.testing.assert_array_equal(third.x_train, written["x_train"])
 
 
-def test_read_only_folder_is_not_cached(tmp_path):
-    testing.write_idx_set(tmp_path / "mnist")
-    (tmp_path / "mnist").chmod(0o555)
+@pytest.mark.parametrize("mode", [0o755, 0o555], ids=["writable", "read-only"])
+def test_data_folder_is_never_written_and_cache_lives_apart(tmp_path, monkeypatch, mode):
+    """Writable or not (root ignores the mode anyway), the user's data folder stays byte-for-byte
+    untouched; the parsed cache goes to the cache root and serves the second load."""
+    from conftest import tree_state
+
+    monkeypatch.setenv("CIFARBENCH_CACHE", str(tmp_path / "cache-root"))
+    data = tmp_path / "data"
+    testing.write_idx_set(data / "mnist")
+    (data / "mnist").chmod(mode)
     try:
-        assert load_dataset("mnist", tmp_path, download=False).x_train.shape == (30, 28, 28, 1)
-        assert not (tmp_path / "mnist" / cache.CACHE_DIR).exists()
+        before = tree_state(data)
+        first = load_dataset("mnist", data, download=False)
+        assert tree_state(data) == before
+        where = cache.location(data / "mnist", "mnist")
+        assert where.is_relative_to(tmp_path / "cache-root") and (where / "meta.json").is_file()
+        calls = []
+        real_parse = formats.parse_idx
+        monkeypatch.setattr(formats, "parse_idx", lambda *a: calls.append(a) or real_parse(*a))
+        second = load_dataset("mnist", data, download=False)
+        assert calls == [] and tree_state(data) == before
+        np.testing.assert_array_equal(first.x_train, second.x_train)
     finally:
-        (tmp_path / "mnist").chmod(0o755)
+        (data / "mnist").chmod(0o755)
+
+
+def test_unwritable_cache_root_loads_uncached(tmp_path, monkeypatch):
+    # A cache root below a regular file cannot be created, for root too.
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("CIFARBENCH_CACHE", str(tmp_path / "file" / "cache"))
+    testing.write_idx_set(tmp_path / "mnist")
+    assert load_dataset("mnist", tmp_path, download=False).x_train.shape == (30, 28, 28, 1)
+    assert load_dataset("mnist", tmp_path, download=False).x_train.shape == (30, 28, 28, 1)
+
+
+def test_same_data_in_two_folders_gets_two_caches(tmp_path):
+    a = testing.write_idx_set(tmp_path / "a" / "mnist")
+    testing.write_idx_set(tmp_path / "b" / "mnist", seed=1)
+    assert cache.location(tmp_path / "a" / "mnist", "mnist") != cache.location(tmp_path / "b" / "mnist", "mnist")
+    np.testing.assert_array_equal(load_dataset("mnist", tmp_path / "a", download=False).x_train, a["x_train"])
+    assert not np.array_equal(load_dataset("mnist", tmp_path / "b", download=False).x_train, a["x_train"])
 
 
 def test_damaged_cache_is_rebuilt(tmp_path):
     testing.write_idx_set(tmp_path / "mnist")
     load_dataset("mnist", tmp_path, download=False)
-    npy = tmp_path / "mnist" / cache.CACHE_DIR / "mnist" / "x_train.npy"
+    npy = cache.location(tmp_path / "mnist", "mnist") / "x_train.npy"
     npy.write_bytes(b"garbage")
     ds = load_dataset("mnist", tmp_path, download=False)
     assert ds.x_train.shape == (30, 28, 28, 1)
@@ -323,6 +356,9 @@ def test_verify_reports_mismatch_and_missing(tmp_path):
 
 @pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="shared MNIST not present")
 def test_real_mnist_from_shared_data():
+    from conftest import tree_state
+
+    before = tree_state(SHARED / "mnist")
     ds = load_dataset("mnist", SHARED, download=False)
     assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
     assert np.bincount(ds.y_train).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -330,7 +366,7 @@ def test_real_mnist_from_shared_data():
     assert ds.warnings == []  # byte-identical to the official release
     assert abs(ds.mean()[0] - 0.1307) < 1e-4 and abs(ds.std()[0] - 0.3081) < 1e-4
     assert all(c.status == "ok" for c in verify_dataset("mnist", SHARED))
-    assert not (SHARED / "mnist" / cache.CACHE_DIR).exists()  # a read-only folder is left untouched
+    assert tree_state(SHARED / "mnist") == before  # nothing written beside the user's files
 
 
 # ----- CLI ------------------------------------------------------------------------------------------------

@@ -1,14 +1,17 @@
-"""Parsed arrays cached as .npy next to the official files, for fast reloads.
+"""Parsed arrays cached as .npy in cifarbench's own cache directory, for fast reloads.
 
-The cache lives in ``<folder>/.cifarbench-cache/<key>/`` and is valid while every source
+A data folder is the user's: nothing is ever written beside their files, whatever its
+permissions (root ignores mode bits, and a writable shared copy is still shared). The cache
+lives in ``<cache root>/parsed/<digest of the folder's absolute path>/<key>/``, where the cache
+root is ``$CIFARBENCH_CACHE``, else the user cache directory. It is valid while every source
 file keeps its size and mtime (and the cache format version matches). The checksum warnings
 found when the cache was built are stored with it, so a cached load warns exactly like a
-fresh one without re-hashing. A folder that is read-only (a shared copy) simply goes
-uncached.
+fresh one without re-hashing. When the cache root cannot be written, loads simply go uncached.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -17,7 +20,23 @@ from pathlib import Path
 import numpy as np
 
 CACHE_VERSION = 1
-CACHE_DIR = ".cifarbench-cache"
+CACHE_ENV = "CIFARBENCH_CACHE"
+
+
+def cache_root() -> Path:
+    """$CIFARBENCH_CACHE, else the user cache directory (e.g. ~/.cache/cifarbench)."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("cifarbench"))
+
+
+def location(folder: Path, key: str) -> Path:
+    """Where the parsed arrays of ``folder``'s data set ``key`` are cached (outside ``folder``)."""
+    digest = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:16]
+    return cache_root() / "parsed" / digest / key
 
 
 def signature(files: list[Path]) -> dict[str, list[int]]:
@@ -31,7 +50,7 @@ def signature(files: list[Path]) -> dict[str, list[int]]:
 
 def load(folder: Path, key: str, sig: dict) -> tuple[dict[str, np.ndarray], dict] | None:
     """(arrays, extra metadata) when a valid cache exists, else None."""
-    where = folder / CACHE_DIR / key
+    where = location(folder, key)
     try:
         meta = json.loads((where / "meta.json").read_text())
         if meta.get("version") != CACHE_VERSION or meta.get("signature") != sig:
@@ -43,16 +62,15 @@ def load(folder: Path, key: str, sig: dict) -> tuple[dict[str, np.ndarray], dict
 
 
 def save(folder: Path, key: str, sig: dict, arrays: dict[str, np.ndarray], extra: dict) -> bool:
-    """Write the cache atomically; False (and no error) when the folder is not writable."""
-    where = folder / CACHE_DIR / key
-    if not writable(folder):
-        return False
+    """Write the cache atomically; False (and no error) when the cache root is not writable."""
+    where = location(folder, key)
     try:
         where.mkdir(parents=True, exist_ok=True)
         (where / "meta.json").unlink(missing_ok=True)  # invalidate first: arrays and meta change together
         for name, arr in arrays.items():
             _atomic(where / f"{name}.npy", lambda f, a=arr: np.save(f, a, allow_pickle=False))
-        meta = {"version": CACHE_VERSION, "signature": sig, "arrays": sorted(arrays), "extra": extra}
+        meta = {"version": CACHE_VERSION, "signature": sig, "arrays": sorted(arrays), "extra": extra,
+                "source": str(Path(folder).resolve())}
         _atomic(where / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
     except OSError:
         return False
@@ -61,7 +79,7 @@ def save(folder: Path, key: str, sig: dict, arrays: dict[str, np.ndarray], extra
 
 def writable(folder: Path) -> bool:
     """Writable by access rights *and* mode bits: root ignores a read-only mode, but a folder
-    marked read-only (a shared data copy) is meant to stay untouched."""
+    marked read-only (a shared data copy) is meant to stay untouched by downloads."""
     try:
         return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
     except OSError:
@@ -73,7 +91,7 @@ def _atomic(path: Path, write) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared data dir must stay readable
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache shared by users must stay readable
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
