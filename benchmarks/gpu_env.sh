@@ -11,3 +11,5 @@ if ! "$PY" -c "import pydantic, platformdirs" 2>/dev/null; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
+# preflight: the CLI must start here, or no part can give a figure
+"$PY" -m cifarbench --version || { echo "cifarbench does not start with this python ($PY): see the error above" >&2; exit 1; }

@@ -12,6 +12,9 @@ SHARED=${SHARED:-../shared}
 [ -d "$SHARED/gpu-kit" ] || { echo "no $SHARED/gpu-kit: set SHARED=/path/to/shared" >&2; exit 1; }
 PY=${PYTHON:-python3}
 mkdir -p .whl && cp -f "$SHARED"/gpu-kit/wheels/*.whl .whl/
+# typer too (pure Python, ~50 kB): the device's own typer has never run this CLI; this one is the tested version
+ls .whl/typer-*.whl >/dev/null 2>&1 || "$PY" -m pip download -q --no-deps --only-binary=:all: -d .whl \
+    "typer==${TYPER_VERSION:-0.29.2}"
 if [ "$call" = 1 ]; then
     mkdir -p .gpu
     cp -f "$SHARED/data/cifar10-jpeg.npz" .gpu/

@@ -191,7 +191,7 @@ def section_throughput(files: dict[str, bytes], parts: dict[str, dict]) -> list[
                    "steps (compile/autotune: the warm-up columns); synthetic data already on the device.")
     else:
         out.append("No throughput figures (see the parts table).")
-    out += ["", "### Compile modes: resnet18, batch 1024", ""]
+    out += ["", "### Compile modes: resnet18 (batch 1024 on the GPU), one process per mode", ""]
     crow = []
     best = None
     for name in COMPILE_PARTS:
@@ -234,7 +234,7 @@ def section_speedrun(files: dict[str, bytes], parts: dict[str, dict]) -> list[st
         ours.append((label, acc, tim))
         first = sr["warmup_runs"][0]["warmup_s"] if sr["warmup_runs"] else None
         rows.append([label, str(len(sr["runs"])), f"{pct(acc[0])} ± {pct(acc[1])}", f"{num(tim[0], 2)} ± {num(tim[1], 2)}",
-                     f"{num(first, 1)} (warm-up run) / {num(statistics.fmean(warm[1:]) if len(warm) > 1 else None, 2)}",
+                     f"{num(first, 1)} / {num(statistics.fmean(warm[1:]) if len(warm) > 1 else None, 2)}",
                      f"eval/epoch {num(ev, 2)} s, setup {num(setup, 1)} s",
                      f"{sr['runs'][0]['epochs']} epochs, batch {sr['runs'][0]['batch_size']}, "
                      f"{sr['runs'][0]['train_images']:,} train images"])
@@ -246,13 +246,14 @@ def section_speedrun(files: dict[str, bytes], parts: dict[str, dict]) -> list[st
         wall = parts.get("airbench", {}).get("wall_s")
         rows.append(["airbench94_muon.py (the record's code)", str(len(air["runs"])),
                      f"{pct(air_acc[0])} ± {pct(air_acc[1])}", f"{num(air_tim[0], 2)} ± {num(air_tim[1], 2)}",
-                     f"{num(air['warmup'][0]['time_s'], 1) if air['warmup'] else '–'} (warm-up run)",
+                     f"{num(air['warmup'][0]['time_s'], 1) if air['warmup'] else '–'} / –",
                      f"part wall {num(wall, 0)} s (decode, compile, runs)",
                      f"printed Mean {air['printed_mean']} Std {air['printed_std']}"])
     elif "airbench" in parts:
         p = parts["airbench"]
         rows.append(["airbench94_muon.py", "0", "–", "–", "–", "–", f"{p.get('status')}: {p.get('reason', '')}"])
-    out = [table(["program", "runs", "test accuracy mean ± std", "timed s/run mean ± std", "warm-up s",
+    out = [table(["program", "runs", "test accuracy mean ± std", "timed s/run mean ± std",
+                  "warm-up s (warm-up run / per timed run)",
                   "not in the timed s", "notes"], rows)] if rows else ["No speedrun figures."]
     out.append("\nTimed s/run: training steps plus the final test-time-augmented test, as airbench counts "
                "(airbench also times its whitening init; ours computes it on the host in setup). Each run's first "
