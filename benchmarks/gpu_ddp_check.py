@@ -6,11 +6,12 @@ cifarbench treats WORLD_SIZE=1 as a plain run (nothing to share), so `torchrun -
 -m cifarbench train` never reaches torch.distributed. With one GPU the only way to exercise the
 nccl code path (process group, SyncBatchNorm conversion, DistributedDataParallel, the all-reduced
 epoch statistics and the all-gathered evaluation) is to force it: this script makes the engine's
-rank detection return rank 0 of 1, trains `cnn` through the Trainer, then trains the same seed
-again as a plain single-process run and compares the two. On one rank DDP averages over one
-gradient and SyncBatchNorm sees the whole batch, so both runs compute the same function; they
-differ only by float rounding in reductions done in another order (reported, not asserted: with
-cuDNN autotuning on, even two plain runs need not agree bit for bit). --device cpu uses gloo.
+rank detection return rank 0 of 1, trains `resnet20` (BatchNorm, no dropout: a distributed rank
+draws its own dropout masks) through the Trainer, then trains the same seed again as a plain
+single-process run and compares the two. On one rank DDP averages over one gradient and
+SyncBatchNorm sees the whole batch, so both runs compute the same function; they differ only by
+float rounding in reductions done in another order (reported, not asserted: with cuDNN autotuning
+on, even two plain runs need not agree bit for bit). --device cpu uses gloo.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def train(npz: str, device: str, epochs: int, forced: bool) -> dict:
     if forced:
         distributed.detect = lambda environ=None: distributed.DistEnv(0, 1, int(os.environ.get("LOCAL_RANK", 0)))
     try:
-        cfg = build_config(None, {"model": "cnn", "dataset": f"npz:{npz}", "backend": "torch", "device": device,
+        cfg = build_config(None, {"model": "resnet20", "dataset": f"npz:{npz}", "backend": "torch", "device": device,
                                   "epochs": epochs, "batch_size": 128, "opt": "sgd", "lr": 0.05, "momentum": 0.9,
                                   "weight_decay": 5e-4, "augment": ["crop", "flip"], "seed": 0})
         trainer = Trainer(cfg, RecordingReporter(), run_dir=None, write=False)

@@ -3,7 +3,7 @@
 #   bash benchmarks/gpu_h200_call2.sh                        # on the GPU machine (carry .whl and .gpu2)
 #   SIZE=tiny DEVICE=cpu bash benchmarks/gpu_h200_call2.sh   # dry run here (MLX CPU; CuPy parts fail cleanly)
 # Parts: env, mlx-probe, data (10k/2k cifar10-jpeg subset), ddp-nccl (torchrun --nproc-per-node 1),
-# bench-torch / bench-cupy / bench-mlx (cnn, resnet18 b256 fp32), train-torch / -cupy / -mlx (cnn, 2 epochs,
+# bench-torch / bench-cupy / bench-mlx (cnn, resnet18 b256 fp32), train-torch / -cupy / -mlx (resnet20, 2 epochs,
 # seed 0, the same data), bench-mlx-compiled (mx.compile: its first JIT took about 3 min on an H100).
 # Same environment variables as gpu_h200.sh (DEADLINE_S default 560; set it from the device time left).
 set -uo pipefail

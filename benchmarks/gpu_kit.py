@@ -177,7 +177,8 @@ def call2_parts(s: Sizes, work: Path) -> list[Part]:
 
     def train(backend: str, device: str, core: bool = True) -> Part:
         epochs = "1" if s.tiny else "2"
-        return Part(f"train-{backend}", cb("train", "cnn", "--dataset", f"npz:{subset}", "--backend", backend,
+        # resnet20: BatchNorm and no dropout (each backend draws its own dropout masks), so one seed is one trajectory
+        return Part(f"train-{backend}", cb("train", "resnet20", "--dataset", f"npz:{subset}", "--backend", backend,
                                            "--device", device, "--epochs", epochs, "--batch-size", "64" if s.tiny else "128",
                                            "--opt", "adamw", "--lr", "0.001", "--seed", "0", "--no-compile",
                                            "-o", str(work / f"train-{backend}"), "--json"),

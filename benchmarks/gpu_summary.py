@@ -186,6 +186,10 @@ def section_throughput(files: dict[str, bytes], parts: dict[str, dict]) -> list[
                          num(r["warmup_s"], 1), num(r.get("eval_warmup_s"), 1), f"{goal} {verdict(ok)}" if goal else ""])
         out.append(table(["model", "precision", "batch", "compile", "train img/s median (min–max)", "eval img/s",
                           "warm-up s (train)", "warm-up s (eval)", "goal"], body))
+        for name in names:
+            for skipped in (_json(files, f"{name}.out") or {}).get("skipped", []):
+                why = skipped.get("reason", skipped) if isinstance(skipped, dict) else skipped
+                out.append(f"- {name}: not run: {why}")
         n = rows[0]["train_ips"]["n"]
         out.append(f"\nMedian of {n} timed windows of {rows[0].get('images_per_window', '?')} images after the warm-up "
                    "steps (compile/autotune: the warm-up columns); synthetic data already on the device.")
@@ -304,10 +308,14 @@ def section_call2(files: dict[str, bytes], parts: dict[str, dict]) -> list[str]:
     for n in ("bench-torch", "bench-cupy", "bench-mlx", "bench-mlx-compiled"):
         res = _json(files, f"{n}.out")
         for s in (res or {}).get("skipped", []):
-            body.append([str(s)[:80], "", "", "", "", "–", "–", "–", "not run"])
+            if isinstance(s, dict):
+                body.append([s.get("backend", "?"), s.get("device", "?"), s.get("model", ""), "", "", "–", "–", "–",
+                             f"not run: {s.get('reason', '')}"])
+            else:
+                body.append([str(s), "", "", "", "", "–", "–", "–", "not run"])
     out.append(table(["backend", "device", "model", "batch", "compile", "train img/s", "eval img/s", "warm-up s",
                       "vs torch"], body) if body else "No call-2 throughput figures.")
-    out += ["", "### Same seed, same data: `cnn`, AdamW 1e-3, seed 0", ""]
+    out += ["", "### Same seed, same data: `resnet20`, AdamW 1e-3, seed 0, cifar10-jpeg 10k/2k subset", ""]
     trows, ref = [], None
     for b in ("torch", "cupy", "mlx"):
         s = _json(files, f"train-{b}.out")

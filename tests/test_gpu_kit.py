@@ -216,3 +216,24 @@ def test_summary_marks_a_dry_run_and_a_missing_call(tmp_path):
     (mlx,) = rows_of(md, "mlx")
     assert mlx[2] == "25.78%" and mlx[5] == "+0.78" and mlx[6] == f"{100 * (0.2578125 * 0.7421875 / 128) ** 0.5:.2f}"
     assert rows_of(md, "cupy")[0][6] == "skipped: CuPy needs a CUDA GPU"
+
+
+def test_call1_plan_measures_what_the_issue_asks_and_its_core_fits_the_deadline(tmp_path):
+    parts = {p.name: p for p in gpu_kit.call1_parts(gpu_kit.Sizes(tiny=False, device="cuda"), tmp_path)}
+    cnn = parts["bench-cnn"].cmd
+    assert cnn[cnn.index("-b") + 1] == "64,512" and cnn[cnn.index("--precision") + 1] == "fp32,bf16"
+    assert cnn[cnn.index("--repeats") + 1] == "5"  # median of 5 windows
+    eager = parts["bench-resnet18-eager"].cmd
+    assert eager[eager.index("-b") + 1] == "512" and "--no-compile" in eager
+    for mode in ("default", "reduce-overhead", "max-autotune"):
+        cmd = parts[f"bench-resnet18-{mode}"].cmd
+        assert cmd[cmd.index("--compile-mode") + 1] == mode and cmd[cmd.index("-b") + 1] == "1024"
+    sr = parts["speedrun"].cmd
+    assert sr[sr.index("--runs") + 1] == "10" and sr[sr.index("--warmup-runs") + 1] == "1"
+    oc = parts["onecycle"].cmd
+    assert "resnet18-onecycle" in oc and "--epochs" not in oc  # the recipe's 40 epochs
+    # every core part gets at least its floor inside the run-book's deadline, whatever the extras do
+    names = list(parts)
+    assert names.index("speedrun") < names.index("onecycle") < names.index("bench-resnet18-max-autotune")
+    core = [p for p in parts.values() if p.core and (p.cmd is not None or p.name == "airbench")]
+    assert sum(p.floor_s for p in core) <= 545 - 60
