@@ -58,7 +58,7 @@ def train(npz: str, device: str, epochs: int, forced: bool) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--tiny", action="store_true", help="256 training images, 1 epoch (CPU dry run)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()

@@ -3,8 +3,9 @@
 #   bash benchmarks/gpu_h200_call2.sh                        # on the GPU machine (carry .whl and .gpu2)
 #   SIZE=tiny DEVICE=cpu bash benchmarks/gpu_h200_call2.sh   # dry run here (MLX CPU; CuPy parts fail cleanly)
 # Parts: env, mlx-probe, data (10k/2k cifar10-jpeg subset), ddp-nccl (torchrun --nproc-per-node 1),
-# bench-torch / bench-cupy / bench-mlx (cnn, resnet18 b256 fp32), train-torch / -cupy / -mlx (resnet20, 2 epochs,
-# seed 0, the same data), bench-mlx-compiled (mx.compile: its first JIT took about 3 min on an H100).
+# bench-torch (cnn, resnet18 b256 fp32), train-torch, bench-cupy-cnn, train-cupy, bench-mlx-cnn, train-mlx
+# (train-*: resnet20, 2 epochs, seed 0, the same data), then extras: bench-cupy-resnet18, bench-mlx-resnet18,
+# bench-mlx-compiled (mx.compile: its first JIT took about 3 min on an H100).
 # Same environment variables as gpu_h200.sh (DEADLINE_S default 560; set it from the device time left).
 set -uo pipefail
 cd "$(dirname "$0")/.."

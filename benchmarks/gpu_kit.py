@@ -7,10 +7,11 @@
 `benchmarks/gpu_h200.sh` (call 1: torch) and `benchmarks/gpu_h200_call2.sh` (call 2: MLX, CuPy, nccl)
 are the entry points; benchmarks/GPU_RUNBOOK.md has the exact device calls.
 
-Each part is one subprocess in its own process group, run in priority order. Its timeout is the
-smaller of its cap and the time left before the deadline minus the floors of the core parts still
-to come, so a slow part (a compile mode that autotunes for minutes) cannot eat the parts after it;
-a part whose floor no longer fits is skipped and says so. Raw outputs (JSON, CSV, logs) go to a
+Each part is one subprocess in its own process group, run in priority order. Its timeout is its
+cap, cut to the time left before the deadline minus the floors of the core parts still to come
+(but never under its own floor while that much time is left), so a slow part (a compile mode that
+autotunes for minutes) cannot eat the parts after it; a part whose floor no longer fits is skipped
+and says so. Raw outputs (JSON, CSV, logs) go to a
 work folder that is packed into $OUT/raw-callN.tar.gz after every part (the device returns at most
 8 files from $OUT, so one archive holds them all), next to parts.json and summary.md
 (benchmarks/gpu_summary.py). Standard library only: the driver runs under the device's python3.
@@ -161,16 +162,18 @@ def _onecycle(s: Sizes, work: Path, decoded: Path, precision: str, name: str, co
 
 def call2_parts(s: Sizes, work: Path) -> list[Part]:
     dev = s.device
-    win = s.window()
+    # bench's default windows (5 warm-up steps, 5 windows of 20): the engines here are slower than torch's
+    win = s.window() if s.tiny else ["--warmup-steps", "5", "--steps", "20", "--repeats", "5", "--eval-batch-size", "1000"]
     subset_src = find_first(".gpu2/cifar10-jpeg-10k.npz", ".gpu/cifar10-jpeg.npz", "../shared/data/cifar10-jpeg.npz")
     subset = work / "data" / "subset.npz"
     limits = ["--limit", "512", "--test-limit", "128"] if s.tiny else ["--limit", "10000", "--test-limit", "2000"]
     mlx_dev, cupy_dev = ("gpu", "cuda") if s.cuda else ("cpu", "cuda")
-    models = "cnn" if s.tiny else "cnn,resnet18"
     b = s.batch(256)
 
-    def bench(name: str, backend: str, device: str, *extra: str, cap: float = 90, floor: float = 30,
+    def bench(name: str, backend: str, device: str, models: str, *extra: str, cap: float = 90, floor: float = 30,
               core: bool = True) -> Part:
+        if s.tiny and "resnet18" in models:
+            return Part(name, None, cap, floor, core=False, reason="dry run: resnet18 on MLX/NumPy CPUs takes minutes")
         return Part(name, cb("bench", "--synthetic", "--backend", backend, "--device", device, "-m", models, "-b", b,
                              "--precision", "fp32", *win, "--opt", "sgd", "--lr", "0.01", *extra, "--json",
                              "-o", str(work / name)), s.scale(cap, 300), s.scale(floor, 60), core=core)
@@ -190,24 +193,30 @@ def call2_parts(s: Sizes, work: Path) -> list[Part]:
              60, 5, stdout="mlx-probe.txt"),
         Part("data", [PY, str(HERE / "gpu_kit.py"), "decode", str(subset_src), str(subset), *limits]
              if subset_src else None, 60, 10, reason="no cifar10-jpeg npz (.gpu2/, .gpu/ or ../shared/data/)"),
-        Part("ddp-nccl", [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", str(HERE / "gpu_ddp_check.py"),
-                          "--device", dev, "--out", str(work / "ddp.json")] + (["--tiny"] if s.tiny else []),
-             s.scale(90, 300), s.scale(30, 60), stdout="ddp.txt"),
-        bench("bench-torch", "torch", dev, "--no-compile"),
+        Part("ddp-nccl", [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+                          str(HERE / "gpu_ddp_check.py"), "--device", dev, "--out", str(work / "ddp.json")]
+             + (["--tiny"] if s.tiny else []), s.scale(90, 300), s.scale(30, 60), stdout="ddp.txt"),
+        bench("bench-torch", "torch", dev, "cnn" if s.tiny else "cnn,resnet18", "--no-compile"),
         train("torch", dev),
-        bench("bench-cupy", "cupy", cupy_dev),
+        bench("bench-cupy-cnn", "cupy", cupy_dev, "cnn"),
         train("cupy", cupy_dev) if s.cuda else Part("train-cupy", None, 90, 25, reason="CuPy needs a CUDA GPU"),
-        bench("bench-mlx", "mlx", mlx_dev, "--no-compile", cap=150, floor=60),
+        bench("bench-mlx-cnn", "mlx", mlx_dev, "cnn", "--no-compile", cap=150, floor=60),
         train("mlx", mlx_dev),
-        bench("bench-mlx-compiled", "mlx", mlx_dev, "--compile", cap=240, floor=120, core=False),
+        bench("bench-cupy-resnet18", "cupy", cupy_dev, "resnet18", cap=120, floor=45, core=False),
+        bench("bench-mlx-resnet18", "mlx", mlx_dev, "resnet18", "--no-compile", cap=150, floor=60, core=False),
+        bench("bench-mlx-compiled", "mlx", mlx_dev, "cnn", "--compile", cap=240, floor=120, core=False),
     ]
 
 
 # ----- the scheduler --------------------------------------------------------------------------------------------
 def timeout_for(part: Part, remaining: float, later: list[Part]) -> float:
-    """Seconds this part may run: its cap, less what the core parts after it need; < floor means skip."""
+    """Seconds this part may run; under its floor means skip.
+
+    Priority goes down the list: a part always gets its floor while that much time is left, and beyond
+    its floor it may use only the time not reserved for the floors of the core parts after it.
+    """
     reserve = sum(p.floor_s for p in later if p.core and p.cmd is not None)
-    return min(part.cap_s, remaining - reserve)
+    return min(part.cap_s, max(remaining - reserve, min(part.floor_s, remaining)))
 
 
 PACK_MAX_BYTES = 4 << 20  # checkpoints and decoded data stay behind: figures and logs are small

@@ -22,7 +22,7 @@ if [ "$call" = 1 ]; then
     carry=(.whl .gpu)
 else
     mkdir -p .gpu2
-    if ! ls .gpu2/mlx-*.whl .gpu2/mlx_cuda_sm90.tar.xz >/dev/null 2>&1; then
+    if ! ls .gpu2/mlx-*.whl >/dev/null 2>&1 || ! xz -t .gpu2/mlx_cuda_sm90.tar.xz 2>/dev/null; then
         bash "$SHARED/tools/mlx_cuda_wheels.sh" .gpu2   # downloads mlx-cuda-13 (~86 MiB) from PyPI, keeps sm_90
     fi
     # the first 10,000 training and 2,000 test images, still as JPEG bytes (the format gpu_kit.py decodes)

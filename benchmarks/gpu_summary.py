@@ -19,6 +19,8 @@ import tarfile
 from pathlib import Path
 
 GOALS = {"resnet18_train_ips": 90_000, "cnn_b512_train_ips": 150_000, "onecycle_s": 60.0, "onecycle_fp32_gap": 0.003}
+CALL2_BENCH = ("bench-torch", "bench-cupy-cnn", "bench-cupy-resnet18", "bench-mlx-cnn", "bench-mlx-resnet18",
+               "bench-mlx-compiled")
 COMPILE_PARTS = ("bench-resnet18-default", "bench-resnet18-reduce-overhead", "bench-resnet18-max-autotune")
 
 
@@ -297,7 +299,7 @@ def section_onecycle(files: dict[str, bytes], parts: dict[str, dict]) -> list[st
 
 def section_call2(files: dict[str, bytes], parts: dict[str, dict]) -> list[str]:
     out = ["### Throughput next to torch (synthetic data, fp32)", ""]
-    rows = [r for n in ("bench-torch", "bench-cupy", "bench-mlx", "bench-mlx-compiled") for r in bench_rows(files, n)]
+    rows = [r for n in CALL2_BENCH for r in bench_rows(files, n)]
     torch_ips = {(r["model"], r["batch_size"]): r["train_ips"]["median"] for r in rows if r["backend"] == "torch"}
     body = []
     for r in rows:
@@ -305,7 +307,7 @@ def section_call2(files: dict[str, bytes], parts: dict[str, dict]) -> list[str]:
         body.append([r["backend"], r["device"], r["model"], r["batch_size"], r["compile_label"],
                      num(r["train_ips"]["median"]), num(r["eval_ips"]["median"]), num(r["warmup_s"], 1),
                      f"{r['train_ips']['median'] / ref:.2f}x" if ref else "–"])
-    for n in ("bench-torch", "bench-cupy", "bench-mlx", "bench-mlx-compiled"):
+    for n in CALL2_BENCH:
         res = _json(files, f"{n}.out")
         for s in (res or {}).get("skipped", []):
             if isinstance(s, dict):

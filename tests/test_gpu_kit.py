@@ -38,7 +38,9 @@ def test_timeout_reserves_the_floors_of_later_core_parts_only():
              Part("e", None, 100, 500, reason="cannot run here")]  # will be skipped: not reserved
     assert gpu_kit.timeout_for(part, 300, later) == 300 - 150
     assert gpu_kit.timeout_for(part, 1000, later) == 200  # the cap binds
-    assert gpu_kit.timeout_for(part, 100, later) < part.floor_s  # the run loop then skips it
+    # earlier parts come first: short of time, a part still gets its floor, eating later reservations
+    assert gpu_kit.timeout_for(part, 100, later) == part.floor_s
+    assert gpu_kit.timeout_for(part, 6, later) == 6 < part.floor_s  # the run loop then skips it
 
 
 def test_run_kills_a_part_and_its_children_at_its_budget(tmp_path):
