@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import io
+import re
 import statistics
 from datetime import datetime, timezone
 from typing import Any, Optional, Sequence
@@ -67,11 +68,12 @@ def _svg(fig) -> str:
         fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
     text = buf.getvalue()
+    text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)  # RDF about the file: not for a page
     return text[text.index("<svg"):]  # drop the XML prolog and doctype: inline SVG needs neither
 
 
 def _label(g: dict[str, Any], hosts: dict[str, str]) -> str:
-    return (f"{g['backend']} {g['device']} {g['model']} {g['precision']} bs{g['batch_size']} "
+    return (f"{g['backend']} {g['device']} {g['model']} {g['precision']} bs{g['batch_size']} {g['kind']} "
             f"@ {hosts.get(g['fingerprint_id'], g['fingerprint_id'][:8])}")
 
 
@@ -87,16 +89,30 @@ def throughput_svg(gs: Sequence[dict[str, Any]], hosts: dict[str, str]) -> Optio
     med = [g["images_per_s"] for g in gs]
     lo = [m - (g["images_per_s_min"] or m) for m, g in zip(med, gs)]
     hi = [(g["images_per_s_max"] or m) - m for m, g in zip(med, gs)]
-    ax.barh(y, med, color=[_color(g["backend"], i) for i, g in enumerate(gs)], alpha=0.85)
+    ax.barh(y, med, color=[_color(g["backend"], i) for i, g in enumerate(gs)])
     ax.errorbar(med, y, xerr=[lo, hi], fmt="none", ecolor="#222", capsize=3, lw=1)
     ax.set_xscale("log")
+    _plain_log_ticks(ax, min(m - l for m, l in zip(med, lo)), max(m + h for m, h in zip(med, hi)))
     ax.set_yticks(y, [_label(g, hosts) for g in gs], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("training images / s (log scale; bar: median, whiskers: min–max over repeats and runs)")
     ax.grid(axis="x", which="both", alpha=0.25)
-    for yi, m, h in zip(y, med, hi):
-        ax.text(m + h, yi, f" {m:,.0f}" if m >= 100 else f" {m:,.1f}", va="center", fontsize=7)
+    for yi, m, h in zip(y, med, hi):  # the value right of the whisker's cap, not on it
+        ax.text((m + h) * 1.04, yi, f"{m:,.0f}" if m >= 100 else f"{m:,.1f}", va="center", fontsize=7)
+    ax.set_xlim(right=ax.get_xlim()[1] * 1.25)
     return _svg(fig)
+
+
+def _plain_log_ticks(ax, lo: float, hi: float) -> None:
+    """Ticks at 1, 2, 5 x 10^k written as plain numbers (1,000 not 10^3): the axis spans a few decades at most."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ticks = [m * 10 ** k for k in range(-3, 9) for m in (1, 2, 5) if lo / 1.5 <= m * 10 ** k <= hi * 1.5]
+    if len(ticks) < 2:
+        ticks = [m * 10 ** k for k in range(-3, 9) for m in (1, 1.5, 2, 3, 5, 7) if lo / 1.5 <= m * 10 ** k <= hi * 1.5]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
 
 
 def curves_svg(rows: Sequence[dict[str, Any]], hosts: dict[str, str], target: Optional[float]) -> Optional[str]:
@@ -120,7 +136,7 @@ def curves_svg(rows: Sequence[dict[str, Any]], hosts: dict[str, str], target: Op
         ax.set_title(name, color=_color(name))
         ax.set_xlabel("wall time (s)")
         ax.grid(alpha=0.25)
-        ax.legend(fontsize=6, loc="lower right")
+        ax.legend(fontsize=7, loc="lower right")
     axes[0][0].set_ylabel("eval accuracy (%)")
     return _svg(fig)
 
@@ -136,7 +152,9 @@ def leaderboard(gs: Sequence[dict[str, Any]], hosts: dict[str, str]) -> str:
             "min–max", "accuracy % (mean ± std)", "time to acc. (s)", "total time (s)", "ids")
     sortable = {"images/s": "desc", "accuracy % (mean ± std)": "desc", "time to acc. (s)": "asc",
                 "total time (s)": "asc", "batch": "asc", "runs": "desc"}
-    ths = "".join(f'<th data-sort="{sortable.get(h, "text")}" tabindex="0">{_e(h)}</th>' for h in head)
+    initial = ' data-dir="desc"'  # the rows come sorted by images/s, fastest first
+    ths = "".join(f'<th data-sort="{sortable.get(h, "text")}" tabindex="0"{initial if h == "images/s" else ""}>'
+                  f'{_e(h)}</th>' for h in head)
     body = []
     ordered = sorted(gs, key=lambda g: -(g["images_per_s"] or -1))
     for i, g in enumerate(ordered, 1):
@@ -199,16 +217,16 @@ dd{margin:0;word-break:break-word}.chart svg{max-width:100%;height:auto}.note{co
 code{font-size:11px;color:#5c6670}.wrap{overflow-x:auto}
 """
 
-JS = """
+JS = r"""
 (function(){
   var errs=[];window.addEventListener('error',function(e){errs.push(String(e.message));
     document.body.setAttribute('data-errors',errs.join(' | '));});
   var t=document.getElementById('leaderboard');if(!t)return;
   function key(td,kind){if(kind==='text')return td.textContent.trim().toLowerCase();
     var v=td.getAttribute('data-v');return v===''||v===null?null:parseFloat(v);}
-  function sortBy(th){var i=Array.prototype.indexOf.call(th.parentNode.children,th);
+  function sortBy(th,force){var i=Array.prototype.indexOf.call(th.parentNode.children,th);
     var kind=th.getAttribute('data-sort');var dir=th.getAttribute('data-dir');
-    dir=dir?(dir==='asc'?'desc':'asc'):(kind==='text'?'asc':kind);
+    dir=force||(dir?(dir==='asc'?'desc':'asc'):(kind==='text'?'asc':kind));
     Array.prototype.forEach.call(th.parentNode.children,function(h){h.removeAttribute('data-dir');});
     th.setAttribute('data-dir',dir);var body=t.tBodies[0];var rows=Array.prototype.slice.call(body.rows);
     rows.sort(function(a,b){var x=key(a.cells[i],kind),y=key(b.cells[i],kind);
@@ -218,6 +236,8 @@ JS = """
   Array.prototype.forEach.call(t.tHead.rows[0].cells,function(th,i){if(i===0)return;
     th.addEventListener('click',function(){sortBy(th);});
     th.addEventListener('keydown',function(e){if(e.key==='Enter')sortBy(th);});});
+  var m=/^#sort=(\d+)(?::(asc|desc))?$/.exec(location.hash);  // a link can carry a sort: #sort=9:desc
+  if(m&&t.tHead.rows[0].cells[+m[1]])sortBy(t.tHead.rows[0].cells[+m[1]],m[2]);
   document.body.setAttribute('data-ready',String(t.tBodies[0].rows.length));
 })();
 """
@@ -255,7 +275,8 @@ def render(rows: Sequence[dict[str, Any]], machines: dict[str, dict[str, Any]], 
 <p class="meta">{len(rows)} results in {len(gs)} groups from {len(hosts)} machine{"s" if len(hosts) != 1 else ""} · database {_e(source)} · generated {_e(generated)}</p>
 <h2>Leaderboard</h2>
 <p class="meta">One row per case and machine; images/s: median over runs (min–max over every timed window);
-accuracy: mean ± std over all seeds; time to accuracy: {_e(target_text)}. Click a column to sort.</p>
+accuracy: mean ± std over all seeds; time to accuracy: {_e(target_text)}. Click a column to sort
+(a link can carry a sort: <code>#sort=9:desc</code>, column 9 = images/s).</p>
 <div class="wrap">{leaderboard(gs, hosts)}</div>
 <h2>Throughput</h2><div class="chart" id="throughput">{bars_html}</div>
 <h2>Accuracy against time, per backend</h2><div class="chart" id="curves">{lines_html}</div>
