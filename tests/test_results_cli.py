@@ -163,3 +163,14 @@ def test_bad_input_is_one_line(tmp_path):
     write(tmp_path / "x.json", {"hello": 1})
     res = cli("results", "import", tmp_path / "x.json", ok=False)
     assert res.exit_code == 2 and "not a bench.json" in res.output
+
+
+def test_help_imports_no_database_or_framework():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom cifarbench.cli import main\nfor a in (['--help'], ['results', '--help'], ['report', '--help']):\n"
+            "    try:\n        main(a)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('sqlalchemy', 'torch', 'mlx', 'cupy', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

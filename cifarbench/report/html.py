@@ -274,7 +274,7 @@ def render(rows: Sequence[dict[str, Any]], machines: dict[str, dict[str, Any]], 
 <h1>cifarbench results</h1>
 <p class="meta">{len(rows)} results in {len(gs)} groups from {len(hosts)} machine{"s" if len(hosts) != 1 else ""} · database {_e(source)} · generated {_e(generated)}</p>
 <h2>Leaderboard</h2>
-<p class="meta">One row per case and machine; images/s: median over runs (min–max over every timed window);
+<p class="meta">One row per case and machine; images/s: median over runs (min–max over their timed windows or seeds);
 accuracy: mean ± std over all seeds; time to accuracy: {_e(target_text)}. Click a column to sort
 (a link can carry a sort: <code>#sort=9:desc</code>, column 9 = images/s).</p>
 <div class="wrap">{leaderboard(gs, hosts)}</div>
