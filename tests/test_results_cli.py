@@ -160,6 +160,11 @@ def test_bad_input_is_one_line(tmp_path):
                        (["results", "list", "--results-db", "nosuch+x://h/db"], "no driver")):
         res = cli(*args, ok=False)
         assert res.exit_code == 2 and text in res.output and "Traceback" not in res.output, res.output
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for url in (blocker / "x.db", "postgresql+psycopg://nobody@/db?host=/nonexistent&port=1"):
+        res = cli("results", "list", "--results-db", url, ok=False)
+        assert res.exit_code == 1 and "results database" in res.output and "Traceback" not in res.output, res.output
     write(tmp_path / "x.json", {"hello": 1})
     res = cli("results", "import", tmp_path / "x.json", ok=False)
     assert res.exit_code == 2 and "not a bench.json" in res.output

@@ -17,7 +17,7 @@ from typing import Callable
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from cifarbench.errors import UsageError
+from cifarbench.errors import CifarbenchError, UsageError
 
 ENV_VAR = "CIFARBENCH_RESULTS_DB"
 BUSY_TIMEOUT_S = 60.0
@@ -64,16 +64,27 @@ def connect(url: str | None = None, migrate: bool = True) -> sa.Engine:
         raise UsageError(f"not a database URL: {shown_url(url)}", hint="e.g. sqlite:///results.db or postgresql+psycopg://user@host/db") from None
     try:
         if parsed.get_backend_name() == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            engine = sa.create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_S}, poolclass=sa.pool.NullPool)
+            memory = parsed.database in (None, "", ":memory:")
+            if not memory:
+                try:
+                    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise CifarbenchError(f"cannot create the results database's folder: {exc}") from None
+            # one process-wide connection for an in-memory database (each new one would be empty)
+            pool = sa.pool.StaticPool if memory else sa.pool.NullPool
+            engine = sa.create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_S}, poolclass=pool)
             _sqlite_setup(engine)
         else:
             engine = sa.create_engine(parsed, poolclass=sa.pool.NullPool)
     except (ImportError, sa.exc.NoSuchModuleError) as exc:
         raise UsageError(f"no driver for {parsed.drivername}: {exc}", hint="for PostgreSQL: pip install 'cifarbench[postgres]'") from None
     if migrate:
-        upgrade(engine)
+        try:
+            upgrade(engine)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+            raise CifarbenchError(f"cannot open the results database {shown_url(url)}: {first}",
+                                  hint="check --results-db / $CIFARBENCH_RESULTS_DB") from None
     return engine
 
 
