@@ -48,7 +48,8 @@ def _report(tmp_path, *extra) -> Path:
     return out
 
 
-def test_report_is_self_contained_with_the_expected_content(tmp_path):
+def test_report_is_self_contained_with_the_expected_content(tmp_path, db_url, monkeypatch):
+    monkeypatch.setenv("CIFARBENCH_RESULTS_DB", db_url)  # SQLite, and PostgreSQL where one is given
     pytest.importorskip("matplotlib")
     page = _report(tmp_path, "--target-acc", "0.5").read_text()
     assert page.count("<svg") == 2  # throughput bars and accuracy curves, inline

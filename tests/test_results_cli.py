@@ -76,6 +76,13 @@ def test_failure_to_record_keeps_the_run(tiny_npz, tmp_path, monkeypatch):
     assert len(listed("--results-db", good)) == 1
 
 
+@pytest.fixture
+def any_db(db_url, monkeypatch):
+    """The results commands on SQLite and, where one is given, on PostgreSQL."""
+    monkeypatch.setenv("CIFARBENCH_RESULTS_DB", db_url)
+    return db_url
+
+
 def _populate(tmp_path):
     """Two machines; torch and numpy throughput repeated on each; training rows with seeds."""
     here, there = machine(), machine("labhost")
@@ -92,7 +99,7 @@ def _populate(tmp_path):
     return here, there
 
 
-def test_list_filters(tmp_path):
+def test_list_filters(tmp_path, any_db):
     here, there = _populate(tmp_path)
     assert len(listed()) == 10
     assert {r["backend"] for r in listed("--backend", "numpy")} == {"numpy"} and len(listed("--backend", "numpy")) == 5
@@ -104,7 +111,7 @@ def test_list_filters(tmp_path):
     assert res.exit_code == 2 and "--since takes a date" in res.output and "Traceback" not in res.output
 
 
-def test_compare_pools_repeats_and_seeds(tmp_path):
+def test_compare_pools_repeats_and_seeds(tmp_path, any_db):
     here, _ = _populate(tmp_path)
     res = json.loads(cli("results", "compare", "--machine", here["fingerprint_id"], "--json").stdout)
     g = {(x["kind"], x["backend"]): x for x in res["groups"]}
@@ -137,7 +144,7 @@ def test_pooled_std_matches_raw_samples():
     assert n == 5 and m == pytest.approx(statistics.fmean(a + b)) and s == pytest.approx(statistics.stdev(a + b))
 
 
-def test_export_and_reimport(tmp_path):
+def test_export_and_reimport(tmp_path, any_db):
     _populate(tmp_path)
     csv_text = cli("results", "export", "--backend", "torch").stdout
     assert csv_text.splitlines()[0].startswith("id,content_hash") and len(csv_text.splitlines()) == 6
