@@ -13,7 +13,7 @@ if [ "$cmd" = stop ]; then
 fi
 t0=$(date +%s%N)
 if [ -z "$(pgbin)" ]; then
-  apt-get install -y -q postgresql >&2
+  apt-get install -y -q --no-install-recommends postgresql >&2
 fi
 t1=$(date +%s%N)
 mkdir -p "$dir" && chown postgres "$dir"
