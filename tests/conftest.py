@@ -52,3 +52,32 @@ def write_npz(path: Path, n_train: int = 96, n_test: int = 40, classes: int = 4,
 @pytest.fixture
 def tiny_npz(tmp_path) -> str:
     return "npz:" + str(write_npz(tmp_path / "tiny.npz"))
+
+
+@pytest.fixture(autouse=True)
+def _results_db(tmp_path_factory, monkeypatch):
+    """Every test records into its own temporary results database, never the user's data dir."""
+    monkeypatch.setenv("CIFARBENCH_RESULTS_DB", str(tmp_path_factory.mktemp("resultsdb") / "results.db"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh, empty results database: SQLite always; PostgreSQL where $CIFARBENCH_TEST_PG_URL names a server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'results.db'}"
+        return
+    import os
+    import uuid
+
+    base = os.environ.get("CIFARBENCH_TEST_PG_URL")
+    if not base:
+        pytest.skip("no PostgreSQL server: set CIFARBENCH_TEST_PG_URL (.ci/run starts one)")
+    sa = pytest.importorskip("sqlalchemy")
+    name = f"cbtest_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    yield sa.engine.make_url(base).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+    admin.dispose()

@@ -64,6 +64,8 @@ def bench(
         None, "--output", "-o", help="Run directory for bench.json/.csv/.md, charts and run_log.json (default runs/bench-TIME)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     compare_files: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", help="Compare two bench.json files: A B."),
+    no_record: bool = typer.Option(False, "--no-record", help="Do not record the results in the results database."),
+    results_db: Optional[str] = typer.Option(None, "--results-db", help="Results database URL or SQLite path (default: $CIFARBENCH_RESULTS_DB, else the user data dir)."),
 ) -> None:
     """Benchmark backends x devices x models; the relative column is speed against the baseline row."""
     if compare_files:
@@ -92,6 +94,10 @@ def bench(
     _show(result, to_stderr=json_out)
     if result["rows"]:
         _write(result, output)
+        if not no_record:  # never fails the run: warns instead
+            from cifarbench.results import record_run
+
+            record_run(output / "bench.json", results_db, "bench", warn, info)
     if json_out:
         print_json(result)
     if not result["rows"]:

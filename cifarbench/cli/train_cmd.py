@@ -56,6 +56,8 @@ def train(
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
     list_configs: bool = typer.Option(False, "--list-configs", help="List the bundled recipes and exit."),
     json_out: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+    no_record: bool = typer.Option(False, "--no-record", help="Do not record the run in the results database."),
+    results_db: Optional[str] = typer.Option(None, "--results-db", help="Results database URL or SQLite path (default: $CIFARBENCH_RESULTS_DB, else the user data dir)."),
 ) -> None:
     """Train a model; writes a run directory (config, metrics, checkpoint, run_log.json)."""
     from cifarbench.config import build_config, dump_config, list_configs as bundled
@@ -76,7 +78,7 @@ def train(
     if print_config:
         typer.echo(dump_config(cfg), nl=False)
         return
-    _run(cfg, resume, json_out)
+    _run(cfg, resume, json_out, None if no_record else (results_db or ""))
 
 
 def _resume_config(run_dir: Path, overrides: dict):
@@ -93,7 +95,7 @@ def _resume_config(run_dir: Path, overrides: dict):
     return cfg.model_copy(update={"output": str(run_dir)})
 
 
-def _run(cfg, resume: Optional[Path], json_out: bool) -> None:
+def _run(cfg, resume: Optional[Path], json_out: bool, record_to: Optional[str] = None) -> None:
     from cifarbench.cli.progress import make_reporter
     from cifarbench.engine import distributed
     from cifarbench.engine.reporter import Reporter
@@ -113,6 +115,11 @@ def _run(cfg, resume: Optional[Path], json_out: bool) -> None:
         distributed.shutdown()
     if not main_rank:
         return
+    if record_to is not None:  # never fails the run: warns instead
+        from cifarbench.cli._console import warn
+        from cifarbench.results import record_run
+
+        record_run(Path(summary["run_dir"]) / "run_log.json", record_to or None, "train", warn, info)
     if json_out:
         print_json(summary)
     else:
