@@ -15,7 +15,7 @@ from typing import Sequence
 
 from cifarbench.data import cache, formats
 from cifarbench.data.dataset import Dataset
-from cifarbench.data.fetch import DownloadError, ProgressFn, fetch, md5_file, mirror_bases, safe_extract
+from cifarbench.data.fetch import MIRROR_ENV, DownloadError, ProgressFn, fetch, md5_file, mirror_bases, safe_extract
 from cifarbench.data.sources import Source, canonical_name, file_candidates, placement, search_dirs, source_for
 from cifarbench.errors import DataError, UsageError
 
@@ -113,7 +113,6 @@ def ensure_local(
 def offline_hint(source: Source, data_dir: Path) -> str:
     """One line of what to do without the official hosts: place the files, use a mirror, or the embedded set."""
     from cifarbench.data.embedded import NAME as EMBEDDED_NAME
-    from cifarbench.data.fetch import MIRROR_ENV
 
     return (
         f"put {placement(source, data_dir)} (or pass --data-dir DIR with that layout), "
