@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -46,7 +47,10 @@ def demo_plan(tmp_path_factory) -> list[str]:
     if shutil.which("make") is None:
         pytest.skip("make not installed")
     venv = tmp_path_factory.mktemp("plan") / "venv"  # does not exist: make plans every step
-    res = subprocess.run(["make", "-n", "demo", f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # under `make test` the parent make's variables would make this one print "Entering directory" lines
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    res = subprocess.run(["make", "--no-print-directory", "-n", "demo", f"VENV={venv}"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     return [ln.replace(str(venv), "$VENV") for ln in res.stdout.splitlines()]
 
