@@ -15,7 +15,7 @@ from cifarbench.errors import DataError
 ALL = "all"
 
 data_app = typer.Typer(
-    help="Download, verify and describe data sets (cifar10, cifar100, mnist, fashion-mnist, ...).",
+    help="Download, verify and describe data sets (cifar10, cifar100, mnist, fashion-mnist, mnist-mini, ...).",
     no_args_is_help=True,
 )
 
@@ -104,7 +104,7 @@ def verify(
     from cifarbench.data.sources import canonical_name
     from cifarbench.data.store import resolve_data_dir
 
-    names = _downloadable() if dataset == ALL else [canonical_name(dataset)]
+    names = [*_downloadable(), "mnist-mini"] if dataset == ALL else [canonical_name(dataset)]
     checks = []
     for name in names:
         rows = verify_dataset(name, data_dir)
@@ -147,10 +147,15 @@ def info_cmd(
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout (an object, or a list for 'all')."),
 ) -> None:
-    """Sizes, shapes, classes and per-channel mean/std of data sets already on disk (no download)."""
+    """What is present (sizes, shapes, classes, mean/std), what each missing data set needs, and the data dir.
+
+    Never downloads. The data dir (the cache) is --data-dir, else $CIFARBENCH_DATA, else the user cache dir.
+    """
     from cifarbench.cli._console import print_json, warn
     from cifarbench.data import DATASET_NAMES, load_dataset
+    from cifarbench.data.store import resolve_data_dir
 
+    root = resolve_data_dir(data_dir)
     names = list(DATASET_NAMES) if dataset == ALL else [dataset]
     rows = []
     for name in names:
@@ -159,26 +164,62 @@ def info_cmd(
         except DataError as e:
             if dataset != ALL:
                 raise
-            rows.append({"name": name, "error": e.message})
+            rows.append({"name": name, "present": False, "error": e.message, **_requirements(name, root)})
             continue
         for w in ds.warnings:
             warn(w)
-        rows.append(ds.summary())
+        rows.append({**ds.summary(), "present": True, **_requirements(name, root)})
     if as_json:
         print_json(rows if dataset == ALL else rows[0])
     else:
+        from cifarbench.cli._console import out_console
+
+        out_console.print(f"data dir: {root} ({_data_dir_origin(data_dir)}; parsed arrays are cached in "
+                          f"<data set folder>/.cifarbench-cache/)", highlight=False, soft_wrap=True)
         _info_table(rows)
 
 
+def _data_dir_origin(data_dir: Optional[str]) -> str:
+    import os
+
+    from cifarbench.data.store import DATA_ENV
+
+    if data_dir:
+        return "from --data-dir"
+    return f"from ${DATA_ENV}" if os.environ.get(DATA_ENV) else f"the user cache dir; set --data-dir or ${DATA_ENV}"
+
+
+def _requirements(name: str, root) -> dict:
+    """What a data set needs on disk and where it goes (JSON fields of `data info`)."""
+    from cifarbench.data.sources import DOWNLOAD_MB, canonical_name, needs, source_for
+
+    canon = canonical_name(name)
+    found = source_for(canon)
+    if found is not None:
+        source = found[0]
+        return {"kind": "download", "needs": needs(source), "download_mb": DOWNLOAD_MB.get(source.key),
+                "data_dir": str(root)}
+    if canon == "mnist-mini":
+        return {"kind": "embedded", "needs": "nothing (shipped inside the package)", "data_dir": None}
+    if canon.startswith("npz:"):
+        return {"kind": "file", "needs": f"the file {canon[4:]}", "data_dir": None}
+    return {"kind": "generated", "needs": "nothing (generated from a seed)", "data_dir": None}
+
+
 def _info_table(rows: list[dict]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table("dataset", "train", "test", "shape", "classes", "mean", "std", "source", box=None)
+    table = Table("dataset", "status", "train", "test", "shape", "classes", "mean", "std", "source / needs", box=None)
     for r in rows:
-        if "error" in r:
-            table.add_row(r["name"], "-", "-", "-", "-", "-", "-", "[dim]not found[/]")
+        if not r.get("present", True):
+            size = f" ({r['download_mb']} MB download)" if r.get("download_mb") else ""
+            table.add_row(r["name"], "[red]missing[/]", "-", "-", "-", "-", "-", "-",
+                          f"needs {escape(r['needs'])}{size}")
             continue
         shape = "x".join(str(s) for s in r["image_shape"])
         mean, std = (",".join(f"{v:.3f}" for v in r[k]) for k in ("mean", "std"))
-        table.add_row(r["name"], str(r["train"]), str(r["test"]), shape, str(r["num_classes"]), mean, std, r["source"])
+        status = {"download": "[green]present[/]", "file": "[green]present[/]"}.get(r.get("kind"), r.get("kind", ""))
+        table.add_row(r["name"], status, str(r["train"]), str(r["test"]), shape, str(r["num_classes"]), mean, std,
+                      escape(r["source"]))
     print_wide(table, width=240)

@@ -1,7 +1,8 @@
 """Data sets as uint8 NHWC arrays: download, verify, parse, cache, split.
 
-Names: cifar10, cifar100 (fine labels), cifar100-coarse, mnist, fashion-mnist, synthetic, and
-``npz:PATH`` (keys x_train, y_train, x_test, y_test[, class_names]).
+Names: cifar10, cifar100 (fine labels), cifar100-coarse, mnist, fashion-mnist, mnist-mini (a real
+MNIST subset shipped in the package, see embedded.py), synthetic, and ``npz:PATH`` (keys x_train,
+y_train, x_test, y_test[, class_names]).
 Data dir precedence: the ``data_dir`` argument (--data-dir) > $CIFARBENCH_DATA > the user cache
 dir. Nothing in this package prints; download progress goes to a callback and checksum
 warnings to ``Dataset.warnings``.
@@ -45,6 +46,10 @@ def load_dataset(
     canon = canonical_name(name)
     if canon == "synthetic":
         return make_synthetic()
+    if canon == "mnist-mini":
+        from cifarbench.data.embedded import load_embedded
+
+        return load_embedded()
     if canon.startswith("npz:"):
         return _load_npz(canon)
     return load_official(canon, data_dir, download, progress, mirrors)

@@ -32,6 +32,10 @@ _CHUNK = 1 << 16
 _FILTER_ERROR = getattr(tarfile, "FilterError", ())  # Python 3.11.4+
 
 
+class DownloadError(DataError):
+    """Every mirror failed for a file; callers that know the data set replace the hint with one that names its files."""
+
+
 class _Transient(Exception):
     """Worth retrying on the same mirror (timeouts, resets, truncated bodies, 5xx)."""
 
@@ -78,7 +82,7 @@ def fetch(file_name: str, md5: str | None, dest: Path, bases: Sequence[str], pro
                 failures.append(f"{url}: {e}")
                 if attempt + 1 < RETRIES:
                     time.sleep(BACKOFF_S * 2**attempt)
-    raise DataError(
+    raise DownloadError(
         f"could not download {file_name} into {dest.parent} ({_summarise(failures)})",
         hint="check the network, set CIFARBENCH_MIRROR to a mirror, or put an existing copy under --data-dir",
     )

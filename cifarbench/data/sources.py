@@ -137,8 +137,9 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "mnist": ("mnist", "labels"),
     "fashion-mnist": ("fashion-mnist", "labels"),
 }
+EMBEDDED = ("mnist-mini",)  # shipped inside the package (cifarbench/data/embedded.py)
 GENERATED = ("synthetic",)
-DATASET_NAMES: list[str] = [*VARIANTS, *GENERATED]
+DATASET_NAMES: list[str] = [*VARIANTS, *EMBEDDED, *GENERATED]
 
 _ALIASES = {
     "cifar-10": "cifar10",
@@ -147,6 +148,8 @@ _ALIASES = {
     "cifar-100-coarse": "cifar100-coarse",
     "fashion_mnist": "fashion-mnist",
     "fashionmnist": "fashion-mnist",
+    "mnist_mini": "mnist-mini",
+    "mini-mnist": "mnist-mini",
 }
 
 
@@ -163,7 +166,7 @@ def canonical_name(name: str) -> str:
 
 
 def source_for(name: str) -> tuple[Source, str] | None:
-    """(source, label variant) of a canonical name, or None for generated/npz data."""
+    """(source, label variant) of a canonical name, or None for embedded/generated/npz data."""
     if name in VARIANTS:
         key, variant = VARIANTS[name]
         return SOURCES[key], variant
@@ -185,3 +188,21 @@ def file_candidates(source: Source, folder: Path, name: str, md5: str) -> list[t
         return [(folder / name, md5)]
     raw = dict(source.raw_md5)
     return [(folder / name, md5), (folder / name[:-3], raw.get(name[:-3]))]
+
+
+DOWNLOAD_MB = {"cifar10": 163, "cifar100": 161, "mnist": 11, "fashion-mnist": 29}  # MiB of the official downloads
+
+
+def needs(source: Source) -> str:
+    """What the data dir must hold for this source, relative to it (one line)."""
+    files = ",".join(name for name, _ in source.files)
+    if source.kind == "cifar":
+        return f"{source.downloads[0][0]}, or its extracted {source.folder}/"
+    return f"{source.folder}/{{{files}}} (.gz or uncompressed)"
+
+
+def placement(source: Source, data_dir: Path) -> str:
+    """Where to put which official files, with the data dir filled in (one line)."""
+    if source.kind == "cifar":
+        return f"{source.downloads[0][0]} (or its extracted {source.folder}/) in {data_dir}/"
+    return f"{', '.join(name for name, _ in source.files)} in {data_dir / source.folder}/"

@@ -15,8 +15,8 @@ from typing import Sequence
 
 from cifarbench.data import cache, formats
 from cifarbench.data.dataset import Dataset
-from cifarbench.data.fetch import ProgressFn, fetch, md5_file, mirror_bases, safe_extract
-from cifarbench.data.sources import Source, canonical_name, file_candidates, search_dirs, source_for
+from cifarbench.data.fetch import MIRROR_ENV, DownloadError, ProgressFn, fetch, md5_file, mirror_bases, safe_extract
+from cifarbench.data.sources import Source, canonical_name, file_candidates, placement, search_dirs, source_for
 from cifarbench.errors import DataError, UsageError
 
 DATA_ENV = "CIFARBENCH_DATA"
@@ -92,22 +92,34 @@ def ensure_local(
     elif download:
         try:
             _download(source, data_dir, progress, mirrors, None)
-        except DataError as e:
+        except DownloadError as e:
             raise DataError(
                 f"{source.key} not found (looked in {_looked_in(source, data_dir)}) and the download failed: {e.message}",
-                hint=f"put an existing copy under --data-dir (now {data_dir}) or set CIFARBENCH_MIRROR",
+                hint=offline_hint(source, data_dir),
             ) from None
     else:
         raise DataError(
             f"{source.key} not found (looked in {_looked_in(source, data_dir)}) and downloading is off",
             hint=f"run `cifarbench data download {source.key} --data-dir {data_dir}` "
-            f"(fetches {source.urls(list(source.mirrors))[0]}) or point --data-dir at an existing copy",
+            f"(fetches {source.urls(list(source.mirrors))[0]}), or {offline_hint(source, data_dir)}",
         )
     hit = find_files(source, data_dir)
     if not hit:
         missing = [n for n, m in source.files if not any(_find_one(source, d, n, m) for d in search_dirs(source, data_dir))]
         raise DataError(f"{source.key}: {', '.join(missing)} still missing under {data_dir} after extraction/download")
     return hit
+
+
+def offline_hint(source: Source, data_dir: Path) -> str:
+    """One line of what to do without the official hosts: place the files, use a mirror, or the embedded set."""
+    from cifarbench.data.embedded import NAME as EMBEDDED_NAME
+
+    return (
+        f"put {placement(source, data_dir)} (or pass --data-dir DIR with that layout), "
+        f"or set {MIRROR_ENV}=BASE_URL serving {source.downloads[0][0]}"
+        f"{' etc.' if len(source.downloads) > 1 else ''}, "
+        f"or train offline on the embedded set: --dataset {EMBEDDED_NAME}"
+    )
 
 
 # ----- downloading ------------------------------------------------------------------------------
@@ -129,13 +141,16 @@ def download_dataset(
     canon = canonical_name(name)
     found = source_for(canon)
     if found is None:
-        raise UsageError(f"'{canon}' has nothing to download (it is generated or read from a local file)")
+        raise UsageError(f"'{canon}' has nothing to download (it is embedded, generated or read from a local file)")
     source, _ = found
     root = resolve_data_dir(data_dir)
     hit = find_files(source, root)
     if hit:
         return hit[0]
-    _download(source, root, progress, mirrors, expected_md5)
+    try:
+        _download(source, root, progress, mirrors, expected_md5)
+    except DownloadError as e:
+        raise DownloadError(e.message, hint=offline_hint(source, root)) from None
     hit = find_files(source, root)
     if not hit:
         raise DataError(f"{source.key}: the download did not produce the official files under {root}")
@@ -177,6 +192,12 @@ def verify_dataset(name: str, data_dir: str | Path | None = None) -> list[FileCh
         if not path.is_file():
             return [FileCheck(canon, str(path), None, None, "missing")]
         return [_check(canon, path, None)]
+    if canon == "mnist-mini":
+        from cifarbench.data import embedded
+
+        if not embedded.PATH.is_file():
+            return [FileCheck(canon, str(embedded.PATH), embedded.MD5, None, "missing")]
+        return [_check(canon, embedded.PATH, embedded.MD5)]
     found = source_for(canon)
     if found is None:
         return []  # generated data has no files
