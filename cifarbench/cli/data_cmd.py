@@ -174,8 +174,10 @@ def info_cmd(
     else:
         from cifarbench.cli._console import out_console
 
-        out_console.print(f"data dir: {root} ({_data_dir_origin(data_dir)}; parsed arrays are cached in "
-                          f"<data set folder>/.cifarbench-cache/)", highlight=False, soft_wrap=True)
+        from cifarbench.data.cache import CACHE_ENV, cache_root
+
+        out_console.print(f"data dir: {root} ({_data_dir_origin(data_dir)}); parsed arrays are cached in "
+                          f"{cache_root() / 'parsed'} (${CACHE_ENV} moves it)", highlight=False, soft_wrap=True)
         _info_table(rows)
 
 
