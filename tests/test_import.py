@@ -60,6 +60,47 @@ def _to_mlx_layout(spec, state):
     return out
 
 
+def _menzhse_mlx_file(spec, state):
+    """What menzHSE's MLX ``CNN.save_weights`` writes: MLX layout, skips named ``conv_skip2/4/6``."""
+    out = {}
+    for k, v in _to_mlx_layout(spec, state).items():
+        head, _, rest = k.partition(".")
+        out[f"conv_{head}.{rest}" if head in ("skip2", "skip4", "skip6") else k] = v
+    return out
+
+
+# Every tensor name menzHSE's MLX CNN (model.py, since 2023-12-24) saves: 6 convs, 6 BNs with
+# running statistics, 3 conv_skip 1x1 convs, 2 linears.
+MENZ_MLX_NAMES = sorted(
+    [f"conv{i}.{p}" for i in range(1, 7) for p in ("weight", "bias")]
+    + [f"bn{i}.{p}" for i in range(1, 7) for p in ("weight", "bias", "running_mean", "running_var")]
+    + [f"conv_skip{i}.{p}" for i in (2, 4, 6) for p in ("weight", "bias")]
+    + [f"fc{i}.{p}" for i in (1, 2) for p in ("weight", "bias")]
+)
+
+
+def _f32_tolerance(spec, reference):
+    """Bound on |ours - theirs| for one forward pass computed twice in float32 in different orders.
+
+    A length-n float32 dot product carries a relative rounding error of at most about n*u
+    (u = eps/2); along the network the errors add up layer by layer, so the bound is
+    u * (sum of fan-ins of the conv/linear layers, plus 4 ops per BN) times the largest logit
+    magnitude (at least 1). Both sides round independently, hence the factor 2.
+    """
+    from cifarbench.models.spec import Conv, Linear
+
+    u = np.finfo(np.float32).eps / 2
+    ops = 0
+    for layer in spec.param_layers():
+        if isinstance(layer, Conv):
+            ops += layer.cin * layer.k * layer.k
+        elif isinstance(layer, Linear):
+            ops += layer.fin
+        else:
+            ops += 4
+    return 2 * u * ops * max(1.0, float(np.abs(reference).max()))
+
+
 def _assert_same_state(a, b):
     assert set(a) == set(b)
     for k in a:
@@ -73,7 +114,8 @@ def test_menzhse_npz_round_trip_and_metadata(tmp_path):
     spec = create_spec("cnn", 3, 32, 100)
     state = _random_bn_stats(init_params(spec, 1))
     f = tmp_path / "model_CIFAR-100_029.npz"
-    np.savez(f, **_to_mlx_layout(spec, state))
+    np.savez(f, **_menzhse_mlx_file(spec, state))
+    assert sorted(np.load(f).files) == MENZ_MLX_NAMES
     run_dir, conv = import_checkpoint(f, "menzhse", output=tmp_path / "run")
     assert (conv.model, conv.dataset, conv.framework) == ("cnn", "cifar100", "mlx")
     ck = load_checkpoint(run_dir)
@@ -107,7 +149,7 @@ def test_mike7seven_mlx_resnet18_names(tmp_path):
 def test_wrong_model_dataset_and_source_are_refused(tmp_path):
     spec = create_spec("cnn")
     f = tmp_path / "model_CIFAR-10_001.npz"
-    np.savez(f, **_to_mlx_layout(spec, init_params(spec)))
+    np.savez(f, **_menzhse_mlx_file(spec, init_params(spec)))
     with pytest.raises(CheckpointError, match="does not match model 'resnet18'"):
         convert(f, "menzhse", model="resnet18")
     with pytest.raises(CheckpointError, match="100"):
@@ -118,6 +160,55 @@ def test_wrong_model_dataset_and_source_are_refused(tmp_path):
         convert(f, "menzhse", model="nope")
     with pytest.raises(UsageError, match="unknown checkpoint type"):
         convert(tmp_path / "x.h5", "menzhse") if (tmp_path / "x.h5").write_bytes(b"x") else None
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_menzhse_real_names_npz_and_safetensors(tmp_path, suffix):
+    from safetensors.numpy import save_file
+
+    spec = create_spec("cnn")
+    state = _random_bn_stats(init_params(spec, 3))
+    f = tmp_path / f"model_CIFAR-10_030{suffix}"
+    # C order: safetensors.numpy writes a transposed view's memory as is (silently wrong order)
+    tensors = {k: np.ascontiguousarray(v) for k, v in _menzhse_mlx_file(spec, state).items()}
+    assert sorted(tensors) == MENZ_MLX_NAMES
+    np.savez(f, **tensors) if suffix == ".npz" else save_file(tensors, str(f))
+    conv = convert(f, "menzhse")
+    assert (conv.model, conv.dataset, conv.framework) == ("cnn", "cifar10", "mlx")
+    _assert_same_state(conv.state, state)
+
+
+def test_menzhse_torch_style_skip_names_still_import(tmp_path):
+    spec = create_spec("cnn")
+    state = init_params(spec, 4)
+    f = tmp_path / "model_CIFAR-10_001.npz"
+    np.savez(f, **_to_mlx_layout(spec, state))  # skip2/4/6, as the torch sibling names them
+    _assert_same_state(convert(f, "menzhse").state, state)
+    both = {**_to_mlx_layout(spec, state), "conv_skip2.weight": np.zeros((32, 1, 1, 32), np.float32)}
+    np.savez(f, **both)
+    with pytest.raises(CheckpointError, match="both skip2.weight and conv_skip2.weight"):
+        convert(f, "menzhse")
+
+
+def test_safetensors_with_unknown_names_is_refused_in_one_line(tmp_path):
+    from safetensors.numpy import save_file
+    from typer.testing import CliRunner
+
+    from cifarbench.cli import app
+
+    f = tmp_path / "weights.safetensors"
+    save_file({"encoder.weight": np.zeros((4, 4), np.float32), "head.bias": np.zeros(4, np.float32)}, str(f))
+    with pytest.raises(CheckpointError) as err:
+        convert(f, "menzhse")
+    msg = str(err.value)
+    assert "missing conv1.weight" in msg and "encoder.weight, head.bias" in msg and "\n" not in msg
+    res = CliRunner().invoke(app, ["import", str(f), "--from", "menzhse", "-o", str(tmp_path / "r")])
+    assert res.exit_code == 1 and "encoder.weight" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "r").exists()
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    with pytest.raises(CheckpointError, match="cannot read .* as .safetensors"):
+        convert(bad, "menzhse")
 
 
 # ---------------------------------------------------------------------------- MLX: the real writer
@@ -201,9 +292,12 @@ def _mlx_randomise_bn(model, mx):
     model.update(tree_unflatten(upd))
 
 
-@pytest.mark.parametrize("source,skips,classes", [("menzhse", ("skip2", "skip4", "skip6"), 10),
-                                                  ("mike7seven", ("skip1", "skip2", "skip3"), 100)])
-def test_mlx_small_cnn_same_logits(tmp_path, source, skips, classes):
+@pytest.mark.parametrize("source,skips,classes,suffix", [
+    ("menzhse", ("conv_skip2", "conv_skip4", "conv_skip6"), 10, ".npz"),
+    ("menzhse", ("conv_skip2", "conv_skip4", "conv_skip6"), 100, ".safetensors"),
+    ("mike7seven", ("skip1", "skip2", "skip3"), 100, ".npz"),
+])
+def test_mlx_small_cnn_same_logits(tmp_path, source, skips, classes, suffix):
     mx = pytest.importorskip("mlx.core")
     nn = pytest.importorskip("mlx.nn")
     model = _mlx_menz_cnn(nn, mx, classes, skips)
@@ -211,12 +305,18 @@ def test_mlx_small_cnn_same_logits(tmp_path, source, skips, classes):
     model.eval()
     x = RNG.standard_normal((3, 32, 32, 3)).astype(np.float32)
     want = np.array(model(mx.array(x)))
-    f = tmp_path / f"weights_{classes}.npz"
-    model.save_weights(str(f))
+    f = tmp_path / f"model_CIFAR-{classes}_030{suffix}"
+    model.save_weights(str(f))  # MLX picks .npz or .safetensors from the suffix
+    if source == "menzhse":
+        from safetensors.numpy import load_file
+
+        saved = sorted(np.load(f).files) if suffix == ".npz" else sorted(load_file(str(f)))
+        assert saved == MENZ_MLX_NAMES
     conv = convert(f, source)
     assert conv.model == "cnn" and conv.dataset == ("cifar100" if classes == 100 else "cifar10")
-    got = _torch_backend_logits(create_spec("cnn", 3, 32, classes), conv.state, x.transpose(0, 3, 1, 2))
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    spec = create_spec("cnn", 3, 32, classes)
+    got = _torch_backend_logits(spec, conv.state, x.transpose(0, 3, 1, 2))
+    np.testing.assert_allclose(got, want, rtol=0, atol=_f32_tolerance(spec, want))
 
 
 def test_mlx_resnet18_same_logits(tmp_path):
@@ -515,7 +615,7 @@ def test_cli_import_and_errors(tmp_path):
 
     spec = create_spec("cnn")
     f = tmp_path / "model_CIFAR-10_029.npz"
-    np.savez(f, **_to_mlx_layout(spec, init_params(spec)))
+    np.savez(f, **_menzhse_mlx_file(spec, init_params(spec)))
     runner = CliRunner()
     res = runner.invoke(app, ["import", str(f), "--from", "menzhse", "-o", str(tmp_path / "run"), "--json"])
     assert res.exit_code == 0, res.output

@@ -10,13 +10,13 @@ import typer
 from cifarbench.cli._console import info, out_console, print_json, warn
 
 _SOURCES_HELP = (
-    "menzhse (mlx-cifar-10-cnn .npz, torch-cifar-10-cnn .pth), mike7seven (ResNet-18/SmallCNN/LeNet .pth or MLX .npz), "
+    "menzhse (mlx-cifar-10-cnn .npz/.safetensors, torch-cifar-10-cnn .pth), mike7seven (ResNet-18/SmallCNN/LeNet .pth or MLX .npz), "
     "definfo (SimpleCNN/ResNet32 .pkl)"
 )
 
 
 def import_(
-    file: Path = typer.Argument(..., help="The original project's checkpoint (.npz, .pth or .pkl)."),
+    file: Path = typer.Argument(..., help="The original project's checkpoint (.npz, .safetensors, .pth or .pkl)."),
     source: str = typer.Option(..., "--from", help=f"Which project wrote it: {_SOURCES_HELP}."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="cifarbench model name (default: inferred from the file)."),
     dataset: Optional[str] = typer.Option(

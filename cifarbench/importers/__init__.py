@@ -99,7 +99,11 @@ def _shape_facts(model: str, state: dict[str, np.ndarray]) -> tuple[int, int]:
     last = [l for l in layers if isinstance(l, Linear)][-1]
     for key in (f"{first.name}.weight", f"{last.name}.weight"):
         if key not in state:
-            raise CheckpointError(f"checkpoint does not match model '{model}' (missing {key})")
+            known = {**probe.param_shapes(), **probe.buffer_shapes()}
+            unknown = sorted(k for k in state if k not in known)
+            listed = ", ".join(unknown[:4]) + (", ..." if len(unknown) > 4 else "")
+            detail = f"; {len(unknown)} of its {len(state)} tensor names are not the model's: {listed}" if unknown else ""
+            raise CheckpointError(f"checkpoint does not match model '{model}' (missing {key}{detail})")
     return int(state[f"{first.name}.weight"].shape[1]), int(state[f"{last.name}.weight"].shape[0])
 
 
@@ -121,11 +125,13 @@ def _canonical(source: str, fmt: str, raw: Any) -> tuple[dict[str, np.ndarray], 
             return layouts.definfo_resnet32(raw), "numpy", kind, notes
         return layouts.definfo_simplecnn(raw), "numpy", kind, notes
     if fmt == "pkl":
-        raise UsageError(f"{source} checkpoints are .npz (MLX) or .pth (PyTorch), not .pkl")
-    if fmt == "npz":
-        state = layouts.rename_mike7seven_mlx(raw) if source == "mike7seven" else dict(raw)
+        raise UsageError(f"{source} checkpoints are .npz/.safetensors (MLX) or .pth (PyTorch), not .pkl")
+    if fmt in ("npz", "safetensors"):  # MLX save_weights writes either; the same names and layout
+        state = layouts.rename_mike7seven_mlx(raw) if source == "mike7seven" else layouts.rename_menzhse(raw)
         return state, "mlx", None, notes
     state = layouts.drop_torch_buffers(layouts.unwrap_state_dict(raw))
+    if source == "menzhse":
+        state = layouts.rename_menzhse(state)
     return state, "torch", None, notes
 
 

@@ -5,7 +5,9 @@ PyTorch layout (conv OIHW, linear (out, in)). Facts used (ANALYSIS.md and the or
 
 - MLX stores conv weights OHWI, flattens NHWC feature maps in H, W, C order, and saves BN
   running statistics next to weight/bias; ``nn.Sequential`` children are ``<name>.layers.<i>``.
-- menzHSE (MLX and torch): conv1..conv6, bn1..bn6, skip2/skip4/skip6, fc1, fc2.
+- menzHSE: conv1..conv6, bn1..bn6, fc1, fc2; the 1x1 skips are ``conv_skip2/4/6`` in the MLX
+  model (every version since 2023-12-24, ``save_weights`` to .npz or .safetensors) and
+  ``skip2/4/6`` in the torch sibling. Both spellings are accepted; ours is ``skip2/4/6``.
 - mike7seven MLX SmallCNN: the same but skip1/skip2/skip3; its ResNet-18 uses
   ``layerN.layers.B.{conv1,bn1,conv2,bn2}`` and ``...shortcut.layers.{0,1}`` for the projection.
 - mike7seven torch: torchvision resnet18 names (ours), or the LeNets' conv1/conv2/fc1..fc3.
@@ -102,6 +104,20 @@ def unwrap_state_dict(obj: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------- MLX renames
+
+_MENZ_MLX_SKIP = re.compile(r"^conv_skip([246])\.")
+
+
+def rename_menzhse(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """menzHSE's MLX skip names (conv_skip2/4/6) -> ours (skip2/4/6); the torch names pass through."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in state.items():
+        new = _MENZ_MLX_SKIP.sub(r"skip\1.", key)
+        if new in out:
+            raise CheckpointError(f"the checkpoint holds both {new} and conv_{new} (one skip, two names)")
+        out[new] = value
+    return out
+
 
 _SKIP_RENAME = {"skip1": "skip2", "skip2": "skip4", "skip3": "skip6"}
 

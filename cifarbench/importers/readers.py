@@ -1,6 +1,8 @@
 """Reading foreign checkpoint files without running code from them.
 
 - ``.npz`` (MLX ``save_weights``): ``np.load(allow_pickle=False)``, never unpickles.
+- ``.safetensors`` (MLX ``save_weights`` with that suffix): read with the ``safetensors``
+  package into NumPy; the format holds only a JSON header and raw tensor bytes.
 - ``.pth``/``.pt`` (torch ``state_dict``): ``torch.load(weights_only=True)``, torch's safe
   loader; a file that needs full unpickling is refused unless the user trusts it.
 - ``.pkl`` (definfo): pickles can run arbitrary code, so they are refused unless trusted, and
@@ -30,6 +32,17 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path} holds pickled objects, not plain arrays: {exc}") from None
     except (OSError, EOFError) as exc:
         raise CheckpointError(f"cannot read {path} as .npz: {exc}") from None
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            return {k: np.asarray(fh.get_tensor(k)) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises several types for bad headers, dtypes and data
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"cannot read {path} as .safetensors: {first}") from None
 
 
 def _to_numpy_tree(obj: Any) -> Any:
@@ -113,14 +126,19 @@ def read_pkl(path: Path, trust_pickle: bool) -> Any:
 
 
 def read_any(path: Path, trust_pickle: bool) -> tuple[str, Any]:
-    """(format, contents) where format is 'npz', 'pth' or 'pkl'."""
+    """(format, contents) where format is 'npz', 'safetensors', 'pth' or 'pkl'."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return "npz", read_npz(path)
+    if suffix == ".safetensors":
+        return "safetensors", read_safetensors(path)
     if suffix in (".pth", ".pt"):
         return "pth", read_pth(path, trust_pickle)
     if suffix in (".pkl", ".pickle"):
         return "pkl", read_pkl(path, trust_pickle)
-    raise UsageError(f"unknown checkpoint type '{suffix or path.name}'; expected .npz (MLX), .pth (PyTorch) or .pkl (definfo)")
+    raise UsageError(
+        f"unknown checkpoint type '{suffix or path.name}'; "
+        "expected .npz or .safetensors (MLX), .pth (PyTorch) or .pkl (definfo)"
+    )
