@@ -82,13 +82,37 @@ def _he_count(n, classes, bias=False):
     return total + 64 * classes + classes
 
 
-@pytest.mark.parametrize("name,n", [("resnet20", 3), ("resnet32", 5), ("resnet56", 9)])
+@pytest.mark.parametrize("name,n", [("resnet20", 3), ("resnet32", 5), ("resnet44", 7), ("resnet56", 9), ("resnet110", 18)])
 def test_cifar_resnets(name, n):
     assert create_spec(name, 3, 32, 10).num_params() == _he_count(n, 10)
     assert create_spec(name, 3, 32, 100).num_params() == _he_count(n, 100)
     assert create_spec("resnet32-definfo", 3, 32, 10).num_params() == _he_count(5, 10, bias=True)
     # the standard nets are known as ~0.27 M / 0.46 M / 0.85 M parameters
     assert create_spec("resnet20").num_params() == 272_474
+
+
+def test_deep_cifar_resnets_exact_counts():
+    """resnet44/110 (the 0.66 M / 1.7 M nets of He et al. and mlx-examples' CIFAR ResNets).
+
+    Option A (identity + zero padding) has no shortcut parameters; ours has two 1x1 conv + BN
+    projections (16->32: 512 + 64, 32->64: 2,048 + 128 = 2,752). Removing them gives the
+    published option-A counts 658,586 and 1,727,962.
+    """
+    counts = {"resnet44": 661_338, "resnet110": 1_730_714}
+    for name, want in counts.items():
+        spec = create_spec(name, 3, 32, 10)
+        assert spec.num_params() == want
+        proj = sum(n for k, n in ((k, _numel(s)) for k, s in spec.param_shapes().items()) if ".downsample." in k)
+        assert proj == 2_752
+    assert counts["resnet44"] - 2_752 == 658_586 and counts["resnet110"] - 2_752 == 1_727_962
+    assert sum(isinstance(l, Conv) and l.k == 3 for l in iter_layers(create_spec("resnet110").layers)) == 109
+
+
+def _numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def test_flatten_sizes_follow_image_size():

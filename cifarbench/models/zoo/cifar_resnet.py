@@ -2,7 +2,9 @@
 
 Shortcuts: the paper's CIFAR nets use option A (identity with zero-padded channels); the spec
 language has no such op, so these use option B (1x1 conv + BN projection, no bias) where the
-shape changes, which adds a few thousand parameters (resnet20: 272,474 vs the paper's ~0.27 M).
+shape changes, which adds 2,752 parameters (two projections, 16->32 and 32->64, with
+their BN): resnet20 272,474 / resnet44 661,338 / resnet110 1,730,714 here, 269,722 / 658,586 /
+1,727,962 with option A (the paper's 0.27 M / 0.66 M / 1.7 M).
 Names follow torchvision (conv1/bn1, layerS.B.conv1, layerS.B.downsample.0/1, fc).
 """
 
@@ -53,6 +55,16 @@ def resnet32(in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
 @register_model("resnet56", _DESC.format(d=56))
 def resnet56(in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
     return cifar_resnet("resnet56", 9, in_channels, image_size, num_classes)
+
+
+@register_model("resnet44", _DESC.format(d=44))
+def resnet44(in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
+    return cifar_resnet("resnet44", 7, in_channels, image_size, num_classes)
+
+
+@register_model("resnet110", _DESC.format(d=110))
+def resnet110(in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
+    return cifar_resnet("resnet110", 18, in_channels, image_size, num_classes)
 
 
 @register_model(
