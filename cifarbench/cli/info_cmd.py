@@ -16,6 +16,10 @@ DATASET_SHAPES = {
 def models(
     dataset: str = typer.Option("cifar10", "--dataset", help="Count parameters for this data set's shape."),
     json_out: bool = typer.Option(False, "--json"),
+    summary: str = typer.Option(
+        None, "--summary", metavar="NAME",
+        help="Per-layer output shape, parameters and forward MACs of one model (from its spec, no framework).",
+    ),
 ) -> None:
     """List the registered models with their parameter counts."""
     from cifarbench.errors import unknown_name
@@ -24,6 +28,15 @@ def models(
     if dataset not in DATASET_SHAPES:
         raise unknown_name("dataset", dataset, list(DATASET_SHAPES))
     ch, size, classes = DATASET_SHAPES[dataset]
+    if summary is not None:
+        from cifarbench.models.summary import render, summarize
+
+        result = summarize(create_spec(summary, ch, size, classes))
+        if json_out:
+            print_json({"dataset": dataset, **result.as_dict()})
+        else:
+            out_console.print(render(result, dataset), highlight=False, markup=False, soft_wrap=True)
+        return
     rows = []
     for entry in list_models():
         spec = create_spec(entry.name, ch, size, classes)
