@@ -43,6 +43,11 @@ def test_bench_throughput_outputs_and_compare(tmp_path):
     assert row["backend"] == "numpy" and row["train_ips"]["n"] == 2 and row["train_ips"]["min"] > 0
     assert row["train_ips"]["min"] <= row["train_ips"]["median"] <= row["train_ips"]["max"]
     assert row["relative"] == 1.0 and row["baseline"]
+    from cifarbench.models import create_spec
+    from cifarbench.models.summary import summarize
+
+    macs = summarize(create_spec(row["model"], 1, 28, 10)).macs
+    assert row["forward_macs"] == macs > 0 and row["train_flops_per_image"] == 3 * 2 * macs
     assert any(s["backend"] == "cupy" for s in result["skipped"])  # listed, not hidden
     for name in ("bench.json", "bench.csv", "bench.md", "run_log.json", "throughput_train.png", "throughput_eval.png"):
         assert (out / name).stat().st_size > 0

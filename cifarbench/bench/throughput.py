@@ -140,4 +140,14 @@ def run_case(case: Case, cfg: RunConfig, data: BenchData, win: Windows, clock: C
     backend.configure_optimizer(OptimConfig(cfg.opt, cfg.momentum, cfg.nesterov, cfg.weight_decay, tuple(cfg.betas)))
     momentum = cfg.momentum if cfg.opt == "sgd" else cfg.betas[0]
     result = measure(backend, data, case.batch_size, win, cfg.lr, momentum, cfg.seed, clock)
-    return {**case.as_dict(), "device_name": backend.describe(), "params": spec.num_params(), **result}
+    return {**case.as_dict(), "device_name": backend.describe(), "params": spec.num_params(), **_cost(spec), **result}
+
+
+def _cost(spec: Any) -> dict[str, Any]:
+    """Forward MACs and training FLOPs per image (cifarbench.models.summary's convention); None for tv: models."""
+    if tv.is_tv_spec(spec):
+        return {"forward_macs": None, "train_flops_per_image": None}
+    from cifarbench.models.summary import summarize
+
+    s = summarize(spec)
+    return {"forward_macs": s.macs, "train_flops_per_image": s.train_flops_per_image}
