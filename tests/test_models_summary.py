@@ -82,6 +82,6 @@ def test_summary_needs_no_framework():
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print('LOADED', sorted(m for m in ('torch', 'mlx', 'cupy', 'jax') if m in sys.modules))"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert "555,422,720" in res.stdout, res.stderr
     assert "LOADED []" in res.stdout

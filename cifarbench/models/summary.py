@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 from cifarbench.models.shapes import Shape, input_shape, layer_shape
 from cifarbench.models.spec import (
+    GELU,
     AvgPool,
     BatchNorm,
     Conv,
     Dropout,
     Flatten,
-    GELU,
     GlobalAvgPool,
     Group,
     Layer,
@@ -167,8 +167,8 @@ def render(summary: Summary, dataset: str) -> str:
         line,
         f"Trainable params: {summary.params:,}",
         f"Forward MACs per image: {summary.macs:,} ({summary.macs / 1e9:.3f} GMACs)",
-        f"Training FLOPs per image: {summary.train_flops_per_image:,} ({human(summary.train_flops_per_image, 'FLOPs')};"
-        f" 3 passes x 2 FLOPs per MAC)",
+        (f"Training FLOPs per image: {summary.train_flops_per_image:,} "
+         f"({human(summary.train_flops_per_image, 'FLOPs')}; 3 passes x 2 FLOPs per MAC)"),
         line,
     ]
     return "\n".join(out)
