@@ -108,6 +108,30 @@ def test_deep_cifar_resnets_exact_counts():
     assert sum(isinstance(l, Conv) and l.k == 3 for l in iter_layers(create_spec("resnet110").layers)) == 109
 
 
+@pytest.mark.parametrize("n,want", [(7, 661_338), (18, 1_730_714)])
+def test_deep_cifar_resnet_counts_from_an_independent_torch_model(n, want):
+    """He et al.'s 6n+2 net written directly in torch (option B shortcuts), counted by torch."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    def block(cin, cout, stride):
+        body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                             nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)) \
+            if stride != 1 or cin != cout else nn.Identity()
+        return nn.ModuleList([body, short])
+
+    layers = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16)]
+    cin = 16
+    for stage, width in enumerate((16, 32, 64)):
+        for i in range(n):
+            layers.append(block(cin, width, 2 if stage and not i else 1))
+            cin = width
+    layers.append(nn.Linear(64, 10))
+    net = nn.ModuleList(layers)
+    assert sum(p.numel() for p in net.parameters()) == want == create_spec(f"resnet{6 * n + 2}").num_params()
+
+
 def _numel(shape):
     n = 1
     for d in shape:
