@@ -20,50 +20,22 @@ from typing import Any
 import numpy as np
 
 from cifarbench import checkpoint as ckpt
-from cifarbench.backends import create_backend
-from cifarbench.backends.base import OptimConfig, TrainOptions
 from cifarbench.config import RunConfig, dump_config
-from cifarbench.engine import distributed
+from cifarbench.engine import distributed, tta
 from cifarbench.engine.metrics import evaluate_logits
 from cifarbench.engine.reporter import Reporter
-from cifarbench.engine import tta
 from cifarbench.engine.schedules import make_schedule
-from cifarbench.engine.tricks import bn_bias_scales, lookahead_decay
-from cifarbench.engine.whiten import data_init
+from cifarbench.engine.session import normalization, train_options, training_backend
+from cifarbench.engine.tricks import lookahead_decay
 from cifarbench.errors import UsageError
-from cifarbench.models import create_spec, init_params
+from cifarbench.models import create_spec
+
+__all__ = ["Trainer", "normalization", "train_options", "epoch_seed"]
 
 METRIC_FIELDS = (
     "epoch", "train_loss", "train_acc", "eval_split", "eval_loss", "eval_acc", "lr", "momentum",
     "images_per_s", "train_time_s", "eval_time_s", "epoch_time_s", "elapsed_s", "warmup_s",
 )
-
-
-def normalization(cfg: RunConfig, ds) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    c = ds.channels
-    if cfg.normalize == "half":
-        return (0.5,) * c, (0.5,) * c
-    if cfg.normalize == "none":
-        return (0.0,) * c, (1.0,) * c
-    return tuple(ds.mean()), tuple(ds.std())
-
-
-def train_options(cfg: RunConfig, mean, std, precision: str | None = None) -> TrainOptions:
-    """The backend options of a recipe (shared by train and bench, so both run the same thing)."""
-    extra: dict[str, Any] = {"loader": cfg.loader}
-    if cfg.compile is not None:  # unset: each backend's own default
-        extra["compile"] = cfg.compile
-    if cfg.compile_mode != "default":  # asking for a mode asks for compilation
-        extra["compile"], extra["compile_mode"] = True, cfg.compile_mode
-    if cfg.memory_limit:
-        extra["memory_limit_gb"] = cfg.memory_limit
-    if cfg.threads is not None:  # unset: the framework's default (one thread per core)
-        extra["threads"] = cfg.threads
-    return TrainOptions(
-        mean=tuple(mean), std=tuple(std), label_smoothing=cfg.label_smoothing,
-        crop_pad=cfg.crop_pad if "crop" in cfg.augment else 0, flip="flip" in cfg.augment,
-        precision=precision or cfg.precision, extra=extra,
-    )
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -117,24 +89,9 @@ class Trainer:
             self.splits = Splits(self.ds.x_train, self.ds.y_train, self.ds.x_test, self.ds.y_test, "test")
         self.spec = create_spec(cfg.model, self.ds.channels, self.ds.image_size, self.ds.num_classes)
         self.mean, self.std = normalization(cfg, self.ds)
-        options = train_options(cfg, self.mean, self.std)
-        if self.dist is not None:
-            self.backend = distributed.create_backend(self.dist, cfg.backend, cfg.device, options, cfg.seed)
-        else:
-            self.backend = create_backend(cfg.backend, cfg.device, options, cfg.seed)
-        opt_state = None
-        if self.resume:
-            state, opt_state = self._load_resume_state()
-        else:
-            # dirac / patch-whitening convs (speedrun) are set from the data, the same on every backend
-            state = data_init(self.spec, init_params(self.spec, cfg.seed), self.splits.x_train, self.mean, self.std)
-        self.backend.build(self.spec, state)
-        self.backend.configure_optimizer(
-            OptimConfig(cfg.opt, cfg.momentum, cfg.nesterov, cfg.weight_decay, tuple(cfg.betas),
-                        scales=bn_bias_scales(self.spec, cfg.bn_bias_lr_scale))
-        )
-        if opt_state is not None:
-            self.backend.load_optimizer_state(opt_state)
+        self.options = train_options(cfg, self.mean, self.std)
+        state, opt_state = self._load_resume_state() if self.resume else (None, None)
+        self.backend = training_backend(cfg, self.spec, self.options, self.splits.x_train, state, opt_state, self.dist)
         self.backend.set_data("train", self.splits.x_train, self.splits.y_train)
         self.backend.set_data(self.splits.eval_name, self.splits.x_eval, self.splits.y_eval)
         if self.splits.eval_name == "val":
@@ -149,17 +106,13 @@ class Trainer:
 
     def _validate_names(self) -> None:
         """Fail on a bad model or backend name before spending time on the data."""
-        from cifarbench.backends import load_backend_class, resolve
-        from cifarbench.errors import unknown_name
-        from cifarbench.models import model_names, tv
+        from cifarbench.backends import check_distributed, load_backend_class, resolve
+        from cifarbench.models.registry import check_runs_on
 
         backend = resolve(self.cfg.backend, self.cfg.device)[0]
         if self.dist is not None:
-            distributed.check_backend(self.cfg.backend, self.cfg.device)
-        if tv.is_tv_name(self.cfg.model):
-            tv.check_tv_model(self.cfg.model, backend)
-        elif self.cfg.model not in model_names():
-            raise unknown_name("model", self.cfg.model, model_names())
+            check_distributed(self.cfg.backend, self.cfg.device)
+        check_runs_on(self.cfg.model, backend)
         load_backend_class(backend)
 
     def _load_resume_state(self):
@@ -215,7 +168,7 @@ class Trainer:
         cfg, b = self.cfg, self.backend
         n = len(self.splits.y_train)
         rng = np.random.default_rng(epoch_seed(cfg.seed, epoch))
-        order, offsets, flips = draw_epoch(rng, n, b.options.crop_pad, b.options.flip)
+        order, offsets, flips = draw_epoch(rng, n, self.options.crop_pad, self.options.flip)
         if flips is not None and cfg.flip_mode == "alternate":
             flips = alternate_flips(cfg.seed, order, epoch, n)
         self.rep.epoch_begin(epoch + 1, self.steps_per_epoch)

@@ -1,8 +1,8 @@
 """A model spec run functionally in MLX, channels-last.
 
 Parameters live in a flat dict keyed by canonical names; conv weights are stored OHWI (MLX's
-layout) and transposed to/from the canonical OIHW only at the boundary (``to_mlx`` /
-``to_canonical``). Everything else (linear (out, in), BN vectors) keeps the canonical layout.
+layout), which ``Backend`` converts to/from the canonical OIHW at the boundary
+(``weight_layout``). Everything else (linear (out, in), BN vectors) keeps the canonical layout.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import mlx.core as mx
-import numpy as np
 
 from cifarbench.models.spec import (
     AvgPool,
@@ -28,25 +27,6 @@ from cifarbench.models.spec import (
     Residual,
     Scale,
 )
-
-
-def conv_weight_names(spec: ModelSpec) -> set[str]:
-    return {f"{layer.name}.weight" for layer in spec.param_layers() if isinstance(layer, Conv)}
-
-
-def to_mlx(name: str, value: np.ndarray, conv_names: set[str]) -> mx.array:
-    """Canonical float32 NumPy -> MLX layout (OIHW -> OHWI for conv weights)."""
-    value = np.asarray(value, dtype=np.float32)
-    if name in conv_names:
-        value = value.transpose(0, 2, 3, 1)
-    return mx.array(np.ascontiguousarray(value))
-
-
-def to_canonical(name: str, value: mx.array, conv_names: set[str]) -> np.ndarray:
-    out = np.array(value.astype(mx.float32), copy=True)
-    if name in conv_names:
-        out = np.ascontiguousarray(out.transpose(0, 3, 1, 2))
-    return out
 
 
 @dataclass
