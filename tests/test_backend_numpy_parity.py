@@ -1,4 +1,6 @@
-"""NumPy backend vs PyTorch: logits and one optimizer step on every registered model.
+"""NumPy and JAX backends vs PyTorch: logits and one optimizer step on every registered model.
+
+The JAX backend runs the very same checks (it is skipped where jax is not installed).
 
 The reference is plain torch.nn.functional walking the same spec (tests/parity_reference.py,
 independent of the torch backend), NCHW-contiguous: torch's plain CPU kernels, the most accurate
@@ -73,10 +75,24 @@ def model(request):
     return make_model(request.param)
 
 
-def test_logits_match_torch(model):
+def _backend_class(name):
+    if name == "numpy":
+        return NumpyBackend
+    pytest.importorskip("jax")
+    from cifarbench.backends.jax_backend import JaxBackend
+
+    return JaxBackend
+
+
+@pytest.fixture(params=["numpy", "jax"])
+def backend_cls(request):
+    return _backend_class(request.param)
+
+
+def test_logits_match_torch(model, backend_cls):
     spec, state = model
     x = normalised_nchw(batch(spec, BATCH)[0])
-    be = NumpyBackend("cpu", TrainOptions())
+    be = backend_cls("cpu", TrainOptions())
     be.build(spec, state)
     ours, caps = be.forward(x)
     t = {k: torch.tensor(v) for k, v in state.items()}
@@ -88,7 +104,7 @@ def test_logits_match_torch(model):
     ref_tr = torch_forward(spec, {k: torch.tensor(v) for k, v in state.items()}, torch.tensor(x), train=True).numpy()
     assert rel(ours_tr, ref_tr) < 1e-4
     assert caps[spec.capture_points[0]].shape[0] == BATCH and caps[spec.capture_points[0]].ndim in (2, 4)
-    print(f"{spec.name}: logits rel eval {rel(ours, ref):.1e} train {rel(ours_tr, ref_tr):.1e}")
+    print(f"{be.name} {spec.name}: logits rel eval {rel(ours, ref):.1e} train {rel(ours_tr, ref_tr):.1e}")
 
 
 SGD = OptimConfig("sgd", momentum=0.9, weight_decay=5e-4, nesterov=True)
@@ -106,13 +122,28 @@ FLOAT32_LIMITED = {
 }
 
 
+# JAX compiles each model's step (~10-40 s on a loaded 2-core CPU): the default suite steps these
+# on JAX, one per layer family; `-m slow` steps every model, as for NumPy.
+JAX_QUICK = {"cnn", "cvet-cnn", "lenet", "resnet20", "speedrun"}
+
+
+def step_params():
+    out = []
+    for n in model_names():
+        for b in ("numpy", "jax"):
+            slow = heavy(n) or (b == "jax" and n not in JAX_QUICK)
+            out.append(pytest.param(n, b, id=f"{n}-{b}", marks=[pytest.mark.slow] if slow else []))
+    return out
+
+
 @pytest.mark.parametrize("opt", [SGD, ADAMW], ids=["sgd", "adamw"])
-@pytest.mark.parametrize("name", [model_param(n) for n in model_names()])
-def test_one_step_matches_torch(name, opt):
+@pytest.mark.parametrize("name,backend_name", step_params())
+def test_one_step_matches_torch(name, opt, backend_name):
+    backend_cls = _backend_class(backend_name)
     spec, state = make_model(name)
     x, y = batch(spec, BATCH)
     lr = LR[opt.name]
-    be = NumpyBackend("cpu", TrainOptions(mean=MEAN, std=STD, label_smoothing=SMOOTHING))
+    be = backend_cls("cpu", TrainOptions(mean=MEAN, std=STD, label_smoothing=SMOOTHING))
     be.build(spec, state)
     be.configure_optimizer(opt)
     be.set_data("train", x, y)
@@ -133,12 +164,12 @@ def test_one_step_matches_torch(name, opt):
     names = [k for k in spec.param_shapes() if k not in noise]
     new_ours, new_ref = flat(ours, names), flat(ref.new, names)
     whole = rel(new_ours, new_ref)
-    print(f"{name} {opt.name}: new weights rel {whole:.1e}")
+    print(f"{be.name} {name} {opt.name}: new weights rel {whole:.1e}")
     limited = (name, opt.name) in FLOAT32_LIMITED
     if limited and opt.name == "sgd":
         exact, d_torch = float32_noise(spec, state, x, y, opt, lr, MOMENTUM, MEAN, STD, SMOOTHING, bits, names)
         d_ours = rel(new_ours, exact)
-        print(f"{name} {opt.name}: float64 distance: torch32 {d_torch:.1e}, numpy {d_ours:.1e}")
+        print(f"{name} {opt.name}: float64 distance: torch32 {d_torch:.1e}, {be.name} {d_ours:.1e}")
         assert d_torch > 1e-4, "torch float32 now meets 1e-4 here: move this case back to the direct check"
         assert d_ours < max(1e-4, 3 * d_torch)
     elif limited:
@@ -150,7 +181,7 @@ def test_one_step_matches_torch(name, opt):
         exact, d_torch = float32_noise(spec, state, x, y, opt, lr, MOMENTUM, MEAN, STD, SMOOTHING, bits, keys,
                                        field="opt_state")
         d_ours = rel(flat(st, keys), exact)
-        print(f"{name} adamw gradient (exp_avg): float64 distance: torch32 {d_torch:.1e}, numpy {d_ours:.1e}")
+        print(f"{name} adamw gradient (exp_avg): float64 distance: torch32 {d_torch:.1e}, {be.name} {d_ours:.1e}")
         assert d_ours < max(1e-4, 3 * d_torch)
         b1, b2 = MOMENTUM, opt.betas[1]
         for k in names:

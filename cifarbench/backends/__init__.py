@@ -29,6 +29,7 @@ INSTALL_HINT: dict[str, str] = {
     "mlx": "pip install 'cifarbench[mlx]'",
     "numpy": "pip install numpy",
     "cupy": "pip install 'cifarbench[cupy]' (needs an NVIDIA GPU)",
+    "jax": "pip install 'cifarbench[jax]' (NVIDIA: pip install 'jax[cuda12]')",
 }
 
 
