@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cifarbench.errors import UsageError
 
-CONFIG_DIR_NAMES = ("configs", "_configs")
 
 
 class RunConfig(BaseModel):
@@ -116,7 +115,7 @@ def format_validation_error(exc: ValidationError, source: str = "config") -> str
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "config"
         msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc.replace('_', '-') if source == 'flag' else loc}: {msg}")
+        parts.append(f"--{loc.replace('_', '-')}: {msg}" if source == "option" else f"{loc}: {msg}")
     return f"invalid {source}: " + "; ".join(parts)
 
 

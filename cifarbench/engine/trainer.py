@@ -50,6 +50,19 @@ def default_run_dir(cfg: RunConfig) -> Path:
 
 
 @dataclass
+class EpochTrain:
+    """What one epoch's training phase measured (the evaluation adds the rest of the record)."""
+
+    stats: Any  # backends.base.EpochStats
+    seconds: float  # wall time of the phase, device synchronised at both ends
+    lr: float  # of the last step
+    momentum: float
+    images: int  # trained this epoch (fewer when resumed mid-epoch)
+    warmup_s: float  # first steps of new batch sizes (compile/JIT), timed apart
+    warmup_images: int
+
+
+@dataclass
 class Splits:
     x_train: np.ndarray
     y_train: np.ndarray
@@ -138,14 +151,14 @@ class Trainer:
             ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
         t_run = time.perf_counter()
         elapsed_before = self.records[-1]["elapsed_s"] if self.records else 0.0
-        epoch, step_in_epoch = self.start_epoch, self.start_step_in_epoch
+        epoch = self.start_epoch
+        self._next_step = self.start_step_in_epoch  # the interrupt point: the step about to run
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 first = self.start_step_in_epoch if epoch == self.start_epoch else 0
-                step_in_epoch = first
-                for step_in_epoch in self._train_epoch(epoch, first):
-                    pass
-                rec = self._finish_epoch(epoch, elapsed_before + time.perf_counter() - t_run)
+                self._next_step = first
+                trained = self._train_epoch(epoch, first)
+                rec = self._finish_epoch(epoch, trained, elapsed_before + time.perf_counter() - t_run)
                 self.records.append(rec)
                 self.rep.epoch_end(rec)
                 last = epoch + 1 == cfg.epochs
@@ -154,15 +167,15 @@ class Trainer:
                 self._write_metrics()
         except KeyboardInterrupt:
             if self.write:
-                self._save(epoch, step_in_epoch)
+                self._save(epoch, self._next_step)
                 self.rep.warning(f"interrupted: resumable checkpoint in {self.run_dir} (cifarbench train --resume {self.run_dir})")
             raise
         summary = self._final(time.perf_counter() - t_run + elapsed_before)
         self.rep.finish(summary)
         return summary
 
-    def _train_epoch(self, epoch: int, first_step: int):
-        """Yields the index of the step about to run (the interrupt point), then the step count."""
+    def _train_epoch(self, epoch: int, first_step: int) -> EpochTrain:
+        """Steps ``first_step``.. of this epoch; ``self._next_step`` always names the step about to run."""
         from cifarbench.data.augment import alternate_flips, draw_epoch
 
         cfg, b = self.cfg, self.backend
@@ -179,7 +192,7 @@ class Trainer:
         lr = mom = 0.0
         warm_s, warm_images = 0.0, 0
         for i in range(first_step, self.steps_per_epoch):
-            yield i
+            self._next_step = i
             lr, mom = self.schedule(base + i)
             start, stop = i * cfg.batch_size, min((i + 1) * cfg.batch_size, n)
             if stop - start in self._seen_batches:
@@ -190,10 +203,9 @@ class Trainer:
             decay = lookahead_decay(base + i + 1, cfg.epochs * self.steps_per_epoch, cfg.lookahead_every, cfg.lookahead_decay)
             if decay is not None:
                 b.lookahead(decay)
+        self._next_step = self.steps_per_epoch
         stats = b.end_epoch()  # synchronises
-        self._epoch_train = (stats, time.perf_counter() - t0, lr, mom, n - first_step * cfg.batch_size, warm_s,
-                             warm_images)
-        yield self.steps_per_epoch
+        return EpochTrain(stats, time.perf_counter() - t0, lr, mom, n - first_step * cfg.batch_size, warm_s, warm_images)
 
     def _timed_step(self, start: int, stop: int, lr: float, mom: float) -> float:
         """One synchronised, timed step (the warm-up of a new batch shape)."""
@@ -205,8 +217,9 @@ class Trainer:
         self._seen_batches.add(stop - start)
         return time.perf_counter() - t0
 
-    def _finish_epoch(self, epoch: int, elapsed: float) -> dict[str, Any]:
-        stats, train_time, lr, mom, images, warm_s, warm_images = self._epoch_train
+    def _finish_epoch(self, epoch: int, trained: EpochTrain, elapsed: float) -> dict[str, Any]:
+        stats, train_time, lr, mom = trained.stats, trained.seconds, trained.lr, trained.momentum
+        images, warm_s, warm_images = trained.images, trained.warmup_s, trained.warmup_images
         if warm_s > 0:
             self.rep.message(f"warm-up (first step of each batch size: compile/JIT/autotune): {warm_s:.2f} s, "
                              "excluded from images/s")

@@ -22,6 +22,10 @@ _RELU = ReLU()
 Ops = Mapping[Any, Callable[..., Any]]
 
 
+class UnknownLayer(TypeError):
+    """A layer type the op table has no entry for."""
+
+
 def run_layers(layers: Sequence[Layer], x: Any, ops: Ops, ctx: Any = None) -> Any:
     for layer in layers:
         x = run_layer(layer, x, ops, ctx)
@@ -40,7 +44,7 @@ def run_layer(layer: Layer, x: Any, ops: Ops, ctx: Any = None) -> Any:
         return _record(ctx, layer.name, y)
     op = ops.get(type(layer))
     if op is None:
-        raise TypeError(f"no op for layer type {type(layer).__name__} in this backend's op table")
+        raise UnknownLayer(f"no op for layer type {type(layer).__name__} in this backend's op table")
     return op(layer, x, ctx)
 
 
