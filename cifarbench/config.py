@@ -25,7 +25,7 @@ class RunConfig(BaseModel):
     data_dir: Optional[str] = Field(None, description="dataset cache (default: $CIFARBENCH_DATA or the user cache dir)")
     val_split: int = Field(0, ge=0, description="training images held out (seeded) for validation; 0 = evaluate on test")
     # where
-    backend: str = Field("torch", description="torch, mlx, numpy, cupy (or cpu/cuda/mps = torch on that device)")
+    backend: str = Field("torch", description="torch, mlx, numpy, cupy, jax (or cpu/cuda/mps = torch on that device)")
     device: str = Field("auto", description="backend device; auto picks the fastest available")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: Optional[bool] = Field(
