@@ -1,5 +1,5 @@
 # The README's two commands. `make demo`: create .venv, install PyTorch (CPU build) and cifarbench, train on
-# the embedded MNIST subset (offline, under a minute). `make test`: install the dev extras, run the test suite.
+# the embedded MNIST subset (offline, under a minute). `make test`: install the mlx, jax and dev extras, run the test suite.
 # VENV, PYTHON and TORCH can be overridden (CI uses VENV=.venv-ci; on macOS use TORCH=torch).
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,7 +23,7 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[torch,mlx,dev]'
+	$(BIN)/python -m pip install -q -e '.[torch,mlx,jax,dev]'
 	touch $@ $(VENV)/.installed-demo
 
 demo: $(VENV)/.installed-demo

@@ -173,17 +173,6 @@ def load_optimizer_state(run_dir: Path) -> dict[str, np.ndarray] | None:
 
 def check_compatible(state: dict[str, np.ndarray], spec, source: str) -> None:
     """Refuse weights for another model or class count, naming the first difference."""
-    expected = {**spec.param_shapes(), **spec.buffer_shapes()}
-    missing = [k for k in expected if k not in state]
-    extra = [k for k in state if k not in expected]
-    if missing or extra:
-        what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
-        raise CheckpointError(
-            f"{source} does not match model '{spec.name}' ({what}; {len(missing)} missing, {len(extra)} unexpected tensors)"
-        )
-    for k, shape in expected.items():
-        if tuple(state[k].shape) != tuple(shape):
-            raise CheckpointError(
-                f"{source} does not match model '{spec.name}' with {spec.num_classes} classes: "
-                f"{k} has shape {tuple(state[k].shape)}, expected {tuple(shape)}"
-            )
+    from cifarbench.backends.base import check_state
+
+    check_state(state, spec, source)

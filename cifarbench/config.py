@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cifarbench.errors import UsageError
 
-CONFIG_DIR_NAMES = ("configs", "_configs")
 
 
 class RunConfig(BaseModel):
@@ -26,7 +25,7 @@ class RunConfig(BaseModel):
     data_dir: Optional[str] = Field(None, description="dataset cache (default: $CIFARBENCH_DATA or the user cache dir)")
     val_split: int = Field(0, ge=0, description="training images held out (seeded) for validation; 0 = evaluate on test")
     # where
-    backend: str = Field("torch", description="torch, mlx, numpy, cupy (or cpu/cuda/mps = torch on that device)")
+    backend: str = Field("torch", description="torch, mlx, numpy, cupy, jax (or cpu/cuda/mps = torch on that device)")
     device: str = Field("auto", description="backend device; auto picks the fastest available")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: Optional[bool] = Field(
@@ -116,7 +115,7 @@ def format_validation_error(exc: ValidationError, source: str = "config") -> str
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "config"
         msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc.replace('_', '-') if source == 'flag' else loc}: {msg}")
+        parts.append(f"--{loc.replace('_', '-')}: {msg}" if source == "option" else f"{loc}: {msg}")
     return f"invalid {source}: " + "; ".join(parts)
 
 

@@ -276,13 +276,10 @@ def _optimizer_text(cfg) -> str:
 
 
 def _scheduler_text(cfg) -> str:
-    if cfg.sched == "onecycle":
-        return f"OneCycleLR(max_lr={cfg.lr}, pct_start={cfg.pct_start}, cos, div_factor={cfg.div_factor})"
-    if cfg.sched == "cosine":
-        return f"Cosine(lr={cfg.lr}, min_lr={cfg.min_lr}, warmup_epochs={cfg.warmup_epochs})"
-    if cfg.sched == "step":
-        return f"Step(lr={cfg.lr}, epochs={list(cfg.step_epochs)}, gamma={cfg.step_gamma})"
-    return f"Constant(lr={cfg.lr}, warmup_epochs={cfg.warmup_epochs})"
+    """The schedule object's own description (one place per schedule, so a new one cannot be missed)."""
+    from cifarbench.engine.schedules import make_schedule
+
+    return make_schedule(cfg, 1).describe()
 
 
 def _history(run_dir: str | None) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from cifarbench.backends.torch_backend import TorchBackend  # noqa: E402
 from cifarbench.models import create_spec, init_params, model_names  # noqa: E402
 from cifarbench.models import spec as S  # noqa: E402
 from cifarbench.models.shapes import SpecShapeError, output_shape  # noqa: E402
-from parity_reference import cancelled_biases, check_step_against_float64, flat, rel  # noqa: E402
+from parity_reference import cancelled_biases, check_step_against_float64, flat, lockstep, rel  # noqa: E402
 from parity_reference import no_dropout as parity_layers  # noqa: E402
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -227,20 +227,8 @@ def test_short_training_run_tracks_torch():
     mlx_b, torch_b = pair(spec, opts)
     for b in (mlx_b, torch_b):
         start(b)
-    names, gaps = list(spec.param_shapes()), []
-    for n, (epoch, i) in enumerate(schedule):
-        mlx_b.load_state_dict(torch_b.state_dict())
-        mlx_b.load_optimizer_state(torch_b.optimizer_state())
-        lm, lt = step(mlx_b, epoch, i), step(torch_b, epoch, i)
-        sm, st = mlx_b.state_dict(), torch_b.state_dict()
-        om, ot = mlx_b.optimizer_state(), torch_b.optimizer_state()
-        buffers = sorted(k for k in ot if k != "step")
-        gaps.append((abs(lm - lt) / abs(lt), rel(flat(sm, names), flat(st, names)),
-                     rel(flat(om, buffers), flat(ot, buffers))))
-        assert float(om["step"]) == float(ot["step"]) == n + 1
-        for k in spec.buffer_shapes():
-            assert rel(sm[k], st[k]) < 1e-4, (n, k)
-    worst = np.max(np.array(gaps), axis=0)
+    gaps = lockstep(mlx_b, torch_b, spec, len(schedule), lambda b, n: step(b, *schedule[n]))
+    worst = gaps.max(axis=0)
     print(f"teacher-forced, worst of {len(gaps)} steps: loss {worst[0]:.1e}, weights {worst[1]:.1e}, momentum {worst[2]:.1e}")
     assert worst.max() < 1e-4, gaps
 

@@ -1,4 +1,6 @@
-"""NumPy backend vs PyTorch: logits and one optimizer step on every registered model.
+"""NumPy and JAX backends vs PyTorch: logits and one optimizer step on every registered model.
+
+The JAX backend runs the very same checks (it is skipped where jax is not installed).
 
 The reference is plain torch.nn.functional walking the same spec (tests/parity_reference.py,
 independent of the torch backend), NCHW-contiguous: torch's plain CPU kernels, the most accurate
@@ -74,10 +76,24 @@ def model(request):
     return make_model(request.param)
 
 
-def test_logits_match_torch(model):
+def _backend_class(name):
+    if name == "numpy":
+        return NumpyBackend
+    pytest.importorskip("jax")
+    from cifarbench.backends.jax_backend import JaxBackend
+
+    return JaxBackend
+
+
+@pytest.fixture(params=["numpy", "jax"])
+def backend_cls(request):
+    return _backend_class(request.param)
+
+
+def test_logits_match_torch(model, backend_cls):
     spec, state = model
     x = normalised_nchw(batch(spec, BATCH)[0])
-    be = NumpyBackend("cpu", TrainOptions())
+    be = backend_cls("cpu", TrainOptions())
     be.build(spec, state)
     ours, caps = be.forward(x)
     t = {k: torch.tensor(v) for k, v in state.items()}
@@ -89,7 +105,7 @@ def test_logits_match_torch(model):
     ref_tr = torch_forward(spec, {k: torch.tensor(v) for k, v in state.items()}, torch.tensor(x), train=True).numpy()
     assert rel(ours_tr, ref_tr) < 1e-4
     assert caps[spec.capture_points[0]].shape[0] == BATCH and caps[spec.capture_points[0]].ndim in (2, 4)
-    print(f"{spec.name}: logits rel eval {rel(ours, ref):.1e} train {rel(ours_tr, ref_tr):.1e}")
+    print(f"{be.name} {spec.name}: logits rel eval {rel(ours, ref):.1e} train {rel(ours_tr, ref_tr):.1e}")
 
 
 SGD = OptimConfig("sgd", momentum=0.9, weight_decay=5e-4, nesterov=True)
@@ -98,13 +114,28 @@ LR = {"sgd": 0.05, "adamw": 1e-3}
 MOMENTUM, SMOOTHING = 0.85, 0.1
 
 
+# JAX compiles each model's step (~10-40 s on a loaded 2-core CPU): the default suite steps these
+# on JAX, one per layer family; `-m slow` steps every model, as for NumPy.
+JAX_QUICK = {"cnn", "cvet-cnn", "lenet", "resnet20", "speedrun"}
+
+
+def step_params():
+    out = []
+    for n in model_names():
+        for b in ("numpy", "jax"):
+            slow = heavy(n) or (b == "jax" and n not in JAX_QUICK)
+            out.append(pytest.param(n, b, id=f"{n}-{b}", marks=[pytest.mark.slow] if slow else []))
+    return out
+
+
 @pytest.mark.parametrize("opt", [SGD, ADAMW], ids=["sgd", "adamw"])
-@pytest.mark.parametrize("name", [model_param(n) for n in model_names()])
-def test_one_step_matches_torch(name, opt):
+@pytest.mark.parametrize("name,backend_name", step_params())
+def test_one_step_matches_torch(name, opt, backend_name):
+    backend_cls = _backend_class(backend_name)
     spec, state = make_model(name)
     x, y = batch(spec, BATCH)
     lr = LR[opt.name]
-    be = NumpyBackend("cpu", TrainOptions(mean=MEAN, std=STD, label_smoothing=SMOOTHING))
+    be = backend_cls("cpu", TrainOptions(mean=MEAN, std=STD, label_smoothing=SMOOTHING))
     be.build(spec, state)
     be.configure_optimizer(opt)
     be.set_data("train", x, y)
@@ -124,12 +155,12 @@ def test_one_step_matches_torch(name, opt):
     noise = cancelled_biases(spec.layers) if opt.name != "sgd" else set()
     names = [k for k in spec.param_shapes() if k not in noise]
     whole = rel(flat(ours, names), flat(ref.new, names))
-    print(f"{name} {opt.name}: new weights rel to torch {whole:.1e}")
-    fresh = NumpyBackend("cpu", TrainOptions(mean=MEAN, std=STD))
+    print(f"{be.name} {name} {opt.name}: new weights rel to torch {whole:.1e}")
+    fresh = backend_cls("cpu", TrainOptions(mean=MEAN, std=STD))
     fresh.build(spec, state)
     logits = fresh.forward(bits, train=True)[0]
     direct = check_step_against_float64(spec, state, x, y, opt, lr, MOMENTUM, MEAN, STD, SMOOTHING, bits, names,
-                                        ours, st, "numpy", logits)
+                                        ours, st, be.name, logits)
     limited = not direct
     if direct:
         assert whole < 1e-4

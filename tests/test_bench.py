@@ -33,7 +33,11 @@ class SlowDevice(Backend):
         return {"fake": None}
 
     def __init__(self):
+        from cifarbench.models import create_spec, init_params
+
         super().__init__("fake", TrainOptions())
+        spec = create_spec("cnn", 3, 8, 10)
+        self.build(spec, init_params(spec))  # Backend checks the weights; this device ignores them
         self.queued = 0.0
         self.syncs = 0
         self.count = 0
@@ -53,18 +57,18 @@ class SlowDevice(Backend):
     def begin_epoch(self, order, offsets, flips, seed):
         self.count = 0
 
-    def predict(self, split, batch_size):
+    def _predict(self, split, batch_size):
         self.queued += self.EVAL
         return np.zeros((8, 10), np.float32)
 
     def set_data(self, split, x, y): ...
-    def build(self, spec, state): ...
-    def state_dict(self): return {}
-    def load_state_dict(self, state): ...
-    def forward(self, x, train=False, capture=(), dropout=True): return np.zeros((len(x), 10), np.float32), {}
-    def configure_optimizer(self, opt): ...
-    def optimizer_state(self): return {}
-    def load_optimizer_state(self, state): ...
+    def _build(self, spec): ...
+    def _get_tensors(self): return {}
+    def _set_tensors(self, tensors): ...
+    def _forward(self, x, train, capture, dropout): return np.zeros((len(x), 10), np.float32), {}
+    def _configure_optimizer(self, opt): ...
+    def _get_optimizer_state(self): return {}, 0
+    def _set_optimizer_state(self, slots, step): ...
 
 
 def _data(n=32, size=8, ch=3, classes=10, n_eval=8) -> BenchData:

@@ -12,6 +12,7 @@ import pytest
 
 from cifarbench.errors import UsageError
 from cifarbench.models import tv
+from cifarbench.models.registry import check_runs_on
 
 HAS_TV = importlib.util.find_spec("torchvision") is not None
 
@@ -99,8 +100,8 @@ def test_fake_torchvision_model_runs_on_the_torch_backend(fake_torchvision):
 
 def test_other_backends_refuse_tv_models():
     with pytest.raises(UsageError, match=r"tv:resnet18 runs on the torch backend only, not 'numpy'"):
-        tv.check_tv_model("tv:resnet18", "numpy")
-    tv.check_tv_model("cnn", "numpy")  # not a tv: name: nothing to check
+        check_runs_on("tv:resnet18", "numpy")
+    check_runs_on("cnn", "numpy")  # not a tv: name: nothing to check
 
 
 def test_activations_refuse_tv_checkpoints_on_other_backends(tmp_path):

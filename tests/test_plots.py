@@ -40,6 +40,53 @@ def test_bench_charts(tmp_path):
         _png(p)
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+    """Each figure as it is saved: path name -> matplotlib Figure (inspected for what is drawn)."""
+    figures = {}
+    save = plots._save
+
+    def keep(fig, path):
+        out = save(fig, path)
+        figures[out.name] = fig
+        return out
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def test_throughput_bars_draw_medians_whiskers_and_labels(tmp_path, drawn):
+    rows = [_row("torch", [100.0, 120.0, 90.0]), _row("numpy", [20.0, 25.0])]
+    plots.throughput_bars(rows, tmp_path / "t.png")
+    (ax,) = drawn["t.png"].axes
+    assert [round(b.get_width(), 6) for b in ax.patches] == [100.0, 22.5]  # one bar per row, at the median
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["torch cpu cnn fp32 bs64", "numpy cpu cnn fp32 bs64"]
+    assert ax.get_title() == "training throughput" and ax.get_xlabel().startswith("images / s")
+    (whiskers,) = ax.collections  # min-max error bars, one segment per row
+    assert [tuple(seg[:, 0]) for seg in whiskers.get_segments()] == [(90.0, 120.0), (20.0, 25.0)]
+
+
+def test_training_curves_draw_train_and_eval_per_run(tmp_path, drawn):
+    recs = [{"epoch": e, "train_loss": 1.0 / e, "eval_loss": 1.2 / e, "train_acc": 0.2 * e, "eval_acc": 0.15 * e,
+             "eval_split": "val"} for e in (1, 2, 3)]
+    plots.training_curves([("a", recs), ("b", recs[:2])], tmp_path / "c.png")
+    ax_loss, ax_acc = drawn["c.png"].axes
+    assert [l.get_label() for l in ax_loss.lines] == ["a train", "a val", "b train", "b val"]
+    assert list(ax_acc.lines[1].get_ydata()) == pytest.approx([15.0, 30.0, 45.0])  # eval accuracy in %
+    assert len(ax_acc.lines[2].get_xdata()) == 2
+    assert (ax_loss.get_ylabel(), ax_acc.get_ylabel()) == ("loss", "accuracy (%)")
+
+
+def test_per_class_bar_draws_each_class_and_the_mean(tmp_path, drawn):
+    plots.per_class_bar({"cat": 0.5, "dog": 0.75, "ship": None}, tmp_path / "pc.png")
+    (ax,) = drawn["pc.png"].axes
+    assert [b.get_height() for b in ax.patches] == [50.0, 75.0, 0.0]
+    assert ax.patches[2].get_hatch() == "//"  # no test images: a hatched gap, not a 0% bar
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["cat", "dog", "ship"]
+    (mean_line,) = ax.lines
+    assert list(mean_line.get_ydata()) == [62.5, 62.5]  # mean over the classes that have images
+
+
 def test_per_class_and_confusion(tmp_path):
     _png(plots.per_class_bar({"cat": 0.5, "dog": 0.75, "ship": None}, tmp_path / "pc.png"))
     names = [f"c{i}" for i in range(12)]

@@ -13,6 +13,7 @@ from importlib import metadata
 
 from cifarbench.errors import BackendUnavailable, UsageError, unknown_name
 
+
 BUILTIN: dict[str, str] = {
     "torch": "cifarbench.backends.torch_backend:TorchBackend",
     "mlx": "cifarbench.backends.mlx_backend:MLXBackend",
@@ -28,6 +29,7 @@ INSTALL_HINT: dict[str, str] = {
     "mlx": "pip install 'cifarbench[mlx]'",
     "numpy": "pip install numpy",
     "cupy": "pip install 'cifarbench[cupy]' (needs an NVIDIA GPU)",
+    "jax": "pip install 'cifarbench[jax]' (NVIDIA: pip install 'jax[cuda12]')",
 }
 
 
@@ -98,18 +100,27 @@ def availability_matrix() -> list[Availability]:
 
 
 def create_backend(name: str, device: str | None, options, seed: int = 0):
-    """Resolve aliases, check availability, and instantiate. Raises with exit code 3 when unusable."""
+    """Resolve aliases and instantiate (``Backend.__init__`` checks device and precision once).
+    Raises with exit code 3 when unusable."""
     name, device = resolve(name, device)
     cls = load_backend_class(name)
-    probe = cls.probe()
-    if device in (None, "auto"):
-        device = cls.auto_device()
-    if device not in cls.devices:
-        raise UsageError(f"backend '{name}' has no device '{device}'; valid: {', '.join(cls.devices)}")
-    if probe.get(device) is not None:
-        raise BackendUnavailable(f"{name} device '{device}' is not available: {probe[device]}")
-    if options.precision not in cls.supported_precisions:
+    return cls(cls.auto_device() if device in (None, "auto") else device, options, seed)
+
+
+def check_distributed(name: str, device: str | None):
+    """The backend class, if it trains on torchrun ranks; else the one-line refusal (before any data loads)."""
+    name, device = resolve(name, device)
+    cls = load_backend_class(name)
+    if not cls.trains_on_ranks:
         raise UsageError(
-            f"backend '{name}' does not support --precision {options.precision}; valid: {', '.join(cls.supported_precisions)}"
+            f"multi-process training (torchrun) needs --backend torch; backend '{name}' trains in one process",
+            hint=f"run `cifarbench train --backend {name} ...` without torchrun",
         )
-    return cls(device, options, seed)
+    return cls
+
+
+def create_distributed(env, name: str, device: str | None, options, seed: int = 0):
+    """The backend on this rank of a torchrun job (``env``: backends.ranks.DistEnv)."""
+    cls = check_distributed(name, device)
+    device = resolve(name, device)[1]
+    return cls.for_rank(env, cls.auto_device() if device in (None, "auto") else device, options, seed)

@@ -40,7 +40,8 @@ from typing import ClassVar, Literal, Sequence
 
 import numpy as np
 
-from cifarbench.models.spec import ModelSpec
+from cifarbench.errors import BackendUnavailable, CheckpointError, UsageError
+from cifarbench.models.spec import NOT_CANONICAL_SUFFIXES, Conv, Group, ModelSpec, Residual, iter_layers
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -58,6 +59,24 @@ class OptimConfig:
 
     def scale_of(self, name: str) -> tuple[float, float]:
         return next(((lr, wd) for n, lr, wd in self.scales if n == name), (1.0, 1.0))
+
+    @property
+    def initial_momentum(self) -> float:
+        return initial_momentum(self.name, self.momentum, self.betas)
+
+
+def initial_momentum(opt: str, momentum: float, betas: Sequence[float]) -> float:
+    """The one rule for what the engine's per-step "momentum" means: SGD momentum, or Adam's beta1.
+
+    ``OptimConfig.momentum``/``betas[0]`` only seed it: every ``train_step`` passes the scheduled value.
+    """
+    return momentum if opt == "sgd" else betas[0]
+
+
+# Optimizer state slots per optimizer, canonical key "<param>.<slot>" (torch.optim's own names).
+OPT_SLOTS: dict[str, tuple[str, ...]] = {
+    "sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq"), "adamw": ("exp_avg", "exp_avg_sq"),
+}
 
 
 @dataclass(frozen=True)
@@ -78,12 +97,59 @@ class EpochStats:
     count: int
 
 
+def check_state(state: dict[str, np.ndarray], spec: ModelSpec, source: str) -> None:
+    """The one key/shape check of a canonical state dict against a spec (torch's BN counters ignored)."""
+    expected = {**spec.param_shapes(), **spec.buffer_shapes()}
+    given = [k for k in state if not k.endswith(NOT_CANONICAL_SUFFIXES)]
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in given if k not in expected]
+    if missing or extra:
+        what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        raise CheckpointError(
+            f"{source} does not match model '{spec.name}' ({what}; {len(missing)} missing, {len(extra)} unexpected tensors)"
+        )
+    for k, shape in expected.items():
+        if tuple(np.shape(state[k])) != tuple(shape):
+            raise CheckpointError(
+                f"{source} does not match model '{spec.name}' with {spec.num_classes} classes: "
+                f"{k} has shape {tuple(np.shape(state[k]))}, expected {tuple(shape)}"
+            )
+
+
+def check_optimizer_state(state: dict[str, np.ndarray], spec: ModelSpec, opt: str) -> None:
+    """Known slots of this optimizer only, parameter shapes, and each parameter's slots all or none.
+
+    Slots may be absent (torch creates them lazily at a parameter's first step)."""
+    if "step" not in state:
+        raise CheckpointError("optimizer state has no 'step' entry")
+    shapes, slots = spec.param_shapes(), OPT_SLOTS[opt]
+    unknown = sorted(k for k in state if k != "step" and not (k.rpartition(".")[2] in slots and k.rpartition(".")[0] in shapes))
+    if unknown:
+        raise CheckpointError(f"optimizer state does not fit a {opt} optimizer for model '{spec.name}': has {unknown[0]!r}")
+    for p, shape in shapes.items():
+        present = [s for s in slots if f"{p}.{s}" in state]
+        if present and len(present) != len(slots):
+            raise CheckpointError(f"optimizer state for {p} is incomplete: has {present}, needs {list(slots)}")
+        for s in present:
+            if tuple(np.shape(state[f"{p}.{s}"])) != tuple(shape):
+                raise CheckpointError(f"{p}.{s}: shape {np.shape(state[f'{p}.{s}'])} does not match parameter {tuple(shape)}")
+
+
 class Backend(abc.ABC):
-    """One framework on one device. Subclasses set ``name`` and ``devices``."""
+    """One framework on one device.
+
+    The public methods are concrete: they validate once and convert layouts by the class
+    attributes ``weight_layout``/``image_layout``, then call the ``_primitives`` a subclass
+    implements (marked abstract below; see ARCHITECTURE.md). Subclasses set ``name``, ``devices``
+    and ``supported_precisions``.
+    """
 
     name: ClassVar[str]
     devices: ClassVar[tuple[str, ...]]
     supported_precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    weight_layout: ClassVar[Literal["OIHW", "OHWI"]] = "OIHW"  # how the backend keeps conv weights
+    image_layout: ClassVar[Literal["NCHW", "NHWC"]] = "NCHW"  # what ``_forward`` takes and captures in
+    trains_on_ranks: ClassVar[bool] = False  # True: ``for_rank`` runs data-parallel under torchrun
 
     # ----- discovery -------------------------------------------------------------------
     @classmethod
@@ -100,24 +166,58 @@ class Backend(abc.ABC):
                 return dev
         return cls.devices[-1]
 
+    @classmethod
+    def check_usable(cls, device: str, precision: str) -> None:
+        """The one device/precision check (a subclass may add its own rules after calling this)."""
+        if device not in cls.devices:
+            raise UsageError(f"backend '{cls.name}' has no device '{device}'; valid: {', '.join(cls.devices)}")
+        reason = cls.probe().get(device)
+        if reason is not None:
+            raise BackendUnavailable(f"{cls.name} device '{device}' is not available: {reason}")
+        if precision not in cls.supported_precisions:
+            raise UsageError(
+                f"backend '{cls.name}' does not support --precision {precision}; valid: {', '.join(cls.supported_precisions)}"
+            )
+
+    @classmethod
+    def for_rank(cls, env, device: str, options: TrainOptions, seed: int) -> "Backend":
+        """This backend on one rank of a torchrun job (``env``: backends.ranks.DistEnv), where
+        ``trains_on_ranks`` says it can; most backends train in one process."""
+        raise NotImplementedError(f"backend '{cls.name}' does not train on torchrun ranks")
+
     def __init__(self, device: str, options: TrainOptions, seed: int = 0):
+        self.check_usable(device, options.precision)
         self.device = device
         self.options = options
         self.seed = seed
+        self.spec: ModelSpec | None = None
+        self.opt: OptimConfig | None = None
 
     # ----- model -----------------------------------------------------------------------
-    @abc.abstractmethod
     def build(self, spec: ModelSpec, state: dict[str, np.ndarray]) -> None:
         """Instantiate the model from the spec, with these canonical weights and buffers."""
+        self.spec, self.opt = spec, None
+        self._conv_weights = {f"{l.name}.weight" for l in spec.param_layers() if isinstance(l, Conv)}
+        self._build(spec)
+        self.load_state_dict(state)
 
-    @abc.abstractmethod
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Canonical parameters and buffers, float32 NumPy."""
+        """Canonical parameters and buffers, float32 NumPy (copies: later steps do not change them)."""
+        self._need_model()
+        got = self._get_tensors()
+        return {k: self._canonical(k, got[k]) for k in (*self.spec.param_shapes(), *self.spec.buffer_shapes())}
 
-    @abc.abstractmethod
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None: ...
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self._need_model()
+        check_state(state, self.spec, "state dict")
+        names = (*self.spec.param_shapes(), *self.spec.buffer_shapes())
+        self._set_tensors({k: self._internal(k, state[k]) for k in names})
 
-    @abc.abstractmethod
+    def capture_points(self) -> list[str]:
+        """Names ``forward(capture=...)`` accepts: every Group and Residual of the spec."""
+        self._need_model()
+        return [l.name for l in iter_layers(self.spec.layers) if isinstance(l, (Group, Residual))]
+
     def forward(
         self, x: np.ndarray, train: bool = False, capture: Sequence[str] = (), dropout: bool = True
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -126,18 +226,122 @@ class Backend(abc.ABC):
         ``train=True`` uses batch statistics in BN (and updates running stats);
         ``dropout=False`` disables dropout even in train mode (for parity checks).
         """
+        self._need_model()
+        valid = self.capture_points()
+        unknown = [c for c in capture if c not in valid]
+        if unknown:
+            raise UsageError(f"unknown capture point '{unknown[0]}'; valid: {', '.join(valid)}")
+        x = np.asarray(x, np.float32)
+        if self.image_layout == "NHWC":
+            x = x.transpose(0, 2, 3, 1)
+        logits, caps = self._forward(np.ascontiguousarray(x), train, tuple(capture), dropout)
+        out = {}
+        for k in capture:
+            v = np.asarray(caps[k], np.float32)
+            out[k] = np.ascontiguousarray(v.transpose(0, 3, 1, 2)) if v.ndim == 4 and self.image_layout == "NHWC" else v
+        return np.asarray(logits, np.float32), out
 
     # ----- optimizer -------------------------------------------------------------------
+    def configure_optimizer(self, opt: OptimConfig) -> None:
+        self._need_model()
+        if opt.name not in OPT_SLOTS:
+            raise UsageError(f"unknown optimizer '{opt.name}'; valid: {', '.join(sorted(OPT_SLOTS))}")
+        self.opt = opt
+        self._configure_optimizer(opt)
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """``<param>.<slot>`` (canonical layout) for every slot the optimizer holds, and ``step``."""
+        self._need_optimizer()
+        slots, step = self._get_optimizer_state()
+        out = {k: self._canonical(k.rpartition(".")[0], v) for k, v in slots.items()}
+        out["step"] = np.asarray(float(step), np.float32)
+        return out
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        self._need_optimizer()
+        check_optimizer_state(state, self.spec, self.opt.name)
+        slots = {k: self._internal(k.rpartition(".")[0], v) for k, v in state.items() if k != "step"}
+        self._set_optimizer_state(slots, int(round(float(np.asarray(state["step"])))))
+
+    # ----- evaluation ------------------------------------------------------------------
+    def predict(self, split: str, batch_size: int) -> np.ndarray:
+        """Eval-mode logits (float32, (N, classes)) for a whole split set with ``set_data``."""
+        self._need_model()
+        if batch_size < 1:
+            raise UsageError(f"batch size must be positive, got {batch_size}")
+        return np.asarray(self._predict(split, batch_size), np.float32)
+
+    # ----- weight averaging (this default goes through state dicts) ------------------------
+    def lookahead(self, decay: float | None) -> None:
+        """Lookahead / EMA over all canonical tensors (parameters and BN statistics).
+
+        ``decay=None`` (re)starts: the current weights become the slow copy. Otherwise
+        ``slow += (1 - decay) * (current - slow)``, then the model continues from ``slow``
+        (``decay=1`` simply loads the slow weights). Optimizer state is left alone.
+        """
+        current = self.state_dict()
+        if decay is None or getattr(self, "_slow_weights", None) is None:
+            self._slow_weights = {k: np.array(v, np.float32, copy=True) for k, v in current.items()}
+            return
+        for k, v in current.items():
+            slow = self._slow_weights[k]
+            slow += np.float32(1.0 - decay) * (v - slow)  # exact where nothing moved (frozen tensors)
+        self.load_state_dict({k: v.copy() for k, v in self._slow_weights.items()})
+
+    def describe(self) -> str:
+        """Human-readable device name, e.g. 'torch cuda (NVIDIA H100 80GB HBM3)'."""
+        return f"{self.name} {self.device}"
+
+    # ----- layout and guards (shared) ------------------------------------------------------
+    def _internal(self, name: str, a: np.ndarray) -> np.ndarray:
+        """Canonical -> this backend's layout: a float32 C-contiguous copy (OIHW -> OHWI if asked)."""
+        a = np.asarray(a, np.float32)
+        if self.weight_layout == "OHWI" and name in self._conv_weights:
+            a = a.transpose(0, 2, 3, 1)
+        return np.array(a, np.float32, order="C", copy=True)
+
+    def _canonical(self, name: str, a) -> np.ndarray:
+        a = np.asarray(a, np.float32)
+        if self.weight_layout == "OHWI" and name in self._conv_weights:
+            a = a.transpose(0, 3, 1, 2)
+        return np.array(a, np.float32, order="C", copy=True)
+
+    def _need_model(self) -> None:
+        if self.spec is None:
+            raise UsageError("build() must be called before using the model")
+
+    def _need_optimizer(self) -> None:
+        if self.opt is None:
+            raise UsageError("configure_optimizer() must be called before training")
+
+    # ----- primitives: what a backend implements --------------------------------------------
     @abc.abstractmethod
-    def configure_optimizer(self, opt: OptimConfig) -> None: ...
+    def _build(self, spec: ModelSpec) -> None:
+        """Create the model for ``self.spec`` (weights follow through ``_set_tensors``)."""
 
     @abc.abstractmethod
-    def optimizer_state(self) -> dict[str, np.ndarray]: ...
+    def _get_tensors(self) -> dict[str, np.ndarray]:
+        """Every parameter and buffer by canonical name, in ``weight_layout``, as NumPy-convertible arrays."""
 
     @abc.abstractmethod
-    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None: ...
+    def _set_tensors(self, tensors: dict[str, np.ndarray]) -> None:
+        """Load validated float32 arrays (``weight_layout``) for every parameter and buffer."""
 
-    # ----- data and steps --------------------------------------------------------------
+    @abc.abstractmethod
+    def _forward(self, x: np.ndarray, train: bool, capture: tuple[str, ...], dropout: bool):
+        """(logits, {capture point: output}) for a float32 batch in ``image_layout``."""
+
+    @abc.abstractmethod
+    def _configure_optimizer(self, opt: OptimConfig) -> None: ...
+
+    @abc.abstractmethod
+    def _get_optimizer_state(self) -> tuple[dict[str, np.ndarray], int]:
+        """({"<param>.<slot>": array in ``weight_layout``}, optimizer steps taken)."""
+
+    @abc.abstractmethod
+    def _set_optimizer_state(self, slots: dict[str, np.ndarray], step: int) -> None:
+        """Load validated slots (absent ones: as before a parameter's first step) and the step count."""
+
     @abc.abstractmethod
     def set_data(self, split: str, x: np.ndarray, y: np.ndarray) -> None:
         """Move a whole split (uint8 NHWC, int64 labels) to the device, once."""
@@ -158,30 +362,9 @@ class Backend(abc.ABC):
         """Synchronise and return the accumulated training statistics of this epoch."""
 
     @abc.abstractmethod
-    def predict(self, split: str, batch_size: int) -> np.ndarray:
-        """Eval-mode logits (float32, (N, classes)) for a whole split set with ``set_data``."""
+    def _predict(self, split: str, batch_size: int) -> np.ndarray:
+        """Eval-mode logits for a split given to ``set_data`` (batch_size already checked)."""
 
     @abc.abstractmethod
     def synchronize(self) -> None:
         """Block until all queued device work is done (called before reading a clock)."""
-
-    # ----- weight averaging (optional; this default goes through state dicts) -------------
-    def lookahead(self, decay: float | None) -> None:
-        """Lookahead / EMA over all canonical tensors (parameters and BN statistics).
-
-        ``decay=None`` (re)starts: the current weights become the slow copy. Otherwise
-        ``slow += (1 - decay) * (current - slow)``, then the model continues from ``slow``
-        (``decay=1`` simply loads the slow weights). Optimizer state is left alone.
-        """
-        current = self.state_dict()
-        if decay is None or getattr(self, "_slow_weights", None) is None:
-            self._slow_weights = {k: np.array(v, np.float32, copy=True) for k, v in current.items()}
-            return
-        for k, v in current.items():
-            slow = self._slow_weights[k]
-            slow += np.float32(1.0 - decay) * (v - slow)  # exact where nothing moved (frozen tensors)
-        self.load_state_dict({k: v.copy() for k, v in self._slow_weights.items()})
-
-    def describe(self) -> str:
-        """Human-readable device name, e.g. 'torch cuda (NVIDIA H100 80GB HBM3)'."""
-        return f"{self.name} {self.device}"

@@ -16,15 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from cifarbench.backends import create_backend
-from cifarbench.backends.base import Backend, OptimConfig
+from cifarbench.backends.base import Backend
 from cifarbench.bench.matrix import Case
 from cifarbench.bench.timing import Clock, timed
 from cifarbench.config import RunConfig
 from cifarbench.engine.metrics import summarize
-from cifarbench.engine.trainer import train_options
+from cifarbench.engine.session import optim_config, training_backend, train_options
 from cifarbench.errors import UsageError
-from cifarbench.models import create_spec, init_params, tv
+from cifarbench.models import create_spec
 
 # Shapes for --synthetic (images, channels, classes): the shape of the data set named by --dataset.
 SYNTHETIC_SHAPES = {"mnist": (28, 1, 10), "fashion-mnist": (28, 1, 10), "cifar100": (32, 3, 100)}
@@ -65,7 +64,7 @@ def bench_data(cfg: RunConfig, synthetic: bool, n_train: int, n_eval: int) -> Be
         ds = make_synthetic(n_train, n_eval, classes, size, ch, seed=cfg.seed)
         mean, std = (0.5,) * ch, (0.25,) * ch
     else:
-        from cifarbench.engine.trainer import normalization
+        from cifarbench.engine.session import normalization
 
         ds = load_dataset(cfg.dataset, cfg.data_dir)
         mean, std = normalization(cfg, ds)
@@ -131,14 +130,13 @@ def measure(backend: Backend, data: BenchData, batch_size: int, win: Windows, lr
 
 
 def run_case(case: Case, cfg: RunConfig, data: BenchData, win: Windows, clock: Clock = time.perf_counter) -> dict[str, Any]:
-    """Create, build and time one backend/device/model/precision/batch-size combination."""
-    tv.check_tv_model(case.model, case.backend)
+    """Create, build and time one backend/device/model/precision/batch-size combination, with the
+    recipe's own initial weights (data_init) and parameter groups, as ``cifarbench train`` builds it."""
     spec = create_spec(case.model, data.channels, data.image_size, data.num_classes)
     options = train_options(cfg, data.mean, data.std, case.precision)
-    backend = create_backend(case.backend, case.device, options, cfg.seed)
-    backend.build(spec, init_params(spec, cfg.seed))
-    backend.configure_optimizer(OptimConfig(cfg.opt, cfg.momentum, cfg.nesterov, cfg.weight_decay, tuple(cfg.betas)))
-    momentum = cfg.momentum if cfg.opt == "sgd" else cfg.betas[0]
+    case_cfg = cfg.model_copy(update={"backend": case.backend, "device": case.device, "model": case.model})
+    backend = training_backend(case_cfg, spec, options, data.x_train)
+    momentum = optim_config(cfg, spec).initial_momentum
     result = measure(backend, data, case.batch_size, win, cfg.lr, momentum, cfg.seed, clock)
     return {**case.as_dict(), "device_name": backend.describe(), "params": spec.num_params(), **_cost(spec), **result}
 

@@ -40,7 +40,7 @@ def train(
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, bf16, fp16."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Run directory."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="torch, mlx, numpy, cupy, or cpu/cuda/mps."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="torch, mlx, numpy, cupy, jax, or cpu/cuda/mps."),
     device: Optional[str] = typer.Option(None, "--device", help="Backend device (auto: the fastest available)."),
     val_split: Optional[int] = typer.Option(None, "--val-split", help="Hold out N training images for validation."),
     augment: Optional[str] = typer.Option(None, "--augment", help="crop, flip, crop+flip or none."),

@@ -8,30 +8,20 @@ optimizer step equals the single-process step on the whole global batch, all-red
 epoch statistics and gathers evaluation logits, so every rank holds the global truth; rank 0
 alone reports and writes the run directory.
 
-This module is framework-free: only the PyTorch backend (torch.distributed) implements the
-collective side, in ``backends/torch_backend/distributed.py``.
+This module is framework-free. A backend that can train on ranks says so (``Backend.for_rank``);
+only the PyTorch backend does, in ``backends/torch_backend/distributed.py``, and
+``backends.create_distributed`` is the one place that asks. Nothing here imports a backend.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Mapping
 
+from cifarbench.backends.ranks import DistEnv, shard
 from cifarbench.errors import UsageError
 
-ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    rank: int
-    world_size: int
-    local_rank: int
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+__all__ = ["DistEnv", "detect", "is_main_process", "shard", "shutdown"]
 
 
 def detect(environ: Mapping[str, str] | None = None) -> DistEnv | None:
@@ -57,43 +47,6 @@ def is_main_process(environ: Mapping[str, str] | None = None) -> bool:
     """False on ranks > 0 of a torchrun job (they stay silent and write nothing)."""
     env = detect(environ)
     return env is None or env.is_main
-
-
-def shard(start: int, stop: int, rank: int, world: int) -> tuple[int, int]:
-    """Rank's contiguous slice of [start, stop): sizes differ by at most one, lower ranks take the extra.
-
-    A global batch smaller than the world leaves some ranks an empty slice; they still join
-    the gradient all-reduce (contributing zero), so every rank steps in lockstep.
-    """
-    n = stop - start
-    base, extra = divmod(n, world)
-    lo = start + rank * base + min(rank, extra)
-    return lo, lo + base + (1 if rank < extra else 0)
-
-
-def check_backend(backend: str, device: str | None) -> None:
-    """Only the PyTorch backend speaks torch.distributed; say so in one line before loading data."""
-    from cifarbench.backends import resolve
-
-    name, _ = resolve(backend, device)
-    if name != "torch":
-        raise UsageError(
-            f"multi-process training (torchrun) needs --backend torch; backend '{name}' trains in one process",
-            hint=f"run `cifarbench train --backend {name} ...` without torchrun",
-        )
-
-
-def create_backend(env: DistEnv, backend: str, device: str, options, seed: int):
-    """The torch backend wrapped for data-parallel training on this rank."""
-    from cifarbench.backends import resolve
-
-    check_backend(backend, device)
-    _, dev = resolve(backend, device)
-    from cifarbench.backends.torch_backend.distributed import DistributedTorchBackend
-
-    if dev in (None, "auto"):
-        dev = DistributedTorchBackend.auto_device()
-    return DistributedTorchBackend(dev, options, seed, env)
 
 
 def shutdown() -> None:

@@ -48,6 +48,9 @@ class OneCycle:
             start_step = end_step
         raise AssertionError("unreachable")
 
+    def describe(self) -> str:
+        return f"OneCycleLR(max_lr={self.max_lr}, pct_start={self.pct_start}, cos, div_factor={self.div_factor})"
+
 
 @dataclass(frozen=True)
 class Warmup:
@@ -58,6 +61,10 @@ class Warmup:
     start_factor: float
     momentum: float
     after: Callable[[int], float]
+    text: str = "Constant"  # what ``after`` is, for run logs
+
+    def describe(self) -> str:
+        return self.text
 
     def __call__(self, step: int) -> tuple[float, float]:
         if step < self.warmup_steps:
@@ -87,11 +94,16 @@ class Triangle:
             frac = 1.0 + (self.end - 1.0) * min(step - peak, span) / span
         return self.lr * frac, self.momentum
 
+    def describe(self) -> str:
+        return f"Triangle(lr={self.lr}, pct={self.pct}, start={self.start}, end={self.end})"
+
 
 def make_schedule(cfg, steps_per_epoch: int) -> Schedule:
     """Build the schedule of a RunConfig (cifarbench.config) for this many steps per epoch."""
     total = cfg.epochs * steps_per_epoch
-    momentum = cfg.momentum if cfg.opt == "sgd" else cfg.betas[0]
+    from cifarbench.backends.base import initial_momentum
+
+    momentum = initial_momentum(cfg.opt, cfg.momentum, cfg.betas)
     if cfg.sched == "onecycle":
         return OneCycle(
             max_lr=cfg.lr, total_steps=total, pct_start=cfg.pct_start, div_factor=cfg.div_factor,
@@ -104,14 +116,19 @@ def make_schedule(cfg, steps_per_epoch: int) -> Schedule:
     base, floor = cfg.lr, cfg.min_lr
 
     if cfg.sched == "constant":
+        text = f"Constant(lr={cfg.lr}, warmup_epochs={cfg.warmup_epochs})"
+
         def after(step: int) -> float:
             return base
     elif cfg.sched == "cosine":
+        text = f"Cosine(lr={cfg.lr}, min_lr={cfg.min_lr}, warmup_epochs={cfg.warmup_epochs})"
+
         def after(step: int) -> float:
             span = max(total - warm, 1)
             return floor + (base - floor) * (1 + math.cos(math.pi * min(step - warm, span) / span)) / 2
     elif cfg.sched == "step":
         milestones = sorted(cfg.step_epochs)
+        text = f"Step(lr={cfg.lr}, epochs={list(cfg.step_epochs)}, gamma={cfg.step_gamma})"
 
         def after(step: int) -> float:
             epoch = step // steps_per_epoch
@@ -119,4 +136,4 @@ def make_schedule(cfg, steps_per_epoch: int) -> Schedule:
             return max(base * cfg.step_gamma**passed, floor)
     else:  # pragma: no cover - pydantic restricts the names
         raise ValueError(cfg.sched)
-    return Warmup(base, warm, cfg.warmup_start_factor, momentum, after)
+    return Warmup(base, warm, cfg.warmup_start_factor, momentum, after, text)

@@ -20,50 +20,22 @@ from typing import Any
 import numpy as np
 
 from cifarbench import checkpoint as ckpt
-from cifarbench.backends import create_backend
-from cifarbench.backends.base import OptimConfig, TrainOptions
 from cifarbench.config import RunConfig, dump_config
-from cifarbench.engine import distributed
+from cifarbench.engine import distributed, tta
 from cifarbench.engine.metrics import evaluate_logits
 from cifarbench.engine.reporter import Reporter
-from cifarbench.engine import tta
 from cifarbench.engine.schedules import make_schedule
-from cifarbench.engine.tricks import bn_bias_scales, lookahead_decay
-from cifarbench.engine.whiten import data_init
+from cifarbench.engine.session import normalization, train_options, training_backend
+from cifarbench.engine.tricks import lookahead_decay
 from cifarbench.errors import UsageError
-from cifarbench.models import create_spec, init_params
+from cifarbench.models import create_spec
+
+__all__ = ["Trainer", "normalization", "train_options", "epoch_seed"]
 
 METRIC_FIELDS = (
     "epoch", "train_loss", "train_acc", "eval_split", "eval_loss", "eval_acc", "lr", "momentum",
     "images_per_s", "train_time_s", "eval_time_s", "epoch_time_s", "elapsed_s", "warmup_s",
 )
-
-
-def normalization(cfg: RunConfig, ds) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    c = ds.channels
-    if cfg.normalize == "half":
-        return (0.5,) * c, (0.5,) * c
-    if cfg.normalize == "none":
-        return (0.0,) * c, (1.0,) * c
-    return tuple(ds.mean()), tuple(ds.std())
-
-
-def train_options(cfg: RunConfig, mean, std, precision: str | None = None) -> TrainOptions:
-    """The backend options of a recipe (shared by train and bench, so both run the same thing)."""
-    extra: dict[str, Any] = {"loader": cfg.loader}
-    if cfg.compile is not None:  # unset: each backend's own default
-        extra["compile"] = cfg.compile
-    if cfg.compile_mode != "default":  # asking for a mode asks for compilation
-        extra["compile"], extra["compile_mode"] = True, cfg.compile_mode
-    if cfg.memory_limit:
-        extra["memory_limit_gb"] = cfg.memory_limit
-    if cfg.threads is not None:  # unset: the framework's default (one thread per core)
-        extra["threads"] = cfg.threads
-    return TrainOptions(
-        mean=tuple(mean), std=tuple(std), label_smoothing=cfg.label_smoothing,
-        crop_pad=cfg.crop_pad if "crop" in cfg.augment else 0, flip="flip" in cfg.augment,
-        precision=precision or cfg.precision, extra=extra,
-    )
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -75,6 +47,19 @@ def default_run_dir(cfg: RunConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     safe_ds = cfg.dataset.replace(":", "-").replace("/", "_")[-40:]
     return Path("runs") / f"{cfg.model.replace(':', '-')}-{safe_ds}-{cfg.backend}-{stamp}"
+
+
+@dataclass
+class EpochTrain:
+    """What one epoch's training phase measured (the evaluation adds the rest of the record)."""
+
+    stats: Any  # backends.base.EpochStats
+    seconds: float  # wall time of the phase, device synchronised at both ends
+    lr: float  # of the last step
+    momentum: float
+    images: int  # trained this epoch (fewer when resumed mid-epoch)
+    warmup_s: float  # first steps of new batch sizes (compile/JIT), timed apart
+    warmup_images: int
 
 
 @dataclass
@@ -117,24 +102,9 @@ class Trainer:
             self.splits = Splits(self.ds.x_train, self.ds.y_train, self.ds.x_test, self.ds.y_test, "test")
         self.spec = create_spec(cfg.model, self.ds.channels, self.ds.image_size, self.ds.num_classes)
         self.mean, self.std = normalization(cfg, self.ds)
-        options = train_options(cfg, self.mean, self.std)
-        if self.dist is not None:
-            self.backend = distributed.create_backend(self.dist, cfg.backend, cfg.device, options, cfg.seed)
-        else:
-            self.backend = create_backend(cfg.backend, cfg.device, options, cfg.seed)
-        opt_state = None
-        if self.resume:
-            state, opt_state = self._load_resume_state()
-        else:
-            # dirac / patch-whitening convs (speedrun) are set from the data, the same on every backend
-            state = data_init(self.spec, init_params(self.spec, cfg.seed), self.splits.x_train, self.mean, self.std)
-        self.backend.build(self.spec, state)
-        self.backend.configure_optimizer(
-            OptimConfig(cfg.opt, cfg.momentum, cfg.nesterov, cfg.weight_decay, tuple(cfg.betas),
-                        scales=bn_bias_scales(self.spec, cfg.bn_bias_lr_scale))
-        )
-        if opt_state is not None:
-            self.backend.load_optimizer_state(opt_state)
+        self.options = train_options(cfg, self.mean, self.std)
+        state, opt_state = self._load_resume_state() if self.resume else (None, None)
+        self.backend = training_backend(cfg, self.spec, self.options, self.splits.x_train, state, opt_state, self.dist)
         self.backend.set_data("train", self.splits.x_train, self.splits.y_train)
         self.backend.set_data(self.splits.eval_name, self.splits.x_eval, self.splits.y_eval)
         if self.splits.eval_name == "val":
@@ -149,17 +119,13 @@ class Trainer:
 
     def _validate_names(self) -> None:
         """Fail on a bad model or backend name before spending time on the data."""
-        from cifarbench.backends import load_backend_class, resolve
-        from cifarbench.errors import unknown_name
-        from cifarbench.models import model_names, tv
+        from cifarbench.backends import check_distributed, load_backend_class, resolve
+        from cifarbench.models.registry import check_runs_on
 
         backend = resolve(self.cfg.backend, self.cfg.device)[0]
         if self.dist is not None:
-            distributed.check_backend(self.cfg.backend, self.cfg.device)
-        if tv.is_tv_name(self.cfg.model):
-            tv.check_tv_model(self.cfg.model, backend)
-        elif self.cfg.model not in model_names():
-            raise unknown_name("model", self.cfg.model, model_names())
+            check_distributed(self.cfg.backend, self.cfg.device)
+        check_runs_on(self.cfg.model, backend)
         load_backend_class(backend)
 
     def _load_resume_state(self):
@@ -185,14 +151,14 @@ class Trainer:
             ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
         t_run = time.perf_counter()
         elapsed_before = self.records[-1]["elapsed_s"] if self.records else 0.0
-        epoch, step_in_epoch = self.start_epoch, self.start_step_in_epoch
+        epoch = self.start_epoch
+        self._next_step = self.start_step_in_epoch  # the interrupt point: the step about to run
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 first = self.start_step_in_epoch if epoch == self.start_epoch else 0
-                step_in_epoch = first
-                for step_in_epoch in self._train_epoch(epoch, first):
-                    pass
-                rec = self._finish_epoch(epoch, elapsed_before + time.perf_counter() - t_run)
+                self._next_step = first
+                trained = self._train_epoch(epoch, first)
+                rec = self._finish_epoch(epoch, trained, elapsed_before + time.perf_counter() - t_run)
                 self.records.append(rec)
                 self.rep.epoch_end(rec)
                 last = epoch + 1 == cfg.epochs
@@ -201,21 +167,21 @@ class Trainer:
                 self._write_metrics()
         except KeyboardInterrupt:
             if self.write:
-                self._save(epoch, step_in_epoch)
+                self._save(epoch, self._next_step)
                 self.rep.warning(f"interrupted: resumable checkpoint in {self.run_dir} (cifarbench train --resume {self.run_dir})")
             raise
         summary = self._final(time.perf_counter() - t_run + elapsed_before)
         self.rep.finish(summary)
         return summary
 
-    def _train_epoch(self, epoch: int, first_step: int):
-        """Yields the index of the step about to run (the interrupt point), then the step count."""
+    def _train_epoch(self, epoch: int, first_step: int) -> EpochTrain:
+        """Steps ``first_step``.. of this epoch; ``self._next_step`` always names the step about to run."""
         from cifarbench.data.augment import alternate_flips, draw_epoch
 
         cfg, b = self.cfg, self.backend
         n = len(self.splits.y_train)
         rng = np.random.default_rng(epoch_seed(cfg.seed, epoch))
-        order, offsets, flips = draw_epoch(rng, n, b.options.crop_pad, b.options.flip)
+        order, offsets, flips = draw_epoch(rng, n, self.options.crop_pad, self.options.flip)
         if flips is not None and cfg.flip_mode == "alternate":
             flips = alternate_flips(cfg.seed, order, epoch, n)
         self.rep.epoch_begin(epoch + 1, self.steps_per_epoch)
@@ -226,7 +192,7 @@ class Trainer:
         lr = mom = 0.0
         warm_s, warm_images = 0.0, 0
         for i in range(first_step, self.steps_per_epoch):
-            yield i
+            self._next_step = i
             lr, mom = self.schedule(base + i)
             start, stop = i * cfg.batch_size, min((i + 1) * cfg.batch_size, n)
             if stop - start in self._seen_batches:
@@ -237,10 +203,9 @@ class Trainer:
             decay = lookahead_decay(base + i + 1, cfg.epochs * self.steps_per_epoch, cfg.lookahead_every, cfg.lookahead_decay)
             if decay is not None:
                 b.lookahead(decay)
+        self._next_step = self.steps_per_epoch
         stats = b.end_epoch()  # synchronises
-        self._epoch_train = (stats, time.perf_counter() - t0, lr, mom, n - first_step * cfg.batch_size, warm_s,
-                             warm_images)
-        yield self.steps_per_epoch
+        return EpochTrain(stats, time.perf_counter() - t0, lr, mom, n - first_step * cfg.batch_size, warm_s, warm_images)
 
     def _timed_step(self, start: int, stop: int, lr: float, mom: float) -> float:
         """One synchronised, timed step (the warm-up of a new batch shape)."""
@@ -252,8 +217,9 @@ class Trainer:
         self._seen_batches.add(stop - start)
         return time.perf_counter() - t0
 
-    def _finish_epoch(self, epoch: int, elapsed: float) -> dict[str, Any]:
-        stats, train_time, lr, mom, images, warm_s, warm_images = self._epoch_train
+    def _finish_epoch(self, epoch: int, trained: EpochTrain, elapsed: float) -> dict[str, Any]:
+        stats, train_time, lr, mom = trained.stats, trained.seconds, trained.lr, trained.momentum
+        images, warm_s, warm_images = trained.images, trained.warmup_s, trained.warmup_images
         if warm_s > 0:
             self.rep.message(f"warm-up (first step of each batch size: compile/JIT/autotune): {warm_s:.2f} s, "
                              "excluded from images/s")

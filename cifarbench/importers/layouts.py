@@ -1,7 +1,7 @@
 """Name and layout maps from each original project's checkpoint to canonical tensors.
 
 Every function takes the raw contents read by ``readers`` and returns canonical names in
-PyTorch layout (conv OIHW, linear (out, in)). Facts used (ANALYSIS.md and the originals):
+PyTorch layout (conv OIHW, linear (out, in)). Facts used (read from the originals' code):
 
 - MLX stores conv weights OHWI, flattens NHWC feature maps in H, W, C order, and saves BN
   running statistics next to weight/bias; ``nn.Sequential`` children are ``<name>.layers.<i>``.
@@ -26,9 +26,8 @@ import numpy as np
 
 from cifarbench.errors import CheckpointError
 from cifarbench.models.shapes import layer_shape
+from cifarbench.models.spec import NOT_CANONICAL_SUFFIXES as TORCH_ONLY_BUFFERS
 from cifarbench.models.spec import BatchNorm, Flatten, Group, Layer, Linear, ModelSpec
-
-TORCH_ONLY_BUFFERS = (".num_batches_tracked",)
 
 
 # ---------------------------------------------------------------- generic helpers

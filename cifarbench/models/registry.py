@@ -20,6 +20,43 @@ class ModelEntry:
     builder: Builder
     description: str
     origin: str  # which seed project it comes from, or "cifarbench"
+    requires: str | None = None  # the one backend that can run it (None: every backend)
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """A family of models known by prefix (``tv:NAME``), built by its own module."""
+
+    prefix: str
+    requires: str | None  # the backend its models need
+    check: Callable[[str], None]  # raises for an unknown or unusable name
+    spec: Callable[[str, int, int, int], ModelSpec]
+    init: Callable[[ModelSpec, int], dict]
+
+
+NAMESPACES: tuple[Namespace, ...] = (
+    Namespace(tv.PREFIX, "torch", tv.check_tv_name, tv.torchvision_spec, tv.initial_state),
+)
+
+
+def namespace_of(name: str) -> Namespace | None:
+    return next((ns for ns in NAMESPACES if name.startswith(ns.prefix)), None)
+
+
+def check_runs_on(model: str, backend: str) -> None:
+    """Before any data is loaded: the model is known and the backend can run it (one line, exit 2)."""
+    ns = namespace_of(model)
+    if ns is None:
+        _ensure_zoo()
+        if model not in _MODELS:
+            raise unknown_name("model", model, list(_MODELS))
+        need = _MODELS[model].requires
+    else:
+        need = ns.requires
+    if need is not None and backend != need:
+        raise UsageError(f"{model} runs on the {need} backend only, not '{backend}' (use --backend {need})")
+    if ns is not None:
+        ns.check(model)
 
 
 _MODELS: dict[str, ModelEntry] = {}
@@ -51,14 +88,15 @@ def model_names() -> list[str]:
 
 def create_spec(name: str, in_channels: int = 3, image_size: int = 32, num_classes: int = 10) -> ModelSpec:
     _ensure_zoo()
-    if name not in _MODELS and not tv.is_tv_name(name):
+    ns = namespace_of(name)
+    if name not in _MODELS and ns is None:
         raise unknown_name("model", name, list(_MODELS))
     if in_channels not in (1, 3):
         raise UsageError(f"in_channels must be 1 or 3, got {in_channels}")
     if num_classes < 2:
         raise UsageError(f"num_classes must be at least 2, got {num_classes}")
-    if tv.is_tv_name(name):  # torchvision's modules, known by name and tensor shapes only
-        return tv.torchvision_spec(name, in_channels, image_size, num_classes)
+    if ns is not None:  # e.g. torchvision's modules, known by name and tensor shapes only
+        return ns.spec(name, in_channels, image_size, num_classes)
     return _MODELS[name].builder(in_channels, image_size, num_classes)
 
 
@@ -70,8 +108,9 @@ def init_params(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     running mean 0, running var 1. Drawing them once here (rather than in each framework) makes
     a run start from the same point whichever backend trains it.
     """
-    if tv.is_tv_spec(spec):  # torchvision's own init, seeded
-        return tv.initial_state(spec, seed)
+    ns = namespace_of(spec.name)
+    if ns is not None and not spec.layers:  # a namespace's own init (torchvision's), seeded
+        return ns.init(spec, seed)
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for layer in spec.param_layers():

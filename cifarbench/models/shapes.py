@@ -17,7 +17,6 @@ from cifarbench.models.spec import (
     GELU,
     Flatten,
     GlobalAvgPool,
-    Group,
     Layer,
     Linear,
     MaxPool,
@@ -26,6 +25,7 @@ from cifarbench.models.spec import (
     Residual,
     Scale,
 )
+from cifarbench.models.walk import ADD, UnknownLayer, run_layer, run_layers
 
 Shape = tuple[int, ...]  # (C, H, W) for feature maps, (F,) after Flatten/GlobalAvgPool
 
@@ -45,48 +45,64 @@ def _need_map(layer: Layer, shape: Shape) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+def _conv(layer: Conv, shape: Shape, _ctx) -> Shape:
+    c, h, w = _need_map(layer, shape)
+    if c != layer.cin:
+        raise SpecShapeError(f"{layer.name}: expects {layer.cin} input channels, got {c}")
+    oh = (h + 2 * layer.pad - layer.k) // layer.stride + 1
+    ow = (w + 2 * layer.pad - layer.k) // layer.stride + 1
+    if oh < 1 or ow < 1:
+        raise SpecShapeError(f"{layer.name}: input {h}x{w} is too small for a {layer.k}x{layer.k} kernel")
+    return (layer.cout, oh, ow)
+
+
+def _batch_norm(layer: BatchNorm, shape: Shape, _ctx) -> Shape:
+    c, _, _ = _need_map(layer, shape)
+    if c != layer.ch:
+        raise SpecShapeError(f"{layer.name}: expects {layer.ch} channels, got {c}")
+    return shape
+
+
+def _linear(layer: Linear, shape: Shape, _ctx) -> Shape:
+    if len(shape) != 1 or shape[0] != layer.fin:
+        raise SpecShapeError(f"{layer.name}: expects ({layer.fin},) input, got {shape}")
+    return (layer.fout,)
+
+
+def _pooling(layer: MaxPool | AvgPool, shape: Shape, _ctx) -> Shape:
+    c, h, w = _need_map(layer, shape)
+    oh, ow = _pool(h, layer.k, layer.stride), _pool(w, layer.k, layer.stride)
+    if oh < 1 or ow < 1:
+        raise SpecShapeError(f"pooling {layer.k}x{layer.k} on a {h}x{w} map leaves nothing")
+    return (c, oh, ow)
+
+
+def _join(layer: Residual, body: Shape, short: Shape, _ctx) -> Shape:
+    if body != short:
+        raise SpecShapeError(f"{layer.name}: body gives {body} but shortcut gives {short}")
+    return body
+
+
+def _flatten(layer: Flatten, shape: Shape, _ctx) -> Shape:
+    c, h, w = _need_map(layer, shape)
+    return (c * h * w,)
+
+
+_same = lambda layer, shape, _ctx: shape  # noqa: E731
+# Shapes are one more "backend" of the spec walker (models.walk): an op table over per-sample shapes.
+OPS = {
+    Conv: _conv, BatchNorm: _batch_norm, Linear: _linear, MaxPool: _pooling, AvgPool: _pooling,
+    GlobalAvgPool: lambda layer, shape, _ctx: (_need_map(layer, shape)[0],), Flatten: _flatten,
+    ReLU: _same, GELU: _same, Scale: _same, Dropout: _same, ADD: _join,
+}
+
+
 def layer_shape(layer: Layer, shape: Shape) -> Shape:
     """Output shape of one layer (per sample, batch axis left out)."""
-    if isinstance(layer, Conv):
-        c, h, w = _need_map(layer, shape)
-        if c != layer.cin:
-            raise SpecShapeError(f"{layer.name}: expects {layer.cin} input channels, got {c}")
-        oh = (h + 2 * layer.pad - layer.k) // layer.stride + 1
-        ow = (w + 2 * layer.pad - layer.k) // layer.stride + 1
-        if oh < 1 or ow < 1:
-            raise SpecShapeError(f"{layer.name}: input {h}x{w} is too small for a {layer.k}x{layer.k} kernel")
-        return (layer.cout, oh, ow)
-    if isinstance(layer, BatchNorm):
-        c, _, _ = _need_map(layer, shape)
-        if c != layer.ch:
-            raise SpecShapeError(f"{layer.name}: expects {layer.ch} channels, got {c}")
-        return shape
-    if isinstance(layer, Linear):
-        if len(shape) != 1 or shape[0] != layer.fin:
-            raise SpecShapeError(f"{layer.name}: expects ({layer.fin},) input, got {shape}")
-        return (layer.fout,)
-    if isinstance(layer, (MaxPool, AvgPool)):
-        c, h, w = _need_map(layer, shape)
-        oh, ow = _pool(h, layer.k, layer.stride), _pool(w, layer.k, layer.stride)
-        if oh < 1 or ow < 1:
-            raise SpecShapeError(f"pooling {layer.k}x{layer.k} on a {h}x{w} map leaves nothing")
-        return (c, oh, ow)
-    if isinstance(layer, GlobalAvgPool):
-        return (_need_map(layer, shape)[0],)
-    if isinstance(layer, Flatten):
-        c, h, w = _need_map(layer, shape)
-        return (c * h * w,)
-    if isinstance(layer, (ReLU, GELU, Scale, Dropout)):
-        return shape
-    if isinstance(layer, Group):
-        return walk(layer.layers, shape)
-    if isinstance(layer, Residual):
-        body = walk(layer.body, shape)
-        short = walk(layer.shortcut, shape) if layer.shortcut else shape
-        if body != short:
-            raise SpecShapeError(f"{layer.name}: body gives {body} but shortcut gives {short}")
-        return body
-    raise SpecShapeError(f"unknown layer type {type(layer).__name__}")
+    try:
+        return run_layer(layer, shape, OPS)
+    except UnknownLayer as exc:
+        raise SpecShapeError(f"unknown layer type {type(layer).__name__}") from exc
 
 
 def walk(layers: Sequence[Layer], shape: Shape) -> Shape:
@@ -114,23 +130,15 @@ def flat_features(layers: Sequence[Layer], in_channels: int, image_size: int) ->
     return n
 
 
-def capture_shapes(spec: ModelSpec) -> dict[str, Shape]:
-    """Per-sample output shape of every Group/Residual (the capture points), by name."""
-    found: dict[str, Shape] = {}
-
-    def visit(layers: Sequence[Layer], shape: Shape) -> Shape:
-        for layer in layers:
-            if isinstance(layer, Group):
-                out = visit(layer.layers, shape)
-                found[layer.name] = out
-            elif isinstance(layer, Residual):
-                out = layer_shape(layer, shape)
-                visit(layer.body, shape)
-                found[layer.name] = out
-            else:
-                out = layer_shape(layer, shape)
-            shape = out
+class _Recorder(dict):
+    def record(self, name: str, shape: Shape) -> Shape:
+        self[name] = shape
         return shape
 
-    visit(spec.layers, input_shape(spec))
-    return found
+
+def capture_shapes(spec: ModelSpec) -> dict[str, Shape]:
+    """Per-sample output shape of every Group/Residual (the capture points), by name."""
+
+    rec = _Recorder()
+    run_layers(spec.layers, input_shape(spec), OPS, rec)
+    return dict(rec)

@@ -119,6 +119,8 @@ Layer = Union[
     Conv, BatchNorm, Linear, ReLU, GELU, Scale, MaxPool, AvgPool, GlobalAvgPool, Flatten, Dropout, Group, Residual
 ]
 PARAM_LAYERS = (Conv, BatchNorm, Linear)
+# Tensors torch keeps that the canonical format does not (BN batch counters matter only when momentum=None).
+NOT_CANONICAL_SUFFIXES = (".num_batches_tracked",)
 
 
 @dataclass(frozen=True)

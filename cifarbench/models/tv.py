@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from cifarbench.errors import UsageError, unknown_name
-from cifarbench.models.spec import ModelSpec
+from cifarbench.models.spec import NOT_CANONICAL_SUFFIXES, ModelSpec
 
 PREFIX = "tv:"
 INSTALL_HINT = "pip install 'cifarbench[torchvision]'"
 # Models whose training-mode forward returns auxiliary logits too: built without them.
 AUX_LOGITS = {"googlenet", "inception_v3"}
-IGNORED_SUFFIXES = (".num_batches_tracked",)  # as the torch backend: BN counters are not canonical
 
 
 def is_tv_name(name: str) -> bool:
@@ -116,15 +115,8 @@ def is_tv_spec(spec: Any) -> bool:
     return isinstance(spec, TorchvisionSpec)
 
 
-def check_tv_model(model: str, backend: str) -> None:
-    """Before any data is loaded: a tv: model needs the torch backend, torchvision, and a known name.
-
-    tv: models are nn.Modules, so any other backend is refused with one line (exit 2).
-    """
-    if not is_tv_name(model):
-        return
-    if backend != "torch":
-        raise UsageError(f"{model} runs on the torch backend only, not '{backend}' (use --backend torch)")
+def check_tv_name(model: str) -> None:
+    """torchvision is installed and knows the name (the registry checks the backend: torch only)."""
     bare = model[len(PREFIX):]
     tv = _torchvision(bare)
     names = tv.models.list_models(module=tv.models)
@@ -212,7 +204,7 @@ def torchvision_spec(name: str, in_channels: int, image_size: int, num_classes: 
     model, points, shapes = _traced(name, in_channels, image_size, num_classes)
     params = {k: tuple(v.shape) for k, v in model.named_parameters()}
     buffers = {k: tuple(v.shape) for k, v in model.state_dict().items()
-               if k not in params and not k.endswith(IGNORED_SUFFIXES)}
+               if k not in params and not k.endswith(NOT_CANONICAL_SUFFIXES)}
     order = [n for n, _ in points]
     top = [n for n, _ in model.named_children()]
     return TorchvisionSpec(

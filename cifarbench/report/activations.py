@@ -29,11 +29,12 @@ def _test_image(meta: dict, data_dir: Optional[str], index: Optional[int], seed:
 def render_activations(checkpoint: str | Path, backend_name: Optional[str], device: Optional[str],
                        image_index: Optional[int], seed: int, data_dir: Optional[str], out_dir: str | Path,
                        channels: int = 16) -> list[Path]:
-    from cifarbench.backends import create_backend, resolve
-    from cifarbench.backends.base import TrainOptions
+    from cifarbench.backends import resolve
     from cifarbench.checkpoint import check_compatible, load_checkpoint
     from cifarbench.data.augment import normalize
-    from cifarbench.models import create_spec, tv
+    from cifarbench.engine.session import eval_backend
+    from cifarbench.models import create_spec
+    from cifarbench.models.registry import check_runs_on
     from cifarbench.report.plots import feature_grid, input_image
 
     if channels < 1:
@@ -41,14 +42,13 @@ def render_activations(checkpoint: str | Path, backend_name: Optional[str], devi
     ck = load_checkpoint(checkpoint)
     meta = ck.meta
     backend_name = backend_name or meta.get("backend", "torch")
-    tv.check_tv_model(meta["model"], resolve(backend_name, device)[0])  # tv: models are torch-only
+    check_runs_on(meta["model"], resolve(backend_name, device)[0])  # e.g. tv: models are torch-only
     spec = create_spec(meta["model"], int(meta["in_channels"]), int(meta["image_size"]), int(meta["num_classes"]))
     check_compatible(ck.state, spec, str(checkpoint))
     if len(spec.capture_points) == 0:
         raise UsageError(f"model '{spec.name}' declares no capture points")
     mean, std = tuple(meta["mean"]), tuple(meta["std"])
-    backend = create_backend(backend_name, device, TrainOptions(mean=mean, std=std), seed)
-    backend.build(spec, ck.state)
+    backend = eval_backend(backend_name, device, spec, ck.state, mean, std, seed)
     img, label, index = _test_image(meta, data_dir, image_index, seed)
     logits, caps = backend.forward(normalize(img[None], mean, std), capture=list(spec.capture_points))
     names = list(meta.get("class_names") or [str(i) for i in range(spec.num_classes)])

@@ -12,12 +12,10 @@ from cifarbench.backends import base
 from cifarbench.backends.base import EpochStats, OptimConfig, TrainOptions
 from cifarbench.backends.mlx_backend import optim
 from cifarbench.backends.mlx_backend.data import DeviceSplit, MLXDataLoader, gather_batch, normalise
-from cifarbench.backends.mlx_backend.model import Ctx, conv_weight_names, cross_entropy, run_layers, to_canonical, to_mlx
-from cifarbench.errors import CheckpointError, UsageError
-from cifarbench.models.spec import Group, ModelSpec, Residual, iter_layers
+from cifarbench.backends.mlx_backend.model import Ctx, cross_entropy, run_layers
+from cifarbench.errors import UsageError
+from cifarbench.models.spec import ModelSpec
 
-# PyTorch state dicts carry BN step counters that no cifarbench backend uses.
-IGNORED_SUFFIXES = (".num_batches_tracked",)
 DTYPES = {"fp32": mx.float32, "bf16": mx.bfloat16, "fp16": mx.float16}
 
 
@@ -41,6 +39,8 @@ class MLXBackend(base.Backend):
     name = "mlx"
     devices = ("gpu", "cpu")
     supported_precisions = ("fp32", "bf16")
+    weight_layout = "OHWI"
+    image_layout = "NHWC"
 
     @classmethod
     def probe(cls) -> dict[str, str | None]:
@@ -48,10 +48,6 @@ class MLXBackend(base.Backend):
 
     def __init__(self, device: str, options: TrainOptions, seed: int = 0):
         super().__init__(device, options, seed)
-        if device not in self.devices:
-            raise UsageError(f"MLX has no device '{device}'; valid: {', '.join(self.devices)}")
-        if options.precision not in self.supported_precisions:
-            raise UsageError(f"MLX backend supports --precision {', '.join(self.supported_precisions)}")
         mx.set_default_device(mx.gpu if device == "gpu" else mx.cpu)
         limit = options.extra.get("memory_limit_gb")
         if limit:
@@ -64,10 +60,8 @@ class MLXBackend(base.Backend):
         self.loader_kind = options.extra.get("loader", "memory")
         if self.loader_kind not in ("memory", "mlx-data"):
             raise UsageError(f"unknown MLX loader '{self.loader_kind}'; valid: memory, mlx-data")
-        self.spec: ModelSpec | None = None
         self.params: dict = {}
         self.buffers: dict = {}
-        self.opt: OptimConfig | None = None
         self.opt_state: dict = {}
         self.acc = {"loss": mx.array(0.0), "correct": mx.array(0), "count": mx.array(0)}
         self.splits: dict[str, DeviceSplit] = {}
@@ -84,90 +78,50 @@ class MLXBackend(base.Backend):
         return f"mlx {self.device}" + (f" ({name})" if name else "")
 
     # ----- model -----------------------------------------------------------------------
-    def build(self, spec: ModelSpec, state: dict[str, np.ndarray]) -> None:
-        self.spec = spec
-        self._conv = conv_weight_names(spec)
+    def _build(self, spec: ModelSpec) -> None:
         self.params, self.buffers = {}, {}
-        self.load_state_dict(state)
-        self.opt, self.opt_state = None, {}
+        self.opt_state = {}
         self._compiled = {}
 
-    def _check_keys(self, state: dict, expected: dict, what: str, optional: bool = False) -> None:
-        """Shapes must match; unknown keys are refused; missing ones too unless ``optional``."""
-        unexpected = sorted(k for k in state if k not in expected and k != "step" and not k.endswith(IGNORED_SUFFIXES))
-        missing = [] if optional else [k for k in expected if k not in state]
-        if missing or unexpected:
-            what_ = f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'"
-            raise CheckpointError(
-                f"{what} does not fit model '{self.spec.name}': {what_} ({len(missing)} missing, {len(unexpected)} unexpected)"
-            )
-        for k, shape in expected.items():
-            if k in state and tuple(np.shape(state[k])) != tuple(shape):
-                raise CheckpointError(f"{what}: '{k}' has shape {np.shape(state[k])}, model expects {tuple(shape)}")
+    def _get_tensors(self) -> dict[str, np.ndarray]:
+        return {k: np.array(v.astype(mx.float32)) for k, v in {**self.params, **self.buffers}.items()}
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        out = {k: to_canonical(k, v, self._conv) for k, v in self.params.items()}
-        out.update({k: to_canonical(k, v, self._conv) for k, v in self.buffers.items()})
-        return out
-
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        pshapes, bshapes = self.spec.param_shapes(), self.spec.buffer_shapes()
-        self._check_keys(state, {**pshapes, **bshapes}, "state dict")
+    def _set_tensors(self, tensors: dict[str, np.ndarray]) -> None:
         # Update the dicts in place: compiled steps hold references to these exact containers.
-        self.params.update({k: to_mlx(k, state[k], self._conv) for k in pshapes})
-        self.buffers.update({k: to_mlx(k, state[k], self._conv) for k in bshapes})
+        self.params.update({k: mx.array(tensors[k]) for k in self.spec.param_shapes()})
+        self.buffers.update({k: mx.array(tensors[k]) for k in self.spec.buffer_shapes()})
         mx.eval(self.params, self.buffers)
 
-    def _forward(self, x: mx.array, train: bool, dropout: bool = True, capture: Sequence[str] = ()):
+    def _forward_mx(self, x: mx.array, train: bool, dropout: bool = True, capture: Sequence[str] = ()):
         ctx = Ctx(self.params, self.buffers, train, dropout, self.dtype, tuple(capture))
         logits = run_layers(self.spec.layers, x.astype(self.dtype), ctx).astype(mx.float32)
         return logits, ctx
 
-    def capture_points(self) -> list[str]:
-        return [l.name for l in iter_layers(self.spec.layers) if isinstance(l, (Group, Residual))]
-
-    def forward(self, x, train=False, capture=(), dropout=True):
-        unknown = [c for c in capture if c not in self.capture_points()]
-        if unknown:
-            raise UsageError(f"unknown capture point '{unknown[0]}'; valid: {', '.join(self.capture_points())}")
-        xm = mx.array(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1)))
-        logits, ctx = self._forward(xm, train, dropout, capture)
+    def _forward(self, x: np.ndarray, train: bool, capture: tuple[str, ...], dropout: bool):
+        logits, ctx = self._forward_mx(mx.array(x), train, dropout, capture)
         if train:
             self.buffers.update(ctx.new_buffers)
-        caps = {k: v.transpose(0, 3, 1, 2) if v.ndim == 4 else v for k, v in ctx.captured.items()}
-        mx.eval(logits, caps, self.buffers)
-        return np.array(logits), {k: np.array(v.astype(mx.float32)) for k, v in caps.items()}
+        mx.eval(logits, ctx.captured, self.buffers)
+        return np.array(logits), {k: np.array(v.astype(mx.float32)) for k, v in ctx.captured.items()}
 
     # ----- optimizer -------------------------------------------------------------------
-    def configure_optimizer(self, opt: OptimConfig) -> None:
-        if opt.name not in optim.SLOTS:
-            raise UsageError(f"MLX backend: unknown optimizer '{opt.name}'; valid: {', '.join(optim.SLOTS)}")
-        self.opt = opt
+    def _configure_optimizer(self, opt: OptimConfig) -> None:
         self.opt_state = optim.init_state(opt, self.params)
         self._compiled = {}
         mx.eval(self.opt_state)
 
-    def optimizer_state(self) -> dict[str, np.ndarray]:
-        out = {"step": np.array(self.opt_state["step"], dtype=np.float32)}
-        for slot in optim.SLOTS[self.opt.name]:
-            for k, v in self.opt_state[slot].items():
-                out[f"{k}.{slot}"] = to_canonical(k, v, self._conv)
-        return out
+    def _get_optimizer_state(self) -> tuple[dict[str, np.ndarray], int]:
+        slots = {f"{k}.{slot}": np.array(v) for slot in base.OPT_SLOTS[self.opt.name]
+                 for k, v in self.opt_state[slot].items()}
+        return slots, int(self.opt_state["step"].item())
 
-    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        if self.opt is None:
-            raise UsageError("configure_optimizer must be called before load_optimizer_state")
-        slots = optim.SLOTS[self.opt.name]
-        shapes = self.spec.param_shapes()
-        # torch omits a parameter's slots until its first step; absent slots stay zero, which
-        # is what torch's lazily created state amounts to.
-        self._check_keys(state, {f"{k}.{s}": shapes[k] for s in slots for k in shapes}, "optimizer state", optional=True)
-        for slot in slots:
-            for k in shapes:
+    def _set_optimizer_state(self, slots: dict[str, np.ndarray], step: int) -> None:
+        # absent slots stay zero: what torch's lazily created state amounts to
+        for slot in base.OPT_SLOTS[self.opt.name]:
+            for k in self.spec.param_shapes():
                 key = f"{k}.{slot}"
-                value = to_mlx(k, state[key], self._conv) if key in state else mx.zeros_like(self.params[k])
-                self.opt_state[slot][k] = value
-        self.opt_state["step"] = mx.array(float(np.asarray(state.get("step", 0.0))))
+                self.opt_state[slot][k] = mx.array(slots[key]) if key in slots else mx.zeros_like(self.params[k])
+        self.opt_state["step"] = mx.array(float(step))
         mx.eval(self.opt_state)
 
     # ----- compiled steps --------------------------------------------------------------
@@ -235,8 +189,7 @@ class MLXBackend(base.Backend):
         self.acc.update({"loss": mx.array(0.0), "correct": mx.array(0), "count": mx.array(0)})
 
     def train_step(self, start: int, stop: int, lr: float, momentum: float) -> None:
-        if self.opt is None:
-            raise UsageError("configure_optimizer must be called before train_step")
+        self._need_optimizer()
         self.opt_state["lr"] = mx.array(float(lr))
         self.opt_state["momentum"] = mx.array(float(momentum))
         if self.loader is not None:
@@ -254,11 +207,11 @@ class MLXBackend(base.Backend):
         mx.eval(self.acc)
         return EpochStats(float(self.acc["loss"].item()), int(self.acc["correct"].item()), int(self.acc["count"].item()))
 
-    def predict(self, split: str, batch_size: int) -> np.ndarray:
+    def _predict(self, split: str, batch_size: int) -> np.ndarray:
         if split not in self.splits:
             raise UsageError(f"split '{split}' was not given to set_data")
         data = self.splits[split]
-        fn = mx.compile(lambda idx: self._forward(normalise(gather_batch(data, idx, None, None), self.mean, self.std), False)[0])
+        fn = mx.compile(lambda idx: self._forward_mx(normalise(gather_batch(data, idx, None, None), self.mean, self.std), False)[0])
         outs = []
         for start in range(0, data.n, batch_size):
             outs.append(fn(mx.arange(start, min(start + batch_size, data.n))))

@@ -1,8 +1,8 @@
 """A model spec run functionally in MLX, channels-last.
 
 Parameters live in a flat dict keyed by canonical names; conv weights are stored OHWI (MLX's
-layout) and transposed to/from the canonical OIHW only at the boundary (``to_mlx`` /
-``to_canonical``). Everything else (linear (out, in), BN vectors) keeps the canonical layout.
+layout), which ``Backend`` converts to/from the canonical OIHW at the boundary
+(``weight_layout``). Everything else (linear (out, in), BN vectors) keeps the canonical layout.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import mlx.core as mx
-import numpy as np
 
 from cifarbench.models.spec import (
     AvgPool,
@@ -20,33 +19,12 @@ from cifarbench.models.spec import (
     GELU,
     Flatten,
     GlobalAvgPool,
-    Group,
     Linear,
     MaxPool,
-    ModelSpec,
     ReLU,
-    Residual,
     Scale,
 )
-
-
-def conv_weight_names(spec: ModelSpec) -> set[str]:
-    return {f"{layer.name}.weight" for layer in spec.param_layers() if isinstance(layer, Conv)}
-
-
-def to_mlx(name: str, value: np.ndarray, conv_names: set[str]) -> mx.array:
-    """Canonical float32 NumPy -> MLX layout (OIHW -> OHWI for conv weights)."""
-    value = np.asarray(value, dtype=np.float32)
-    if name in conv_names:
-        value = value.transpose(0, 2, 3, 1)
-    return mx.array(np.ascontiguousarray(value))
-
-
-def to_canonical(name: str, value: mx.array, conv_names: set[str]) -> np.ndarray:
-    out = np.array(value.astype(mx.float32), copy=True)
-    if name in conv_names:
-        out = np.ascontiguousarray(out.transpose(0, 3, 1, 2))
-    return out
+from cifarbench.models import walk
 
 
 @dataclass
@@ -62,11 +40,10 @@ class Ctx:
     new_buffers: dict = field(default_factory=dict)
     captured: dict = field(default_factory=dict)
 
-
-def run_layers(layers, x: mx.array, ctx: Ctx) -> mx.array:
-    for layer in layers:
-        x = run_layer(layer, x, ctx)
-    return x
+    def record(self, name: str, x: mx.array) -> mx.array:
+        if name in self.capture:
+            self.captured[name] = x
+        return x
 
 
 def tensor(ctx: Ctx, key: str) -> mx.array:
@@ -74,46 +51,42 @@ def tensor(ctx: Ctx, key: str) -> mx.array:
     return ctx.params[key] if key in ctx.params else ctx.buffers[key]
 
 
-def run_layer(layer, x: mx.array, ctx: Ctx) -> mx.array:
-    if isinstance(layer, Conv):
-        y = mx.conv2d(x, tensor(ctx, f"{layer.name}.weight").astype(ctx.dtype), stride=layer.stride, padding=layer.pad)
-        return y + ctx.params[f"{layer.name}.bias"].astype(ctx.dtype) if layer.bias else y
-    if isinstance(layer, BatchNorm):
-        return batch_norm(layer, x, ctx)
-    if isinstance(layer, Linear):
-        y = x @ ctx.params[f"{layer.name}.weight"].astype(ctx.dtype).T
-        return y + ctx.params[f"{layer.name}.bias"].astype(ctx.dtype) if layer.bias else y
-    if isinstance(layer, ReLU):
-        return mx.maximum(x, 0) if layer.slope == 0 else mx.where(x > 0, x, x * layer.slope)
-    if isinstance(layer, GELU):
-        return x * (0.5 * (1.0 + mx.erf(x * (2.0**-0.5))))
-    if isinstance(layer, Scale):
-        return x * layer.factor
-    if isinstance(layer, (MaxPool, AvgPool)):
-        return pool(x, layer.k, layer.stride, isinstance(layer, MaxPool))
-    if isinstance(layer, GlobalAvgPool):
-        return x.mean(axis=(1, 2))
-    if isinstance(layer, Flatten):
-        # Canonical C, H, W order keeps the next linear layer's weights portable.
-        return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
-    if isinstance(layer, Dropout):
-        if not (ctx.train and ctx.dropout) or layer.p == 0:
-            return x
-        keep = mx.random.bernoulli(1.0 - layer.p, x.shape)
-        return x * keep.astype(x.dtype) * (1.0 / (1.0 - layer.p))
-    if isinstance(layer, Group):
-        return record(layer.name, run_layers(layer.layers, x, ctx), ctx)
-    if isinstance(layer, Residual):
-        skip = run_layers(layer.shortcut, x, ctx) if layer.shortcut else x
-        y = run_layers(layer.body, x, ctx) + skip
-        return record(layer.name, mx.maximum(y, 0) if layer.relu_after else y, ctx)
-    raise TypeError(f"MLX backend: unsupported layer {type(layer).__name__}")
+def _conv(layer: Conv, x: mx.array, ctx: Ctx) -> mx.array:
+    y = mx.conv2d(x, tensor(ctx, f"{layer.name}.weight").astype(ctx.dtype), stride=layer.stride, padding=layer.pad)
+    return y + ctx.params[f"{layer.name}.bias"].astype(ctx.dtype) if layer.bias else y
 
 
-def record(name: str, x: mx.array, ctx: Ctx) -> mx.array:
-    if name in ctx.capture:
-        ctx.captured[name] = x
-    return x
+def _linear(layer: Linear, x: mx.array, ctx: Ctx) -> mx.array:
+    y = x @ ctx.params[f"{layer.name}.weight"].astype(ctx.dtype).T
+    return y + ctx.params[f"{layer.name}.bias"].astype(ctx.dtype) if layer.bias else y
+
+
+def _dropout(layer: Dropout, x: mx.array, ctx: Ctx) -> mx.array:
+    if not (ctx.train and ctx.dropout) or layer.p == 0:
+        return x
+    keep = mx.random.bernoulli(1.0 - layer.p, x.shape)
+    return x * keep.astype(x.dtype) * (1.0 / (1.0 - layer.p))
+
+
+# The leaf layers; models.walk wires Group/Residual and records capture points (Ctx.record).
+OPS = {
+    Conv: _conv,
+    BatchNorm: lambda layer, x, ctx: batch_norm(layer, x, ctx),
+    Linear: _linear,
+    ReLU: lambda layer, x, ctx: mx.maximum(x, 0) if layer.slope == 0 else mx.where(x > 0, x, x * layer.slope),
+    GELU: lambda layer, x, ctx: x * (0.5 * (1.0 + mx.erf(x * (2.0**-0.5)))),
+    Scale: lambda layer, x, ctx: x * layer.factor,
+    MaxPool: lambda layer, x, ctx: pool(x, layer.k, layer.stride, True),
+    AvgPool: lambda layer, x, ctx: pool(x, layer.k, layer.stride, False),
+    GlobalAvgPool: lambda layer, x, ctx: x.mean(axis=(1, 2)),
+    # Canonical C, H, W order keeps the next linear layer's weights portable.
+    Flatten: lambda layer, x, ctx: x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1),
+    Dropout: _dropout,
+}
+
+
+def run_layers(layers, x: mx.array, ctx: Ctx) -> mx.array:
+    return walk.run_layers(layers, x, OPS, ctx)
 
 
 def batch_norm(layer: BatchNorm, x: mx.array, ctx: Ctx) -> mx.array:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from cifarbench.backends.base import OptimConfig
-
-SLOTS = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq"), "adamw": ("exp_avg", "exp_avg_sq")}
+from cifarbench.backends.base import OPT_SLOTS, OptimConfig
 
 
 def init_state(opt: OptimConfig, params: dict) -> dict:
@@ -20,9 +18,8 @@ def init_state(opt: OptimConfig, params: dict) -> dict:
 
     A zero SGD buffer reproduces torch's "first buffer = first gradient": m * 0 + g = g.
     """
-    momentum = opt.momentum if opt.name == "sgd" else opt.betas[0]
-    state = {"lr": mx.array(0.0), "momentum": mx.array(float(momentum)), "step": mx.array(0.0)}
-    for slot in SLOTS[opt.name]:
+    state = {"lr": mx.array(0.0), "momentum": mx.array(float(opt.initial_momentum)), "step": mx.array(0.0)}
+    for slot in OPT_SLOTS[opt.name]:
         state[slot] = {k: mx.zeros_like(v) for k, v in params.items()}
     return state
 

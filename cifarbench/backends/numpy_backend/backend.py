@@ -12,7 +12,7 @@ from cifarbench.backends.numpy_backend.augment import make_batch, normalise
 from cifarbench.backends.numpy_backend.loss import cross_entropy
 from cifarbench.backends.numpy_backend.network import Net
 from cifarbench.backends.numpy_backend.optim import Optimizer
-from cifarbench.errors import CheckpointError, UsageError
+from cifarbench.errors import UsageError
 from cifarbench.models import spec as S
 
 DTYPE = np.float32
@@ -24,6 +24,8 @@ class NumpyBackend(Backend):
     name = "numpy"
     devices = ("cpu",)
     supported_precisions = ("fp32",)
+    weight_layout = "OHWI"  # im2col's column order
+    image_layout = "NHWC"
 
     @classmethod
     def probe(cls) -> dict[str, str | None]:
@@ -34,109 +36,42 @@ class NumpyBackend(Backend):
 
     def __init__(self, device: str, options: TrainOptions, seed: int = 0):
         super().__init__(device, options, seed)
-        if options.precision not in self.supported_precisions:
-            raise UsageError(f"backend '{self.name}' supports only fp32, not {options.precision}")
         self.xp = self._array_module()
         if "threads" in options.extra and self.xp is np:  # BLAS threads (default: OpenBLAS's own)
             blas_threads(int(options.extra["threads"]))
         self.net: Net | None = None
-        self.opt: Optimizer | None = None
+        self.optim: Optimizer | None = None
         self.data: dict[str, tuple[object, object]] = {}
         self._mean = self.xp.asarray(np.asarray(options.mean, DTYPE))
         self._std = self.xp.asarray(np.asarray(options.std, DTYPE))
         self._epoch = None
 
     # ----- model -----------------------------------------------------------------------
-    def build(self, spec: S.ModelSpec, state: dict[str, np.ndarray]) -> None:
+    def _build(self, spec: S.ModelSpec) -> None:
         self.net = Net(spec, self.xp, DTYPE)
-        # Conv weights are kept OHWI inside (im2col's column order); canonical is OIHW.
-        self._conv = {f"{c.name}.weight" for c in spec.param_layers() if isinstance(c, S.Conv)}
-        self._shapes = {**spec.param_shapes(), **spec.buffer_shapes()}
-        self.load_state_dict(state)
 
-    def _to_internal(self, name: str, a: np.ndarray):
-        a = np.asarray(a, DTYPE)
-        if self._param_of(name) in self._conv:
-            a = a.transpose(0, 2, 3, 1)
-        # Always a copy: updates happen in place and must not reach the caller's arrays.
-        return self.xp.asarray(np.array(a, DTYPE, order="C", copy=True))
+    def _get_tensors(self) -> dict[str, np.ndarray]:
+        return {k: to_numpy(v) for k, v in {**self.net.params, **self.net.buffers}.items()}
 
-    def _to_canonical(self, name: str, a) -> np.ndarray:
-        a = to_numpy(a)
-        if self._param_of(name) in self._conv:
-            a = np.ascontiguousarray(a.transpose(0, 3, 1, 2))
-        return a.astype(DTYPE, copy=False)
+    def _set_tensors(self, tensors: dict[str, np.ndarray]) -> None:
+        # fresh device arrays (the base hands over copies): updates run in place
+        self.net.params = {k: self.xp.asarray(tensors[k]) for k in self.spec.param_shapes()}
+        self.net.buffers = {k: self.xp.asarray(tensors[k]) for k in self.spec.buffer_shapes()}
 
-    def _param_of(self, key: str) -> str:
-        """'conv1.weight' -> itself; optimizer keys 'conv1.weight.exp_avg' -> 'conv1.weight'."""
-        return key if key in self._shapes else key.rsplit(".", 1)[0]
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        net = self._need_net()
-        out = {k: self._to_canonical(k, v) for k, v in net.params.items()}
-        out.update({k: self._to_canonical(k, v) for k, v in net.buffers.items()})  # frozen conv weights: OHWI
-        return out
-
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        net = self._need_net()
-        missing = sorted(set(self._shapes) - set(state))
-        extra = sorted(set(state) - set(self._shapes))
-        if missing or extra:
-            raise CheckpointError(f"state does not fit model '{net.spec.name}': missing {missing[:3]}, unexpected {extra[:3]}")
-        for k, shape in self._shapes.items():
-            if tuple(np.shape(state[k])) != tuple(shape):
-                raise CheckpointError(f"{k}: shape {tuple(np.shape(state[k]))}, model wants {tuple(shape)}")
-        params = net.spec.param_shapes()
-        net.params = {k: self._to_internal(k, state[k]) for k in params}
-        net.buffers = {k: self._to_internal(k, state[k]) for k in net.spec.buffer_shapes()}
-
-    def _need_net(self) -> Net:
-        if self.net is None:
-            raise UsageError("build() the model first")
-        return self.net
-
-    def forward(
-        self, x: np.ndarray, train: bool = False, capture: Sequence[str] = (), dropout: bool = True
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        net = self._need_net()
-        xin = self.xp.asarray(np.ascontiguousarray(np.asarray(x, DTYPE).transpose(0, 2, 3, 1)))
-        logits = net.forward(xin, train=train, dropout=dropout, capture=capture)
-        caps = {}
-        for k, v in net.captures.items():
-            v = to_numpy(v)
-            caps[k] = np.ascontiguousarray(v.transpose(0, 3, 1, 2)) if v.ndim == 4 else v
-        return to_numpy(logits), caps
+    def _forward(self, x: np.ndarray, train: bool, capture: tuple[str, ...], dropout: bool):
+        logits = self.net.forward(self.xp.asarray(x), train=train, dropout=dropout, capture=capture)
+        return to_numpy(logits), {k: to_numpy(v) for k, v in self.net.captures.items()}
 
     # ----- optimizer -------------------------------------------------------------------
-    def configure_optimizer(self, opt: OptimConfig) -> None:
-        if opt.name not in ("sgd", "adam", "adamw"):
-            raise UsageError(f"unknown optimizer '{opt.name}'; valid: adam, adamw, sgd")
-        self.opt = Optimizer(opt.name, opt.nesterov, opt.weight_decay, opt.betas[1], opt.eps, opt.scales)
+    def _configure_optimizer(self, opt: OptimConfig) -> None:
+        self.optim = Optimizer(opt.name, opt.nesterov, opt.weight_decay, opt.betas[1], opt.eps, opt.scales)
 
-    def _need_opt(self) -> Optimizer:
-        if self.opt is None:
-            raise UsageError("configure_optimizer() first")
-        return self.opt
+    def _get_optimizer_state(self) -> tuple[dict[str, np.ndarray], int]:
+        return {k: to_numpy(v) for k, v in self.optim.state.items()}, self.optim.step_count
 
-    def optimizer_state(self) -> dict[str, np.ndarray]:
-        opt = self._need_opt()
-        out = {k: self._to_canonical(k, v) for k, v in opt.state.items()}
-        out["step"] = np.array(float(opt.step_count), DTYPE)
-        return out
-
-    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        opt = self._need_opt()
-        params = self._need_net().params
-        new = {}
-        for k, v in state.items():
-            if k == "step":
-                continue
-            p = self._param_of(k)
-            if p not in params or tuple(np.shape(v)) != tuple(self._shapes[p]):
-                raise CheckpointError(f"optimizer state '{k}' does not fit this model")
-            new[k] = self._to_internal(k, v)
-        opt.state = new
-        opt.step_count = int(np.asarray(state.get("step", 0)))
+    def _set_optimizer_state(self, slots: dict[str, np.ndarray], step: int) -> None:
+        self.optim.state = {k: self.xp.asarray(v) for k, v in slots.items()}
+        self.optim.step_count = step
 
     # ----- data and steps --------------------------------------------------------------
     def set_data(self, split: str, x: np.ndarray, y: np.ndarray) -> None:
@@ -147,11 +82,13 @@ class NumpyBackend(Backend):
         self._order = xp.asarray(np.asarray(order, np.int64))
         self._offsets = None if offsets is None else xp.asarray(np.asarray(offsets, np.int64))
         self._flips = None if flips is None else xp.asarray(np.asarray(flips, bool))
-        self._need_net().rng = xp.random.default_rng(seed)
+        self._need_model()
+        self.net.rng = xp.random.default_rng(seed)
         self._epoch = {"loss": xp.zeros((), np.float64), "correct": xp.zeros((), np.int64), "count": 0}
 
     def train_step(self, start: int, stop: int, lr: float, momentum: float) -> None:
-        net, opt = self._need_net(), self._need_opt()
+        self._need_optimizer()
+        net, opt = self.net, self.optim
         if self._epoch is None or "train" not in self.data:
             raise UsageError("set_data('train', ...) and begin_epoch() before train_step()")
         x, y = self.data["train"]
@@ -173,8 +110,8 @@ class NumpyBackend(Backend):
         e = self._epoch or {"loss": 0.0, "correct": 0, "count": 0}
         return EpochStats(float(e["loss"]), int(e["correct"]), int(e["count"]))
 
-    def predict(self, split: str, batch_size: int) -> np.ndarray:
-        net = self._need_net()
+    def _predict(self, split: str, batch_size: int) -> np.ndarray:
+        net = self.net
         if split not in self.data:
             raise UsageError(f"no data for split '{split}': call set_data first")
         x, _ = self.data[split]

@@ -36,25 +36,25 @@ class Optimizer:
         self.eps = eps
         self.step_count = 0
         self.state: dict[str, object] = {}  # "<param>.<buffer>" -> xp array
+        self._scratch: dict[str, tuple[object, object]] = {}  # two work arrays per parameter, reused every step
 
     def step(self, params: dict, grads: dict, lr: float, momentum: float) -> None:
         self.step_count += 1
-        wd = self.wd
         for name, p in params.items():
             f_lr, f_wd = self.scales.get(name, (1.0, 1.0))
-            self.wd = wd * f_wd
-            try:
-                if self.name == "sgd":
-                    self._sgd(name, p, grads[name], lr * f_lr, momentum)
-                else:
-                    self._adam(name, p, grads[name], lr * f_lr, momentum)
-            finally:
-                self.wd = wd
+            work = self._scratch.get(name)
+            if work is None or work[0].shape != p.shape:
+                xp = array_module(p)
+                work = self._scratch[name] = (xp.empty_like(p), xp.empty_like(p))
+            update = self._sgd if self.name == "sgd" else self._adam
+            update(name, p, grads[name], lr * f_lr, momentum, self.wd * f_wd, *work)
 
-    def _sgd(self, name, p, g, lr, momentum):
+    def _sgd(self, name, p, g, lr, momentum, wd, s1, s2):
         xp = array_module(p)
-        if self.wd:
-            g = g + self.wd * p
+        if wd:  # g + wd * p, into s1 (the caller's gradient is left alone)
+            xp.multiply(p, wd, out=s1)
+            s1 += g
+            g = s1
         if momentum:
             key = f"{name}.momentum_buffer"
             buf = self.state.get(key)
@@ -63,23 +63,40 @@ class Optimizer:
             else:
                 buf *= momentum
                 buf += g
-            g = g + momentum * buf if self.nesterov else buf
-        p -= lr * g
+            if self.nesterov:  # g + momentum * buf, into s2
+                xp.multiply(buf, momentum, out=s2)
+                s2 += g
+                g = s2
+            else:
+                g = buf
+        xp.multiply(g, lr, out=s2)
+        p -= s2
 
-    def _adam(self, name, p, g, lr, beta1):
+    def _adam(self, name, p, g, lr, beta1, wd, s1, s2):
         xp = array_module(p)
-        if self.wd and self.name == "adam":
-            g = g + self.wd * p
-        if self.wd and self.name == "adamw":
-            p *= 1.0 - lr * self.wd
-        m = self.state.setdefault(f"{name}.exp_avg", xp.zeros_like(p))
-        v = self.state.setdefault(f"{name}.exp_avg_sq", xp.zeros_like(p))
+        if wd and self.name == "adam":  # g + wd * p, into s2 (free again once m and v are updated)
+            xp.multiply(p, wd, out=s2)
+            s2 += g
+            g = s2
+        if wd and self.name == "adamw":
+            p *= 1.0 - lr * wd
+        m = self.state.get(f"{name}.exp_avg")
+        if m is None:
+            m = self.state[f"{name}.exp_avg"] = xp.zeros_like(p)
+        v = self.state.get(f"{name}.exp_avg_sq")
+        if v is None:
+            v = self.state[f"{name}.exp_avg_sq"] = xp.zeros_like(p)
         m *= beta1
-        m += (1.0 - beta1) * g
+        xp.multiply(g, 1.0 - beta1, out=s1)
+        m += s1
         v *= self.beta2
-        v += (1.0 - self.beta2) * (g * g)
+        xp.multiply(g, g, out=s1)
+        s1 *= 1.0 - self.beta2
+        v += s1
         t = self.step_count
-        denom = xp.sqrt(v)
-        denom *= 1.0 / math.sqrt(1.0 - self.beta2**t)
-        denom += self.eps
-        p -= (lr / (1.0 - beta1**t)) * m / denom
+        xp.sqrt(v, out=s1)  # the denominator
+        s1 *= 1.0 / math.sqrt(1.0 - self.beta2**t)
+        s1 += self.eps
+        xp.multiply(m, lr / (1.0 - beta1**t), out=s2)
+        s2 /= s1
+        p -= s2

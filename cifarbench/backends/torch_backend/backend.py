@@ -13,11 +13,11 @@ import torch.nn.functional as F
 
 from cifarbench.backends.base import Backend, EpochStats, OptimConfig, TrainOptions
 from cifarbench.backends.torch_backend.data import DeviceData
-from cifarbench.backends.torch_backend.net import IGNORED_SUFFIXES, Dropper, SpecNet, canonical_tensors
+from cifarbench.backends.torch_backend.net import Dropper, SpecNet, canonical_tensors
 from cifarbench.backends.torch_backend.optim import export_state, import_state, make_optimizer, set_hyper
-from cifarbench.errors import BackendUnavailable, CheckpointError, UsageError
+from cifarbench.errors import UsageError
 from cifarbench.models import tv
-from cifarbench.models.spec import Group, ModelSpec, Residual, iter_layers
+from cifarbench.models.spec import ModelSpec
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # channels_last pays off with cuDNN tensor cores, and oneDNN on the CPU skips its layout reorders
@@ -46,6 +46,7 @@ class TorchBackend(Backend):
     name = "torch"
     devices = ("cuda", "mps", "cpu")
     supported_precisions = ("fp32", "bf16", "fp16")
+    trains_on_ranks = True
 
     @classmethod
     def probe(cls) -> dict[str, str | None]:
@@ -54,17 +55,20 @@ class TorchBackend(Backend):
             cuda = "torch.cuda.is_available() is False: no NVIDIA GPU/driver or a CPU-only torch build"
         return {"cuda": cuda, "mps": _mps_reason(), "cpu": None}
 
+    @classmethod
+    def for_rank(cls, env, device: str, options: TrainOptions, seed: int) -> "TorchBackend":
+        from cifarbench.backends.torch_backend.distributed import DistributedTorchBackend
+
+        return DistributedTorchBackend(device, options, seed, env)
+
+    @classmethod
+    def check_usable(cls, device: str, precision: str) -> None:
+        super().check_usable(device, precision)
+        if precision == "fp16" and device == "cpu":
+            raise UsageError("--precision fp16 needs a GPU (cuda or mps); on the CPU use bf16 or fp32")
+
     def __init__(self, device: str, options: TrainOptions, seed: int = 0):
         super().__init__(device, options, seed)
-        if device not in self.devices:
-            raise UsageError(f"backend 'torch' has no device '{device}'; valid: {', '.join(self.devices)}")
-        reason = self.probe()[device]
-        if reason is not None:
-            raise BackendUnavailable(f"torch device '{device}' is not available: {reason}")
-        if options.precision not in AMP_DTYPES:
-            raise UsageError(f"unknown precision '{options.precision}'; valid: {', '.join(AMP_DTYPES)}")
-        if options.precision == "fp16" and device == "cpu":
-            raise UsageError("--precision fp16 needs a GPU (cuda or mps); on the CPU use bf16 or fp32")
         self._dev = torch.device(device)
         self._amp_dtype = AMP_DTYPES[options.precision]
         extra = dict(options.extra)
@@ -86,12 +90,10 @@ class TorchBackend(Backend):
         self._dropper = Dropper(self._dev, use_global_rng=self._compile)
         self._dropper.seed(seed)
         self._data = DeviceData(self._dev, options, self._channels_last)
-        self._spec: ModelSpec | None = None
         self._net: SpecNet | None = None
         self._call = None  # the (maybe compiled) module used on the fast paths
         self._tensors: dict[str, torch.Tensor] = {}
         self._optimizer: torch.optim.Optimizer | None = None
-        self._opt_name = "sgd"
         self._scaler = None
         self._steps = 0
         self._reset_stats()
@@ -113,8 +115,7 @@ class TorchBackend(Backend):
         return out.clone() if self._cudagraphs else out
 
     def _require_model(self) -> SpecNet:
-        if self._net is None:
-            raise UsageError("build() must be called before using the model")
+        self._need_model()
         return self._net
 
     def _set_mode(self, train: bool) -> None:
@@ -128,55 +129,33 @@ class TorchBackend(Backend):
         self._count = 0
 
     # ----- model -----------------------------------------------------------------------
-    def build(self, spec: ModelSpec, state: dict[str, np.ndarray]) -> None:
+    def _build(self, spec: ModelSpec) -> None:
         net = (spec.build_module() if tv.is_tv_spec(spec) else SpecNet(spec, self._dropper)).to(self._dev)
         # torchvision's nn.Dropout/StochasticDepth draw from the global RNG: reseed it per epoch
         self._dropper.use_global_rng = self._compile or tv.is_tv_spec(spec)
         if self._channels_last:
             net = net.to(memory_format=torch.channels_last)
-        self._spec, self._net = spec, net
+        self._net = net
         self._tensors = canonical_tensors(net)
         self._names = list(spec.param_shapes()) + list(spec.buffer_shapes())
         assert set(self._tensors) == set(self._names), "builder and spec disagree on tensor names"
-        self.load_state_dict(state)
         self._call = torch.compile(net, mode=self._compile_mode) if self._compile else net
         self._optimizer = None
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        self._require_model()
-        return {name: _to_numpy(self._tensors[name]) for name in self._names}
+    def _get_tensors(self) -> dict[str, np.ndarray]:
+        return {name: _to_numpy(t) for name, t in self._tensors.items()}
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        self._require_model()
-        given = {k for k in state if not k.endswith(IGNORED_SUFFIXES)}
-        missing = [k for k in self._names if k not in given]
-        extra = sorted(given - set(self._names))
-        if missing or extra:
-            what = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
-            counts = f"{len(missing)} missing, {len(extra)} unexpected"
-            raise CheckpointError(f"weights do not fit model '{self._spec.name}': {what} ({counts})")
+    def _set_tensors(self, tensors: dict[str, np.ndarray]) -> None:
         with torch.no_grad():
-            for name in self._names:
-                target = self._tensors[name]
-                arr = np.asarray(state[name], dtype=np.float32)
-                if tuple(arr.shape) != tuple(target.shape):
-                    raise CheckpointError(f"{name}: shape {arr.shape} does not fit the model's {tuple(target.shape)}")
-                target.copy_(torch.from_numpy(arr))
+            for name, arr in tensors.items():
+                self._tensors[name].copy_(torch.from_numpy(arr))
 
     def capture_points(self) -> list[str]:
-        spec = self._spec
-        if tv.is_tv_spec(spec):
-            return list(spec.points)
-        return [] if spec is None else [l.name for l in iter_layers(spec.layers) if isinstance(l, (Group, Residual))]
+        return list(self.spec.points) if tv.is_tv_spec(self.spec) else super().capture_points()
 
-    def forward(
-        self, x: np.ndarray, train: bool = False, capture: Sequence[str] = (), dropout: bool = True
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        net = self._require_model()
-        unknown = [c for c in capture if c not in self.capture_points()]
-        if unknown:
-            raise UsageError(f"unknown capture point '{unknown[0]}'; valid: {', '.join(self.capture_points())}")
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self._dev)
+    def _forward(self, x: np.ndarray, train: bool, capture: tuple[str, ...], dropout: bool):
+        net = self._net
+        xt = torch.from_numpy(x).to(self._dev)
         if self._channels_last:
             xt = xt.contiguous(memory_format=torch.channels_last)
         self._set_mode(train)
@@ -184,33 +163,28 @@ class TorchBackend(Backend):
         self._dropper.enabled = dropout
         try:
             with torch.no_grad(), self._autocast():
-                logits = tv.forward_capturing(net, xt, capture, store) if tv.is_tv_spec(self._spec) else net(xt, store)
+                logits = tv.forward_capturing(net, xt, capture, store) if tv.is_tv_spec(self.spec) else net(xt, store)
         finally:
             self._dropper.enabled = True
         caps = {name: _to_numpy(store[name]) for name in capture} if store is not None else {}
         return _to_numpy(logits), caps
 
     # ----- optimizer -------------------------------------------------------------------
-    def configure_optimizer(self, opt: OptimConfig) -> None:
-        self._require_model()
-        params = [self._tensors[name] for name in self._spec.param_shapes()]
-        self._optimizer = make_optimizer(params, opt, self._dev, names=list(self._spec.param_shapes()))
-        self._opt_name = opt.name
-        self._param_names = {p: name for name, p in zip(self._spec.param_shapes(), params)}
-        self._params_by_name = dict(zip(self._spec.param_shapes(), params))
+    def _configure_optimizer(self, opt: OptimConfig) -> None:
+        names = list(self.spec.param_shapes())
+        params = [self._tensors[name] for name in names]
+        self._optimizer = make_optimizer(params, opt, self._dev, names=names)
+        self._param_names = {p: name for name, p in zip(names, params)}
+        self._params_by_name = dict(zip(names, params))
         self._scaler = torch.amp.GradScaler(self._dev.type) if self._amp_dtype == torch.float16 else None
         self._steps = 0
 
-    def _require_optimizer(self) -> torch.optim.Optimizer:
-        if self._optimizer is None:
-            raise UsageError("configure_optimizer() must be called before training")
-        return self._optimizer
+    def _get_optimizer_state(self) -> tuple[dict[str, np.ndarray], int]:
+        return export_state(self._optimizer, self.opt.name, self._param_names, self._steps)
 
-    def optimizer_state(self) -> dict[str, np.ndarray]:
-        return export_state(self._require_optimizer(), self._opt_name, self._param_names, self._steps)
-
-    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        self._steps = import_state(self._require_optimizer(), self._opt_name, self._params_by_name, state)
+    def _set_optimizer_state(self, slots: dict[str, np.ndarray], step: int) -> None:
+        import_state(self._optimizer, self.opt.name, self._params_by_name, slots, step)
+        self._steps = step
 
     # ----- data and steps --------------------------------------------------------------
     def set_data(self, split: str, x: np.ndarray, y: np.ndarray) -> None:
@@ -232,10 +206,11 @@ class TorchBackend(Backend):
         return logits, loss, loss.detach() * x.shape[0]
 
     def train_step(self, start: int, stop: int, lr: float, momentum: float) -> None:
-        optimizer = self._require_optimizer()
+        self._need_optimizer()
+        optimizer = self._optimizer
         lo, hi = self._rows(start, stop)
         x, y = self._data.train_batch(lo, hi)
-        set_hyper(optimizer, self._opt_name, lr, momentum)
+        set_hyper(optimizer, self.opt.name, lr, momentum)
         self._set_mode(True)
         optimizer.zero_grad(set_to_none=True)
         self._mark_step()
@@ -260,10 +235,7 @@ class TorchBackend(Backend):
         self._reset_stats()
         return stats
 
-    def predict(self, split: str, batch_size: int) -> np.ndarray:
-        self._require_model()
-        if batch_size < 1:
-            raise UsageError(f"batch size must be positive, got {batch_size}")
+    def _predict(self, split: str, batch_size: int) -> np.ndarray:
         n = self._data.size(split)
         self._set_mode(False)
         outs = []
@@ -271,7 +243,7 @@ class TorchBackend(Backend):
             for start in range(0, n, batch_size):
                 outs.append(self._eval_call(self._data.eval_batch(split, start, start + batch_size)))
         if not outs:
-            return np.zeros((0, self._spec.num_classes), np.float32)
+            return np.zeros((0, self.spec.num_classes), np.float32)
         return _to_numpy(torch.cat(outs))
 
     def lookahead(self, decay: float | None) -> None:

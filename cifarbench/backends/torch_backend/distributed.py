@@ -27,7 +27,7 @@ from torch import nn
 
 from cifarbench.backends.base import EpochStats, TrainOptions
 from cifarbench.backends.torch_backend.backend import TorchBackend
-from cifarbench.engine.distributed import DistEnv, shard
+from cifarbench.backends.ranks import DistEnv, shard
 from cifarbench.errors import BackendUnavailable, UsageError
 from cifarbench.models.spec import ModelSpec
 
@@ -112,7 +112,7 @@ class DistributedTorchBackend(TorchBackend):
 
     def average_buffers(self) -> None:
         """Make the ranks' BN running statistics one set (their mean), in one all-reduce."""
-        bufs = [self._tensors[n] for n in self._spec.buffer_shapes() if self._tensors[n].is_floating_point()]
+        bufs = [self._tensors[n] for n in self.spec.buffer_shapes() if self._tensors[n].is_floating_point()]
         if not bufs:
             return
         flat = torch.cat([b.detach().reshape(-1).float() for b in bufs])
@@ -125,14 +125,11 @@ class DistributedTorchBackend(TorchBackend):
                 offset += b.numel()
 
     # ----- evaluation ------------------------------------------------------------------
-    def predict(self, split: str, batch_size: int) -> np.ndarray:
+    def _predict(self, split: str, batch_size: int) -> np.ndarray:
         """Each rank predicts its contiguous share of the split; all ranks return all logits."""
-        self._require_model()
-        if batch_size < 1:
-            raise UsageError(f"batch size must be positive, got {batch_size}")
         n = self._data.size(split)
         lo, hi = shard(0, n, self._rank, self._world)
-        rows, classes = -(-n // self._world), self._spec.num_classes
+        rows, classes = -(-n // self._world), self.spec.num_classes
         local = torch.zeros((rows, classes), dtype=torch.float32, device=self._dev)
         self._set_mode(False)
         with torch.inference_mode(), self._autocast():

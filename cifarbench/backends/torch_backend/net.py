@@ -24,6 +24,7 @@ from cifarbench.models.spec import (
     Flatten,
     GlobalAvgPool,
     Group,
+    NOT_CANONICAL_SUFFIXES,
     Layer,
     Linear,
     MaxPool,
@@ -33,9 +34,6 @@ from cifarbench.models.spec import (
     Scale,
     iter_param_layers,
 )
-
-# Buffers torch keeps that the canonical format does not (BN counts only matter when momentum=None).
-IGNORED_SUFFIXES = (".num_batches_tracked",)
 
 
 def _make_module(layer: Conv | BatchNorm | Linear) -> nn.Module:
@@ -163,6 +161,6 @@ def canonical_tensors(net: nn.Module) -> dict[str, torch.Tensor]:
     """Canonical name -> the live parameter/buffer tensor (BN batch counters left out)."""
     out: dict[str, torch.Tensor] = dict(net.named_parameters())
     for name, buf in net.named_buffers():
-        if not name.endswith(IGNORED_SUFFIXES):
+        if not name.endswith(NOT_CANONICAL_SUFFIXES):
             out[name] = buf
     return out

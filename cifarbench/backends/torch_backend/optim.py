@@ -5,10 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cifarbench.backends.base import OptimConfig
-from cifarbench.errors import CheckpointError, UsageError
-
-STATE_KEYS = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq"), "adamw": ("exp_avg", "exp_avg_sq")}
+from cifarbench.backends.base import OPT_SLOTS, OptimConfig
 
 
 def _groups(params: list[torch.Tensor], names: list[str] | None, opt: OptimConfig):
@@ -35,9 +32,7 @@ def make_optimizer(
             params, lr=0.0, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay, foreach=foreach,
             fused=fused,
         )
-    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(opt.name)
-    if cls is None:
-        raise UsageError(f"unknown optimizer '{opt.name}'; valid: adam, adamw, sgd")
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[opt.name]  # the name is checked by Backend
     return cls(params, lr=0.0, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay, foreach=foreach,
                fused=fused)
 
@@ -57,49 +52,33 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
 
 def export_state(
     optimizer: torch.optim.Optimizer, name: str, names: dict[torch.Tensor, str], steps: int
-) -> dict[str, np.ndarray]:
-    """Canonical optimizer state; ``steps`` counts optimizer steps (torch's SGD keeps no counter of its own)."""
+) -> tuple[dict[str, np.ndarray], int]:
+    """(slots by canonical key, step count); ``steps`` counts optimizer steps (torch's SGD keeps no counter)."""
     out: dict[str, np.ndarray] = {}
     for param, state in optimizer.state.items():
         if "step" in state:  # Adam's own count: it skips steps a GradScaler found inf in
             steps = int(float(state["step"]))
-        for key in STATE_KEYS[name]:
+        for key in OPT_SLOTS[name]:
             value = state.get(key)
             if value is not None:
                 out[f"{names[param]}.{key}"] = _to_numpy(value)
-    out["step"] = np.asarray(float(steps), dtype=np.float32)
-    return out
+    return out, steps
 
 
 def import_state(
-    optimizer: torch.optim.Optimizer, name: str, params: dict[str, torch.Tensor], state: dict[str, np.ndarray]
-) -> int:
-    """Load canonical state into torch's per-parameter dicts; returns the step count."""
-    if "step" not in state:
-        raise CheckpointError("optimizer state has no 'step' entry")
-    steps = int(round(float(np.asarray(state["step"]))))
-    keys = STATE_KEYS[name]
-    expected = {f"{p}.{k}" for p in params for k in keys}
-    unknown = sorted(set(state) - expected - {"step"})
-    if unknown:
-        raise CheckpointError(f"optimizer state does not fit a {name} optimizer for this model: has {unknown[0]!r}")
+    optimizer: torch.optim.Optimizer, name: str, params: dict[str, torch.Tensor], slots: dict[str, np.ndarray],
+    steps: int,
+) -> None:
+    """Load validated canonical slots into torch's per-parameter dicts (absent: not stepped yet)."""
     optimizer.state.clear()
+    fused = any(g.get("fused") or g.get("capturable") for g in optimizer.param_groups)
     for pname, param in params.items():
-        present = [k for k in keys if f"{pname}.{k}" in state]
-        if not present:
+        if f"{pname}.{OPT_SLOTS[name][0]}" not in slots:
             continue
-        if len(present) != len(keys):
-            raise CheckpointError(f"optimizer state for {pname} is incomplete: has {present}, needs {list(keys)}")
-        entry: dict[str, torch.Tensor] = {}
-        for key in keys:
-            arr = np.asarray(state[f"{pname}.{key}"], dtype=np.float32)
-            if tuple(arr.shape) != tuple(param.shape):
-                raise CheckpointError(f"{pname}.{key}: shape {arr.shape} does not match parameter {tuple(param.shape)}")
-            # empty_like keeps the parameter's memory format (channels_last) for the buffer
-            entry[key] = torch.empty_like(param, memory_format=torch.preserve_format).copy_(torch.from_numpy(arr))
+        # empty_like keeps the parameter's memory format (channels_last) for the buffer
+        entry = {key: torch.empty_like(param, memory_format=torch.preserve_format).copy_(
+            torch.from_numpy(slots[f"{pname}.{key}"])) for key in OPT_SLOTS[name]}
         if name != "sgd":
             # torch keeps Adam's step as a float32 CPU tensor unless capturable/fused
-            fused = any(g.get("fused") or g.get("capturable") for g in optimizer.param_groups)
             entry["step"] = torch.tensor(float(steps), dtype=torch.float32, device=param.device if fused else "cpu")
         optimizer.state[param] = entry
-    return steps

@@ -1,4 +1,5 @@
 """Every registered architecture; importing this package registers them all."""
 
-from cifarbench.models.zoo import cifar_resnet, cnn, cvet, definfo, lenet, menz, resnet  # noqa: F401
+# modules are named for what a model is; each registers its models under their public names
+from cifarbench.models.zoo import cifar_resnet, cnn, cnn5x5, cnn_leaky, lenet, resnet, simplecnn  # noqa: F401
 from cifarbench.models.zoo import speedrun  # noqa: F401

@@ -73,6 +73,6 @@ def resnet110(in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
     origin="definfo/cnn-cifar-10",
 )
 def resnet32_definfo(in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
-    # definfo's BN normalises over the wrong axis and keeps no running statistics (ANALYSIS.md
-    # 4.3); this is the layout it meant, with per-channel BN.
+    # definfo's BN normalises over the wrong axis and keeps no running statistics; this is the
+    # layout it meant, with per-channel BN.
     return cifar_resnet("resnet32-definfo", 5, in_channels, image_size, num_classes, bias=True, dropout=0.3)

@@ -1,6 +1,6 @@
 """definfo/cnn-cifar-10's SimpleCNN: two valid 3x3 convs, three linear layers, no BN, no dropout.
 
-(Its README mentions batch norm and dropout; its forward pass has neither, ANALYSIS.md 4.3.)
+(Its README mentions batch norm and dropout; its forward pass has neither.)
 The original ends in softmax; the spec yields the logits before it.
 """
 

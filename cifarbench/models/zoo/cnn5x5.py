@@ -1,6 +1,6 @@
 """mikecvet/cnn's CNN: three 5x5 'same' convs (20/50/100 channels) and three linear layers.
 
-The original's head is kept as written in ``cvet-cnn`` (ANALYSIS.md 3.3): linear1 -> Dropout ->
+The original's head is kept as written in ``cvet-cnn``: linear1 -> Dropout ->
 ReLU; linear2 -> Dropout with no activation; linear3 -> Dropout on the logits. Dropout on the
 logits makes train-mode accuracy meaningless and the missing activation makes linear2/linear3
 one linear map, so ``cvet-cnn-fixed`` offers the repaired head with the same parameters.

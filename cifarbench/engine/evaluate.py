@@ -1,0 +1,43 @@
+"""Evaluate a checkpoint on any backend: accuracy, loss, per-class table and confusion matrix."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+from cifarbench.checkpoint import check_compatible, load_checkpoint
+from cifarbench.engine.metrics import evaluate_logits
+from cifarbench.engine.session import eval_backend
+from cifarbench.models import create_spec
+
+
+def evaluate_checkpoint(checkpoint: str, dataset: Optional[str], data_dir: Optional[str], backend: str,
+                        device: Optional[str], batch_size: int, threads: Optional[int] = None,
+                        warn: Callable[[str], None] = lambda _msg: None) -> dict:
+    """Load a checkpoint on any backend and evaluate it on its (or another) data set's test split."""
+    from cifarbench.backends import resolve
+    from cifarbench.data import load_dataset
+    from cifarbench.models.registry import check_runs_on
+
+    ck = load_checkpoint(checkpoint)
+    meta = ck.meta
+    check_runs_on(meta["model"], resolve(backend, device)[0])  # before the data set loads
+    ds_name = dataset or meta.get("dataset", "cifar10")
+    ds = load_dataset(ds_name, data_dir)
+    for w in getattr(ds, "warnings", []) or []:
+        warn(w)
+    spec = create_spec(meta["model"], ds.channels, ds.image_size, ds.num_classes)
+    check_compatible(ck.state, spec, f"checkpoint {checkpoint} (model {meta['model']}, {meta['num_classes']} classes)")
+    be = eval_backend(backend, device, spec, ck.state, meta.get("mean", ds.mean()), meta.get("std", ds.std()),
+                      threads=threads)
+    be.set_data("test", ds.x_test, ds.y_test)
+    t0 = time.perf_counter()
+    logits = be.predict("test", batch_size)
+    seconds = time.perf_counter() - t0
+    result = evaluate_logits(logits, ds.y_test, ds.class_names)
+    result.update(
+        checkpoint=str(checkpoint), model=meta["model"], dataset=ds_name, backend=be.name, device=be.device,
+        device_name=be.describe(), class_names=list(ds.class_names), test_time_s=seconds,
+        trained_on=meta.get("backend"), total_parameters=spec.num_params(),
+    )
+    return result
