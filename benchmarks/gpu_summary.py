@@ -10,7 +10,6 @@ part that did not run is listed with its reason. Standard library only.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import re
 import statistics

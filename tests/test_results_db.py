@@ -4,7 +4,6 @@ deduplication, and kills at each write point. Runs on SQLite, and on PostgreSQL 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys

@@ -143,9 +143,11 @@ def run_case(case: Case, cfg: RunConfig, data: BenchData, win: Windows, clock: C
 
 def _cost(spec: Any) -> dict[str, Any]:
     """Forward MACs and training FLOPs per image (cifarbench.models.summary's convention); None for tv: models."""
-    if tv.is_tv_spec(spec):
-        return {"forward_macs": None, "train_flops_per_image": None}
     from cifarbench.models.summary import summarize
+    from cifarbench.models.tv import is_tv_spec
+
+    if is_tv_spec(spec):  # a torchvision module, not layers of ours: nothing to count from
+        return {"forward_macs": None, "train_flops_per_image": None}
 
     s = summarize(spec)
     return {"forward_macs": s.macs, "train_flops_per_image": s.train_flops_per_image}

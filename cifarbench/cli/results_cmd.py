@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from cifarbench.cli._console import err_console, info, out_console, print_json, print_wide, warn
+from cifarbench.cli._console import err_console, info, print_json, print_wide, warn
 from cifarbench.errors import UsageError
 
 results_app = typer.Typer(help="The results database: list, show, compare, export and import results.",

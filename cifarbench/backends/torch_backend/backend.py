@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import platform
 import sys
-from typing import Sequence
 
 import numpy as np
 import torch
