@@ -18,7 +18,8 @@ from cifarbench.data import (
     split_validation,
     verify_dataset,
 )
-from cifarbench.data import augment, cache, formats, testing
+from cifarbench.data import augment, cache, formats
+import data_fixtures as testing
 from cifarbench.errors import DataError, UsageError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

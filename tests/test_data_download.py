@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifarbench.data import download_dataset, load_dataset, testing, verify_dataset
+import data_fixtures as testing
+from cifarbench.data import download_dataset, load_dataset, verify_dataset
 from cifarbench.data import fetch as fetch_mod
 from cifarbench.data.fetch import md5_file, safe_extract
 from cifarbench.errors import DataError
