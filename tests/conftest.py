@@ -25,6 +25,18 @@ def _private_parse_cache(tmp_path_factory):
         os.environ["CIFARBENCH_CACHE"] = old
 
 
+def invoke(args, env=None):
+    """Run the CLI in-process: no traceback may reach the output, and any exception is a clean exit."""
+    from typer.testing import CliRunner
+
+    from cifarbench.cli import app
+
+    res = CliRunner().invoke(app, args, env=env)
+    assert "Traceback" not in res.output
+    assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit), res.exception
+    return res
+
+
 def tree_state(folder: Path) -> dict[str, tuple[int, int, int]]:
     """Every entry under ``folder`` with its size, mtime and mode: equal before and after means untouched."""
     return {str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns, p.lstat().st_mode)

@@ -6,20 +6,10 @@ import socket
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from cifarbench.checkpoint import model_metadata, save_checkpoint
-from cifarbench.cli import app
 from cifarbench.models import create_spec, init_params
-
-runner = CliRunner()
-
-
-def invoke(args, env=None):
-    res = runner.invoke(app, args, env=env)
-    assert "Traceback" not in res.output
-    assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit), res.exception
-    return res
+from conftest import invoke
 
 
 def test_unknown_names_list_valid_ones(tiny_npz):
@@ -87,7 +77,11 @@ def test_checkpoint_for_other_class_count(tmp_path, tiny_npz):
 
 
 def test_debug_shows_traceback(tiny_npz):
-    res = runner.invoke(app, ["--debug", "train", "nosuchnet", "--dataset", tiny_npz])
+    from typer.testing import CliRunner
+
+    from cifarbench.cli import app
+
+    res = CliRunner().invoke(app, ["--debug", "train", "nosuchnet", "--dataset", tiny_npz])
     assert res.exit_code != 0 and res.exception is not None and not isinstance(res.exception, SystemExit)
 
 

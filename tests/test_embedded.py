@@ -12,26 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from cifarbench.cli import app
 from cifarbench.data import embedded, load_dataset, verify_dataset
 from cifarbench.data import fetch as fetch_mod
 from cifarbench.data.formats import read_idx
 from cifarbench.errors import DataError
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, invoke
 
 ROOT = Path(__file__).resolve().parents[1]
 # The official files: ../shared/data/mnist next to the checkout, or where $CIFARBENCH_SHARED_DATA points.
 MNIST_DIR = Path(os.environ.get("CIFARBENCH_SHARED_DATA", SHARED_DATA)) / "mnist"
-runner = CliRunner()
-
-
-def invoke(args, env=None):
-    res = runner.invoke(app, args, env=env)
-    assert "Traceback" not in res.output
-    assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit), res.exception
-    return res
 
 
 # ----- the shipped file -------------------------------------------------------------------------------------

@@ -23,14 +23,19 @@ CACHE_VERSION = 1
 CACHE_ENV = "CIFARBENCH_CACHE"
 
 
-def cache_root() -> Path:
-    """$CIFARBENCH_CACHE, else the user cache directory (e.g. ~/.cache/cifarbench)."""
-    env = os.environ.get(CACHE_ENV)
+def env_or_user_cache(env_var: str) -> Path:
+    """The folder ``$env_var`` names, else the user cache directory (e.g. ~/.cache/cifarbench)."""
+    env = os.environ.get(env_var)
     if env:
         return Path(env).expanduser()
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("cifarbench"))
+
+
+def cache_root() -> Path:
+    """$CIFARBENCH_CACHE, else the user cache directory."""
+    return env_or_user_cache(CACHE_ENV)
 
 
 def location(folder: Path, key: str) -> Path:

@@ -8,7 +8,6 @@ cannot be parsed is refused with a DataError naming it.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -24,12 +23,7 @@ DATA_ENV = "CIFARBENCH_DATA"
 
 def default_data_dir() -> Path:
     """$CIFARBENCH_DATA, else the user cache dir (e.g. ~/.cache/cifarbench). --data-dir beats both."""
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("cifarbench"))
+    return cache.env_or_user_cache(DATA_ENV)
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
