@@ -25,7 +25,7 @@ def main() -> None:
         real = store._insert_result
 
         def dying(conn, rec, recorded):
-            out = real(conn, rec, recorded)
+            real(conn, rec, recorded)
             os._exit(9)  # killed mid-transaction: the row above is written but not committed
         store._insert_result = dying
     doc = json.loads(Path(template).read_text())
