@@ -133,7 +133,7 @@ def test_cli_without_torchvision(tmp_path):
     assert res.exit_code == 2 and "needs the torchvision extra" in res.output
     res = CliRunner().invoke(app, ["models", "--json"])
     listed = json.loads(res.stdout)
-    assert listed["torchvision"] is None and tv.INSTALL_HINT in listed["torchvision_note"]
+    assert listed["namespaces"]["tv:"]["models"] is None and tv.INSTALL_HINT in listed["namespaces"]["tv:"]["note"]
 
 
 # ----- with the real torchvision ------------------------------------------------------------
@@ -201,5 +201,5 @@ def test_train_test_and_checkpoint_of_tv_resnet18(tmp_path):
     res = CliRunner().invoke(app, ["test", str(out), "--backend", "numpy"])
     assert res.exit_code == 2 and "runs on the torch backend only" in res.output
     res = run("models", "--json")
-    assert "tv:resnet18" in json.loads(res.stdout)["torchvision"]
+    assert "tv:resnet18" in json.loads(res.stdout)["namespaces"]["tv:"]["models"]
 

@@ -143,10 +143,10 @@ def run_case(case: Case, cfg: RunConfig, data: BenchData, win: Windows, clock: C
 
 def _cost(spec: Any) -> dict[str, Any]:
     """Forward MACs and training FLOPs per image (cifarbench.models.summary's convention); None for tv: models."""
+    from cifarbench.models.spec import ModuleSpec
     from cifarbench.models.summary import summarize
-    from cifarbench.models.tv import is_tv_spec
 
-    if is_tv_spec(spec):  # a torchvision module, not layers of ours: nothing to count from
+    if isinstance(spec, ModuleSpec):  # another library's module, not layers of ours: nothing to count from
         return {"forward_macs": None, "train_flops_per_image": None}
 
     s = summarize(spec)

@@ -41,9 +41,12 @@ def models(
     for entry in list_models():
         spec = create_spec(entry.name, ch, size, classes)
         rows.append({"name": entry.name, "params": spec.num_params(), "description": entry.description, "origin": entry.origin})
-    tv_names, tv_note = _torchvision_models()
+    from cifarbench.models.registry import NAMESPACES
+
+    spaces = {ns.prefix: ns.listing() for ns in NAMESPACES}  # prefix -> (names or None, note)
     if json_out:
-        print_json({"dataset": dataset, "models": rows, "torchvision": tv_names, "torchvision_note": tv_note})
+        print_json({"dataset": dataset, "models": rows,
+                    "namespaces": {p: {"models": names, "note": note} for p, (names, note) in spaces.items()}})
         return
     from rich.table import Table
 
@@ -51,22 +54,10 @@ def models(
     for r in rows:
         table.add_row(r["name"], f"{r['params']:,}", r["description"], r["origin"])
     out_console.print(table)
-    out_console.print(tv_note, highlight=False, markup=False)
-    if tv_names:
-        out_console.print(", ".join(tv_names), highlight=False, markup=False)
-
-
-def _torchvision_models() -> tuple[list[str] | None, str]:
-    """The tv: names (None without torchvision) and a one-line note on what they are or how to get them."""
-    from cifarbench.errors import UsageError
-    from cifarbench.models import tv
-
-    try:
-        names = [tv.PREFIX + n for n in tv.list_torchvision_models()]
-    except UsageError:
-        return None, f"torchvision models (tv:NAME, torch backend only): install them with {tv.INSTALL_HINT}"
-    return names, (f"{len(names)} torchvision models, torch backend only (3x3 stride-1 stem, no stem max-pool, "
-                   "new head; models needing big inputs, e.g. ViT, fail on 32 px):")
+    for names, note in spaces.values():
+        out_console.print(note, highlight=False, markup=False)
+        if names:
+            out_console.print(", ".join(names), highlight=False, markup=False)
 
 
 def backends(json_out: bool = typer.Option(False, "--json")) -> None:

@@ -32,10 +32,11 @@ class Namespace:
     check: Callable[[str], None]  # raises for an unknown or unusable name
     spec: Callable[[str, int, int, int], ModelSpec]
     init: Callable[[ModelSpec, int], dict]
+    listing: Callable[[], tuple[list[str] | None, str]]  # its names (None: not installed) and a one-line note
 
 
 NAMESPACES: tuple[Namespace, ...] = (
-    Namespace(tv.PREFIX, "torch", tv.check_tv_name, tv.torchvision_spec, tv.initial_state),
+    Namespace(tv.PREFIX, "torch", tv.check_tv_name, tv.torchvision_spec, tv.initial_state, tv.listing),
 )
 
 

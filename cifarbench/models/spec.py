@@ -169,6 +169,38 @@ class ModelSpec:
         return total
 
 
+
+@dataclass(frozen=True)
+class ModuleSpec(ModelSpec):
+    """A model that a namespace's own library builds (``tv:NAME``): names, shapes and capture
+    points, no layers of ours. ``requires`` (on its registry namespace) names the one backend that
+    can run it; that backend calls ``build_module`` and ``forward_capturing`` instead of walking
+    layers, and nothing else needs to know which library it is.
+
+    ``params``/``buffers`` are the module's own state_dict names and shapes; ``points`` every
+    capture point ``forward_capturing`` accepts.
+    """
+
+    params: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    buffers: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    points: tuple[str, ...] = ()
+
+    def param_layers(self) -> Iterator[Union[Conv, BatchNorm, Linear]]:
+        return iter(())
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self.params)
+
+    def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self.buffers)
+
+    def build_module(self):  # the library's module, freshly initialised
+        raise NotImplementedError
+
+    def forward_capturing(self, net, x, names, store: dict | None):  # net(x), outputs of ``names`` into store
+        raise NotImplementedError
+
+
 def iter_layers(layers: tuple[Layer, ...]) -> Iterator[Layer]:
     """Every layer of a tree, depth first, containers included."""
     for layer in layers:

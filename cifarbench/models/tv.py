@@ -12,10 +12,10 @@ never needs it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from cifarbench.errors import UsageError, unknown_name
-from cifarbench.models.spec import NOT_CANONICAL_SUFFIXES, ModelSpec
+from cifarbench.models.spec import NOT_CANONICAL_SUFFIXES, ModuleSpec
 
 PREFIX = "tv:"
 INSTALL_HINT = "pip install 'cifarbench[torchvision]'"
@@ -86,7 +86,7 @@ def build_torchvision_model(name: str, in_channels: int, image_size: int, num_cl
 
 
 @dataclass(frozen=True)
-class TorchvisionSpec(ModelSpec):
+class TorchvisionSpec(ModuleSpec):
     """A tv: model seen through the spec interface: names and shapes only, no layers.
 
     ``params``/``buffers`` are the torchvision module's state_dict entries (BN batch counters
@@ -94,25 +94,29 @@ class TorchvisionSpec(ModelSpec):
     ``forward`` accepts (top-level children, and the children of top-level Sequentials).
     """
 
-    params: tuple[tuple[str, tuple[int, ...]], ...] = ()
-    buffers: tuple[tuple[str, tuple[int, ...]], ...] = ()
-    points: tuple[str, ...] = ()
-
-    def param_layers(self) -> Iterator[Any]:
-        return iter(())
-
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return dict(self.params)
-
-    def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
-        return dict(self.buffers)
-
     def build_module(self) -> Any:
         return build_torchvision_model(self.name, self.in_channels, self.image_size, self.num_classes)
 
+    def forward_capturing(self, net: Any, x: Any, names: Any, store: dict | None) -> Any:
+        """``net(x)``; the outputs of the modules ``names`` go into ``store`` (forward hooks)."""
+        if store is None:
+            return net(x)
+        hooks = [net.get_submodule(n).register_forward_hook(lambda _m, _i, o, n=n: store.__setitem__(n, o)) for n in names]
+        try:
+            return net(x)
+        finally:
+            for h in hooks:
+                h.remove()
 
-def is_tv_spec(spec: Any) -> bool:
-    return isinstance(spec, TorchvisionSpec)
+
+def listing() -> tuple[list[str] | None, str]:
+    """The tv: names (None without torchvision) and a one-line note on what they are or how to get them."""
+    try:
+        names = [PREFIX + n for n in list_torchvision_models()]
+    except UsageError:
+        return None, f"torchvision models (tv:NAME, torch backend only): install them with {INSTALL_HINT}"
+    return names, (f"{len(names)} torchvision models, torch backend only (3x3 stride-1 stem, no stem max-pool, "
+                   "new head; models needing big inputs, e.g. ViT, fail on 32 px):")
 
 
 def check_tv_name(model: str) -> None:
@@ -223,15 +227,3 @@ def initial_state(spec: TorchvisionSpec, seed: int = 0) -> dict[str, Any]:
         model = spec.build_module()
     wanted = {**spec.param_shapes(), **spec.buffer_shapes()}
     return {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items() if k in wanted}
-
-
-def forward_capturing(net: Any, x: Any, names: Any, store: dict | None) -> Any:
-    """``net(x)``; the outputs of the modules ``names`` go into ``store`` (forward hooks)."""
-    if store is None:
-        return net(x)
-    hooks = [net.get_submodule(n).register_forward_hook(lambda _m, _i, o, n=n: store.__setitem__(n, o)) for n in names]
-    try:
-        return net(x)
-    finally:
-        for h in hooks:
-            h.remove()

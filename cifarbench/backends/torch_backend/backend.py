@@ -14,8 +14,8 @@ from cifarbench.backends.base import Backend, EpochStats, OptimConfig, TrainOpti
 from cifarbench.backends.torch_backend.data import DeviceData
 from cifarbench.backends.torch_backend.net import Dropper, SpecNet, canonical_tensors
 from cifarbench.backends.torch_backend.optim import export_state, import_state, make_optimizer, set_hyper
+from cifarbench.models.spec import ModuleSpec
 from cifarbench.errors import UsageError
-from cifarbench.models import tv
 from cifarbench.models.spec import ModelSpec
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -129,9 +129,9 @@ class TorchBackend(Backend):
 
     # ----- model -----------------------------------------------------------------------
     def _build(self, spec: ModelSpec) -> None:
-        net = (spec.build_module() if tv.is_tv_spec(spec) else SpecNet(spec, self._dropper)).to(self._dev)
+        net = (spec.build_module() if isinstance(spec, ModuleSpec) else SpecNet(spec, self._dropper)).to(self._dev)
         # torchvision's nn.Dropout/StochasticDepth draw from the global RNG: reseed it per epoch
-        self._dropper.use_global_rng = self._compile or tv.is_tv_spec(spec)
+        self._dropper.use_global_rng = self._compile or isinstance(spec, ModuleSpec)
         if self._channels_last:
             net = net.to(memory_format=torch.channels_last)
         self._net = net
@@ -150,7 +150,7 @@ class TorchBackend(Backend):
                 self._tensors[name].copy_(torch.from_numpy(arr))
 
     def capture_points(self) -> list[str]:
-        return list(self.spec.points) if tv.is_tv_spec(self.spec) else super().capture_points()
+        return list(self.spec.points) if isinstance(self.spec, ModuleSpec) else super().capture_points()
 
     def _forward(self, x: np.ndarray, train: bool, capture: tuple[str, ...], dropout: bool):
         net = self._net
@@ -162,7 +162,7 @@ class TorchBackend(Backend):
         self._dropper.enabled = dropout
         try:
             with torch.no_grad(), self._autocast():
-                logits = tv.forward_capturing(net, xt, capture, store) if tv.is_tv_spec(self.spec) else net(xt, store)
+                logits = self.spec.forward_capturing(net, xt, capture, store) if isinstance(self.spec, ModuleSpec) else net(xt, store)
         finally:
             self._dropper.enabled = True
         caps = {name: _to_numpy(store[name]) for name in capture} if store is not None else {}

@@ -3,8 +3,8 @@
 Parameters live in ordinary nn.Conv2d / nn.BatchNorm2d / nn.Linear modules registered at
 their canonical dotted paths (``layer2.0.conv1`` becomes the child chain layer2 -> 0 -> conv1),
 so ``named_parameters()`` yields canonical names without any renaming table. The forward pass
-walks the spec tree itself (kept as a plain, unregistered plan), which keeps residual wiring,
-capture points and dropout in one small interpreter.
+is ``models/walk.py``'s spec walker (the plan kept plain and unregistered) with this module's op
+table for the leaf layers, so residual wiring and capture points are written once for every backend.
 """
 
 from __future__ import annotations
@@ -23,17 +23,15 @@ from cifarbench.models.spec import (
     GELU,
     Flatten,
     GlobalAvgPool,
-    Group,
     NOT_CANONICAL_SUFFIXES,
-    Layer,
     Linear,
     MaxPool,
     ModelSpec,
     ReLU,
-    Residual,
     Scale,
     iter_param_layers,
 )
+from cifarbench.models.walk import run_layers
 
 
 def _make_module(layer: Conv | BatchNorm | Linear) -> nn.Module:
@@ -106,53 +104,51 @@ class SpecNet(nn.Module):
         self._leaf = {layer.name: self.get_submodule(layer.name) for layer in iter_param_layers(spec.layers)}
 
     def forward(self, x: torch.Tensor, capture: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        return self._run(self._spec_layers, x, capture)
+        return run_layers(self._spec_layers, x, OPS, _Ctx(self, capture))
 
-    def _run(self, layers: tuple[Layer, ...], x: torch.Tensor, capture: dict | None) -> torch.Tensor:
-        for layer in layers:
-            x = self._layer(layer, x, capture)
+
+class _Ctx:
+    """What the op table needs besides the layer: the module (leaves, dropout) and the capture dict."""
+
+    __slots__ = ("net", "capture")
+
+    def __init__(self, net: SpecNet, capture: dict | None):
+        self.net, self.capture = net, capture
+
+    def record(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if self.capture is not None:
+            self.capture[name] = x
         return x
 
-    def _layer(self, layer: Layer, x: torch.Tensor, capture: dict | None) -> torch.Tensor:
-        if isinstance(layer, (Conv, BatchNorm, Linear)):
-            return self._leaf[layer.name](x)
-        if isinstance(layer, Group):
-            x = self._run(layer.layers, x, capture)
-            return _captured(capture, layer.name, x)
-        if isinstance(layer, Residual):
-            short = self._run(layer.shortcut, x, capture) if layer.shortcut else x
-            x = self._run(layer.body, x, capture) + short
-            if layer.relu_after:
-                x = F.relu(x)
-            return _captured(capture, layer.name, x)
-        return _STATELESS[type(layer)](self, layer, x)
+
+def _leaf(layer: Conv | BatchNorm | Linear, x: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
+    return ctx.net._leaf[layer.name](x)
 
 
-def _captured(capture: dict | None, name: str, x: torch.Tensor) -> torch.Tensor:
-    if capture is not None:
-        capture[name] = x
-    return x
-
-
-def _relu(net: SpecNet, layer: ReLU, x: torch.Tensor) -> torch.Tensor:
+def _relu(layer: ReLU, x: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
     return F.leaky_relu(x, layer.slope) if layer.slope > 0 else F.relu(x)
 
 
-def _dropout(net: SpecNet, layer: Dropout, x: torch.Tensor) -> torch.Tensor:
+def _dropout(layer: Dropout, x: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
+    net = ctx.net
     if not (net.training and net._dropper.enabled):
         return x
     return net._dropper(x, layer.p)
 
 
-_STATELESS: dict[type, Callable[[SpecNet, object, torch.Tensor], torch.Tensor]] = {
+# the leaf layers; Group/Residual wiring and capture points are models/walk.py's
+OPS: dict[type, Callable[[object, torch.Tensor, _Ctx], torch.Tensor]] = {
+    Conv: _leaf,
+    BatchNorm: _leaf,
+    Linear: _leaf,
     ReLU: _relu,
-    GELU: lambda net, layer, x: F.gelu(x),
-    Scale: lambda net, layer, x: x * layer.factor,
-    MaxPool: lambda net, layer, x: F.max_pool2d(x, layer.k, layer.stride),
-    AvgPool: lambda net, layer, x: F.avg_pool2d(x, layer.k, layer.stride),
-    GlobalAvgPool: lambda net, layer, x: x.mean(dim=(2, 3)),
+    GELU: lambda layer, x, ctx: F.gelu(x),
+    Scale: lambda layer, x, ctx: x * layer.factor,
+    MaxPool: lambda layer, x, ctx: F.max_pool2d(x, layer.k, layer.stride),
+    AvgPool: lambda layer, x, ctx: F.avg_pool2d(x, layer.k, layer.stride),
+    GlobalAvgPool: lambda layer, x, ctx: x.mean(dim=(2, 3)),
     # reshape follows the logical N, C, H, W order even for channels_last storage
-    Flatten: lambda net, layer, x: x.flatten(1),
+    Flatten: lambda layer, x, ctx: x.flatten(1),
     Dropout: _dropout,
 }
 
