@@ -46,7 +46,7 @@ class RunConfig(BaseModel):
     eval_batch_size: int = Field(1000, ge=1)
     opt: Literal["sgd", "adam", "adamw"] = "adamw"
     lr: float = Field(3e-4, gt=0, description="base lr; the peak lr for onecycle")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (the top momentum when cycling)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (onecycle cycles it: see max_momentum)")
     nesterov: bool = False
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -75,7 +75,11 @@ class RunConfig(BaseModel):
     tta: int = Field(0, ge=0, le=2, description="test-time augmentation of the final test: 0 none, 1 mirror, "
                      "2 mirror + 1-pixel translations")
     cycle_momentum: bool = True
-    base_momentum: float = Field(0.85, ge=0, lt=1)
+    base_momentum: float = Field(0.85, ge=0, lt=1, description="onecycle: the momentum (SGD) or beta1 (Adam/AdamW) at the lr peak")
+    max_momentum: float = Field(
+        0.95, ge=0, lt=1, description="onecycle: the momentum (SGD) or beta1 (Adam/AdamW) at the start and end; as "
+        "torch's OneCycleLR, it replaces the optimizer's own momentum/beta1"
+    )
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     # data handling
     augment: list[Literal["crop", "flip"]] = Field(default_factory=list, description="training augmentation")

@@ -23,11 +23,12 @@ from importlib import metadata, util
 from pathlib import Path
 from typing import Any, Callable
 
-PACKAGES = ("numpy", "torch", "torchvision", "mlx", "mlx-data", "cupy", "cupy-cuda12x", "cupy-cuda11x",
+PACKAGES = ("numpy", "torch", "torchvision", "mlx", "mlx-data", "cupy", "cupy-cuda12x", "cupy-cuda11x", "jax", "jaxlib",
             "safetensors", "pydantic", "typer", "rich", "matplotlib")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                "NUMEXPR_NUM_THREADS", "BLIS_NUM_THREADS")
-FRAMEWORK_NAMES = {"torch": "PyTorch", "mlx": "MLX", "numpy": "NumPy", "cupy": "CuPy"}
+FRAMEWORK_NAMES = {"torch": "PyTorch", "mlx": "MLX", "numpy": "NumPy", "cupy": "CuPy", "jax": "JAX"}
+PREFERENCE = ("torch", "mlx", "cupy", "jax", "numpy")  # the default backend first (standalone run_log's "framework")
 TIMEOUT_S = 5.0
 
 
@@ -293,23 +294,57 @@ def _pct(x: float | None) -> float | None:
     return None if x is None else round(100.0 * x, 2)
 
 
+def _package_version(fp: dict[str, Any], backend_name: str) -> str | None:
+    pkgs = fp["software"]["packages"]
+    pkg = "cupy" if backend_name == "cupy" else backend_name
+    return pkgs.get(pkg) or next((v for k, v in pkgs.items() if k.startswith(pkg) and v), None)
+
+
+def original_hardware(fp: dict[str, Any], versions: dict[str, str | None], device: str | None,
+                      device_name: str | None) -> dict[str, Any]:
+    """The seed projects' ``hardware`` block (``OS``, ``OS_Version``, ``Architecture``, ``Processor``,
+    ``<Framework>_Version``, ``Device``, ``Chip``) from a fingerprint, with the device as it really was."""
+    hw = fp["hardware"]
+    gpu_name = hw["gpus"][0]["name"] if hw["gpus"] and device not in (None, "cpu") else None
+    out: dict[str, Any] = {"OS": hw["os"], "OS_Version": hw["os_version"], "Architecture": hw["architecture"],
+                           "Processor": hw["processor"]}
+    out.update({f"{name}_Version": v for name, v in versions.items()})
+    out.update({"Device": device.upper() if device else None, "Device_Name": device_name,
+                "Chip": hw["chip"] or gpu_name or hw["cpu_model"]})
+    return out
+
+
+def standalone_run_log(fp: dict[str, Any]) -> dict[str, Any]:
+    """``cifarbench fingerprint``'s run_log.json: the same top-level schema as a run directory's
+    (the seeds' ``framework``/``hardware``/``timestamp`` keys, then ``fingerprint_id``/``fingerprint``),
+    without the training sections. ``framework``/``Device`` name the first available accelerator in
+    ``PREFERENCE`` order (else that order's first CPU backend); every installed framework's version
+    is listed (``PyTorch_Version``, ``MLX_Version``, ...)."""
+    rank = {b: i for i, b in enumerate(PREFERENCE)}
+    usable = sorted((a for a in fp.get("availability") or [] if a["available"]),
+                    key=lambda a: (a["device"] == "cpu", rank.get(a["backend"], len(rank))))
+    best = usable[0] if usable else None
+    versions = {FRAMEWORK_NAMES.get(b, b): _package_version(fp, b) for b in PREFERENCE}
+    versions = {k: v for k, v in versions.items() if v}
+    return {
+        "command": "fingerprint",
+        "framework": FRAMEWORK_NAMES.get(best["backend"], best["backend"]) if best else None,
+        "hardware": original_hardware(fp, versions, best["device"] if best else None, None),
+        "timestamp": datetime.now().strftime("%Y%m%d_%H%M%S"),
+        "fingerprint_id": fp["fingerprint_id"],
+        "fingerprint": fp,
+    }
+
+
 def training_run_log(cfg, summary: dict[str, Any], backend) -> dict[str, Any]:
     """mike7seven's run_log.json fields (device reported as it really was) + fingerprint, config, history."""
     fp = collect()
-    hw, sw = fp["hardware"], fp["software"]
     framework = FRAMEWORK_NAMES.get(backend.name, backend.name)
-    pkg = "cupy" if backend.name == "cupy" else backend.name
-    version = sw["packages"].get(pkg) or next((v for k, v in sw["packages"].items() if k.startswith(pkg) and v), None)
-    gpu_name = hw["gpus"][0]["name"] if hw["gpus"] and backend.device not in ("cpu",) else None
     test = summary.get("test") or {}
     return {
         "framework": framework,
-        "hardware": {
-            "OS": hw["os"], "OS_Version": hw["os_version"], "Architecture": hw["architecture"],
-            "Processor": hw["processor"], f"{framework}_Version": version,
-            "Device": str(backend.device).upper(), "Device_Name": _safe(backend.describe),
-            "Chip": hw["chip"] or gpu_name or hw["cpu_model"],
-        },
+        "hardware": original_hardware(fp, {framework: _package_version(fp, backend.name)}, str(backend.device),
+                                      _safe(backend.describe)),
         "training": {
             "dataset": cfg.dataset, "num_classes": len(summary.get("class_names") or []) or None,
             "seed": cfg.seed, "epochs": cfg.epochs, "batch_size": cfg.batch_size,

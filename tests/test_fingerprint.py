@@ -90,3 +90,23 @@ def test_fingerprint_cli(tmp_path):
     rows = {(a["backend"], a["device"]): a for a in written["fingerprint"]["availability"]}
     assert rows[("numpy", "cpu")]["available"] is True
     assert all(a["reason"] for a in rows.values())
+
+
+def test_standalone_run_log_has_the_run_directory_schema(tmp_path):
+    """`cifarbench fingerprint` writes the seeds' top-level keys and hardware block, as a run's run_log.json does."""
+    out = tmp_path / "run_log.json"
+    res = CliRunner().invoke(app, ["fingerprint", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    alone = json.loads(out.read_text())
+    cfg = RunConfig(model="cnn", dataset="cifar10", epochs=1)
+    run = fp_mod.training_run_log(cfg, {"run_dir": str(tmp_path), "test": {}}, _FakeBackend())
+    assert set(alone) - {"command"} <= set(run)
+    assert {"framework", "hardware", "timestamp", "fingerprint_id", "fingerprint"} <= set(alone)
+    versions = {k for k in alone["hardware"] if k.endswith("_Version") and k != "OS_Version"}
+    assert "NumPy_Version" in versions and "PyTorch_Version" in versions  # both installed in the test env
+    same = lambda hw: {k for k in hw if not (k.endswith("_Version") and k != "OS_Version")}  # noqa: E731
+    assert same(alone["hardware"]) == same(run["hardware"])
+    assert alone["hardware"]["Device"] in {"CPU", "CUDA", "MPS", "GPU"}
+    assert alone["framework"] in set(fp_mod.FRAMEWORK_NAMES.values())
+    assert alone["fingerprint_id"] == alone["fingerprint"]["fingerprint_id"]
+    assert len(alone["timestamp"]) == len("20260208_103051")

@@ -29,6 +29,33 @@ def test_onecycle_matches_torch(opt, total, pct):
         sched.step()
 
 
+@pytest.mark.parametrize("opt,extra", [("sgd", {"momentum": 0.9}), ("adam", {}), ("adamw", {"betas": (0.9, 0.99)})])
+def test_onecycle_run_config_matches_torch_whole_run(opt, extra):
+    """A run config's onecycle, every step of a whole run, against OneCycleLR driving the optimizer
+    the user configured: torch replaces SGD's momentum / Adam's beta1 with max_momentum (0.95)."""
+    torch = pytest.importorskip("torch")
+    cfg = build_config(None, {"opt": opt, "sched": "onecycle", "lr": 0.05, "epochs": 3, **extra})
+    steps_per_epoch = 41
+    ours = make_schedule(cfg, steps_per_epoch)
+    p = torch.nn.Parameter(torch.zeros(1))
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[opt]
+    kwargs = {"momentum": cfg.momentum} if opt == "sgd" else {"betas": tuple(cfg.betas)}
+    optimizer = cls([p], lr=cfg.lr, **kwargs)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, epochs=cfg.epochs,
+                                                steps_per_epoch=steps_per_epoch, pct_start=cfg.pct_start)
+    seen = set()
+    for step in range(cfg.epochs * steps_per_epoch):
+        group = optimizer.param_groups[0]
+        want_m = group["momentum"] if opt == "sgd" else group["betas"][0]
+        lr, mom = ours(step)
+        assert lr == pytest.approx(group["lr"], rel=1e-12, abs=1e-15)
+        assert mom == pytest.approx(want_m, rel=1e-12)
+        seen.add(round(mom, 6))
+        optimizer.step()
+        sched.step()
+    assert max(seen) == pytest.approx(0.95) and min(seen) == pytest.approx(0.85)
+
+
 def test_onecycle_recipe_numbers():
     """The seed recipe: 40 epochs x 782 steps starts at 0.004, peaks at 0.1, ends at 4e-7."""
     cfg = build_config("resnet18-onecycle")

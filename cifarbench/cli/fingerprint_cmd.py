@@ -19,7 +19,7 @@ def fingerprint(
     from cifarbench.checkpoint import atomic_write_json
 
     fp = fp_mod.collect()
-    log = {"command": "fingerprint", "fingerprint_id": fp["fingerprint_id"], "fingerprint": fp}
+    log = fp_mod.standalone_run_log(fp)
     atomic_write_json(output, log)
     if json_out:
         print_json(log)

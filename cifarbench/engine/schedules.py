@@ -108,7 +108,8 @@ def make_schedule(cfg, steps_per_epoch: int) -> Schedule:
         return OneCycle(
             max_lr=cfg.lr, total_steps=total, pct_start=cfg.pct_start, div_factor=cfg.div_factor,
             final_div_factor=cfg.final_div_factor, cycle_momentum=cfg.cycle_momentum,
-            base_momentum=cfg.base_momentum, max_momentum=momentum,
+            # OneCycleLR overwrites SGD's momentum or Adam's beta1 with max_momentum, for every optimizer
+            base_momentum=cfg.base_momentum, max_momentum=cfg.max_momentum,
         )
     if cfg.sched == "triangle":
         return Triangle(cfg.lr, total, cfg.pct_start, cfg.warmup_start_factor, cfg.final_lr_factor, momentum)
