@@ -23,7 +23,7 @@ from cifarbench.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, CifarbenchError
 
 SUBCOMMAND_MODULES = (
     "train_cmd", "test_cmd", "bench_cmd", "fingerprint_cmd", "info_cmd", "data_cmd", "plot_cmd", "import_cmd",
-    "results_cmd", "report_cmd",
+    "results_cmd", "report_cmd", "export_cmd",
 )
 
 _state = {"debug": False}
