@@ -50,7 +50,7 @@ class RunConfig(BaseModel):
     nesterov: bool = False
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    sched: Literal["constant", "step", "cosine", "onecycle", "triangle"] = "constant"
+    sched: Literal["constant", "step", "cosine", "linear", "onecycle", "triangle"] = "constant"
     warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from warmup_start_factor*lr (not onecycle)")
     warmup_start_factor: float = Field(0.0, ge=0, le=1)
     min_lr: float = Field(0.0, ge=0, description="floor of cosine/step")
@@ -81,6 +81,15 @@ class RunConfig(BaseModel):
         "torch's OneCycleLR, it replaces the optimizer's own momentum/beta1"
     )
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    dropout_rate: Optional[float] = Field(
+        None, ge=0, lt=1, description="drop probability of every Dropout layer (unset: the model's own)"
+    )
+    dropout_schedule: Literal["none", "linear_decay", "cosine_decay", "adaptive"] = Field(
+        "none", description="definfo's dynamic dropout, per epoch, one epoch behind (see README)"
+    )
+    min_dropout: float = Field(0.1, ge=0, lt=1, description="dropout schedules: the lowest rate")
+    max_dropout: float = Field(0.7, ge=0, lt=1, description="dropout schedules: the highest rate")
+    dropout_patience: int = Field(5, ge=1, description="adaptive dropout: epochs without a better accuracy before raising it")
     # data handling
     augment: list[Literal["crop", "flip"]] = Field(default_factory=list, description="training augmentation")
     crop_pad: int = Field(4, ge=0)
@@ -110,6 +119,8 @@ class RunConfig(BaseModel):
             raise ValueError(f"compile_mode '{self.compile_mode}' needs compile (drop --no-compile)")
         if any(e < 0 for e in self.step_epochs):
             raise ValueError("step_epochs must be >= 0")
+        if self.min_dropout > self.max_dropout:
+            raise ValueError(f"min_dropout {self.min_dropout} is above max_dropout {self.max_dropout}")
         return self
 
 

@@ -41,7 +41,7 @@ from typing import ClassVar, Literal, Sequence
 import numpy as np
 
 from cifarbench.errors import BackendUnavailable, CheckpointError, UsageError
-from cifarbench.models.spec import NOT_CANONICAL_SUFFIXES, Conv, Group, ModelSpec, Residual, iter_layers
+from cifarbench.models.spec import NOT_CANONICAL_SUFFIXES, Conv, Group, ModelSpec, Residual, iter_layers, with_dropout
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -212,6 +212,21 @@ class Backend(abc.ABC):
         check_state(state, self.spec, "state dict")
         names = (*self.spec.param_shapes(), *self.spec.buffer_shapes())
         self._set_tensors({k: self._internal(k, state[k]) for k in names})
+
+    def set_dropout(self, rate: float) -> None:
+        """From the next step on, every Dropout layer drops with probability ``rate`` (the engine's
+        dropout schedules); weights, optimizer state, data and the epoch sums stay as they are."""
+        self._need_model()
+        if not 0.0 <= rate < 1.0:
+            raise UsageError(f"dropout rate {rate} is outside [0, 1)")
+        spec = with_dropout(self.spec, float(rate))
+        self._respec(spec, float(rate))
+        self.spec = spec
+
+    def _respec(self, spec: ModelSpec, rate: float) -> None:
+        """Run the model as ``spec`` from now on: the same tensors, only stateless settings differ
+        (today: dropout rates). Backends that trace or compile the spec drop their compiled steps."""
+        raise UsageError(f"backend '{self.name}' cannot change the dropout rate during a run")
 
     def capture_points(self) -> list[str]:
         """Names ``forward(capture=...)`` accepts: every Group and Residual of the spec."""

@@ -28,7 +28,12 @@ def import_(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Convert an original project's checkpoint; `cifarbench test RUN_DIR` then reproduces its accuracy."""
+    """Convert an original project's checkpoint; `cifarbench test RUN_DIR` then reproduces its accuracy.
+
+    Except definfo's ResNet32: its BatchNorm normalised over the wrong axis with the statistics of each
+    test batch and kept no running statistics, so the imported network (running mean 0, var 1) predicts
+    differently (about 96% argmax agreement) until it is fine-tuned briefly.
+    """
     from cifarbench.importers import import_checkpoint
 
     run_dir, conv = import_checkpoint(file, source, model, dataset, output, trust_pickle)

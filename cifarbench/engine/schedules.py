@@ -98,6 +98,54 @@ class Triangle:
         return f"Triangle(lr={self.lr}, pct={self.pct}, start={self.start}, end={self.end})"
 
 
+@dataclass(frozen=True)
+class DropoutSchedule:
+    """definfo's dynamic dropout, per epoch: ``none`` keeps ``initial``; ``linear_decay`` and
+    ``cosine_decay`` go from ``initial`` toward ``min_rate`` with progress = epoch / epochs;
+    ``adaptive`` uses ``initial * 0.9`` after an epoch whose evaluation accuracy beat the best so
+    far, ``initial * 1.2`` after ``patience`` epochs without one, else ``initial``. Every rate is
+    clamped to [min_rate, max_rate] and a change of 0.01 or less is ignored. As in definfo the rate
+    is computed after an epoch from that epoch's index, so it lags one epoch (epoch e + 1 trains
+    with the rate of progress e / epochs); the accuracy is the run's evaluation split (the
+    validation split with ``--val-split``; definfo used the test set)."""
+
+    strategy: str
+    initial: float
+    min_rate: float
+    max_rate: float
+    epochs: int
+    patience: int = 5
+
+    def rates(self, accuracies) -> list[float]:
+        """The rate of epochs 0..len(accuracies), given the evaluation accuracy after each finished epoch.
+        A pure function of the history, so a resumed run recomputes the same rates."""
+        rate, best, plateau = self.initial, 0.0, 0
+        out = [rate]
+        for epoch, acc in enumerate(accuracies):
+            progress = epoch / self.epochs
+            if self.strategy == "linear_decay":
+                new = self.initial * (1 - progress) + self.min_rate * progress
+            elif self.strategy == "cosine_decay":
+                new = self.min_rate + (self.initial - self.min_rate) * (1 + math.cos(math.pi * progress)) / 2
+            elif self.strategy == "adaptive":
+                if acc > best:
+                    best, plateau = acc, 0
+                    new = max(self.initial * 0.9, self.min_rate)
+                else:
+                    plateau += 1
+                    new = min(self.initial * 1.2, self.max_rate) if plateau >= self.patience else self.initial
+            else:
+                new = self.initial
+            new = max(self.min_rate, min(new, self.max_rate))
+            if abs(new - rate) > 0.01:
+                rate = new
+            out.append(rate)
+        return out
+
+    def describe(self) -> str:
+        return (f"DynamicDropout({self.strategy}, initial={self.initial}, min={self.min_rate}, max={self.max_rate})")
+
+
 def make_schedule(cfg, steps_per_epoch: int) -> Schedule:
     """Build the schedule of a RunConfig (cifarbench.config) for this many steps per epoch."""
     total = cfg.epochs * steps_per_epoch
@@ -127,6 +175,12 @@ def make_schedule(cfg, steps_per_epoch: int) -> Schedule:
         def after(step: int) -> float:
             span = max(total - warm, 1)
             return floor + (base - floor) * (1 + math.cos(math.pi * min(step - warm, span) / span)) / 2
+    elif cfg.sched == "linear":
+        text = f"Linear(lr={cfg.lr}, min_lr={cfg.min_lr}, warmup_epochs={cfg.warmup_epochs})"
+
+        def after(step: int) -> float:  # definfo's linear decay, per step: lr at the warm-up's end, 0 at the run's
+            span = max(total - warm, 1)
+            return max(base * (1 - min(step - warm, span) / span), floor)
     elif cfg.sched == "step":
         milestones = sorted(cfg.step_epochs)
         text = f"Step(lr={cfg.lr}, epochs={list(cfg.step_epochs)}, gamma={cfg.step_gamma})"

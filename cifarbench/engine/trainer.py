@@ -24,16 +24,17 @@ from cifarbench.config import RunConfig, dump_config
 from cifarbench.engine import distributed, tta
 from cifarbench.engine.metrics import evaluate_logits
 from cifarbench.engine.reporter import Reporter
-from cifarbench.engine.schedules import make_schedule
+from cifarbench.engine.schedules import DropoutSchedule, make_schedule
 from cifarbench.engine.session import normalization, train_options, training_backend
 from cifarbench.engine.tricks import lookahead_decay
 from cifarbench.errors import UsageError
 from cifarbench.models import create_spec
+from cifarbench.models.spec import ModuleSpec, dropout_rates
 
 __all__ = ["Trainer", "normalization", "train_options", "epoch_seed"]
 
 METRIC_FIELDS = (
-    "epoch", "train_loss", "train_acc", "eval_split", "eval_loss", "eval_acc", "lr", "momentum",
+    "epoch", "train_loss", "train_acc", "eval_split", "eval_loss", "eval_acc", "lr", "momentum", "dropout",
     "images_per_s", "train_time_s", "eval_time_s", "epoch_time_s", "elapsed_s", "warmup_s",
 )
 
@@ -69,6 +70,12 @@ class Splits:
     x_eval: np.ndarray
     y_eval: np.ndarray
     eval_name: str  # "val" or "test"
+
+
+def _own_rate(spec) -> float | None:
+    """The model's dropout rate when it has one (the largest of its layers'), for the metrics."""
+    rates = dropout_rates(spec)
+    return max(rates) if rates else None
 
 
 class Trainer:
@@ -116,6 +123,35 @@ class Trainer:
         self.steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
         self.schedule = make_schedule(cfg, self.steps_per_epoch)
         self._seen_batches: set[int] = set()  # batch sizes stepped already (a new one compiles/autotunes)
+        self.dropout_plan = self._dropout_plan()
+        self.dropout_now: float | None = None  # the rate set on the backend (None: the spec's own)
+
+    def _dropout_plan(self) -> DropoutSchedule | None:
+        """--dropout-rate / --dropout-schedule, or None when the model's own rates stand."""
+        cfg = self.cfg
+        if cfg.dropout_rate is None and cfg.dropout_schedule == "none":
+            return None
+        own = dropout_rates(self.spec)
+        if not own and not isinstance(self.spec, ModuleSpec):
+            self.rep.warning(f"{cfg.model} has no Dropout layer: --dropout-rate/--dropout-schedule change nothing")
+            return None
+        initial = cfg.dropout_rate if cfg.dropout_rate is not None else max(own, default=0.0)
+        return DropoutSchedule(cfg.dropout_schedule, initial, cfg.min_dropout, cfg.max_dropout, cfg.epochs,
+                               cfg.dropout_patience)
+
+    def _apply_dropout(self, epoch: int) -> None:
+        """The epoch's dropout rate (from the evaluations of the epochs before it) onto the backend."""
+        if self.dropout_plan is None:
+            return
+        rate = self.dropout_plan.rates([r["eval_acc"] for r in self.records[:epoch]])[-1]
+        if rate == self.dropout_now:
+            return
+        if self.dropout_now is not None:
+            self.rep.message(f"epoch {epoch + 1}: dropout rate {self.dropout_now:.3f} -> {rate:.3f} "
+                             f"({self.cfg.dropout_schedule})")
+        self.backend.set_dropout(rate)
+        self.dropout_now = rate
+        self._seen_batches.clear()  # a compiled step traces again on the new rate: time it apart
 
     def _validate_names(self) -> None:
         """Fail on a bad model or backend name before spending time on the data."""
@@ -157,6 +193,7 @@ class Trainer:
             for epoch in range(self.start_epoch, cfg.epochs):
                 first = self.start_step_in_epoch if epoch == self.start_epoch else 0
                 self._next_step = first
+                self._apply_dropout(epoch)
                 trained = self._train_epoch(epoch, first)
                 rec = self._finish_epoch(epoch, trained, elapsed_before + time.perf_counter() - t_run)
                 self.records.append(rec)
@@ -235,7 +272,8 @@ class Trainer:
         return {
             "epoch": epoch + 1, "train_loss": stats.loss_sum / count, "train_acc": stats.correct / count,
             "eval_split": self.splits.eval_name, "eval_loss": ev["loss"], "eval_acc": ev["accuracy"],
-            "lr": lr, "momentum": mom, "images_per_s": steady_images / steady_time if steady_time > 0 else 0.0,
+            "lr": lr, "momentum": mom, "dropout": self.dropout_now if self.dropout_plan else _own_rate(self.spec),
+            "images_per_s": steady_images / steady_time if steady_time > 0 else 0.0,
             "train_time_s": train_time, "eval_time_s": eval_time, "epoch_time_s": train_time + eval_time,
             "elapsed_s": elapsed + eval_time, "warmup_s": warm_s,
         }

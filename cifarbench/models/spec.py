@@ -212,6 +212,30 @@ def iter_layers(layers: tuple[Layer, ...]) -> Iterator[Layer]:
             yield from iter_layers(layer.shortcut)
 
 
+def dropout_rates(spec: ModelSpec) -> list[float]:
+    """The drop probability of every Dropout layer, depth first (empty: the model has none)."""
+    return [l.p for l in iter_layers(spec.layers) if isinstance(l, Dropout)]
+
+
+def with_dropout(spec: ModelSpec, rate: float) -> ModelSpec:
+    """The same model with every Dropout layer dropping with probability ``rate``."""
+    from dataclasses import replace
+
+    def walk(layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
+        out = []
+        for l in layers:
+            if isinstance(l, Dropout):
+                l = replace(l, p=rate)
+            elif isinstance(l, Group):
+                l = replace(l, layers=walk(l.layers))
+            elif isinstance(l, Residual):
+                l = replace(l, body=walk(l.body), shortcut=walk(l.shortcut))
+            out.append(l)
+        return tuple(out)
+
+    return spec if isinstance(spec, ModuleSpec) else replace(spec, layers=walk(spec.layers))
+
+
 def iter_param_layers(layers: tuple[Layer, ...]) -> Iterator[Union[Conv, BatchNorm, Linear]]:
     for layer in iter_layers(layers):
         if isinstance(layer, PARAM_LAYERS):

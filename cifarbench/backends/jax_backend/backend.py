@@ -90,8 +90,17 @@ class JaxBackend(Backend):
     # ----- model -----------------------------------------------------------------------
     def _build(self, spec: ModelSpec) -> None:
         self._state = {"params": {}, "buffers": {}}
+        self._jit_model()
+
+    def _jit_model(self) -> None:
         self._eval = jax.jit(self._eval_fn)
         self._fwd = jax.jit(self._forward_fn, static_argnames=("train", "capture", "dropout"))
+
+    def _respec(self, spec: ModelSpec, rate: float) -> None:
+        # the jitted functions read self.spec when traced: trace again (once) on the new spec
+        self._jit_model()
+        if self.opt is not None:
+            self._jit_step(self.opt)
 
     def _get_tensors(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in {**self._state["params"], **self._state["buffers"]}.items()}
@@ -119,6 +128,9 @@ class JaxBackend(Backend):
                                 for slot in OPT_SLOTS[opt.name]}
         self._state["step"] = self._put(np.float32(0))
         self._state["loss"], self._state["correct"] = self._put(np.float32(0)), self._put(np.int32(0))
+        self._jit_step(opt)
+
+    def _jit_step(self, opt: OptimConfig) -> None:
         # one compilation per batch size (static); the old state's buffers are reused for the new one
         self._step = jax.jit(partial(self._step_fn, opt), static_argnames=("bs", "crop", "flip"), donate_argnums=(0,))
 

@@ -83,6 +83,9 @@ class MLXBackend(base.Backend):
         self.opt_state = {}
         self._compiled = {}
 
+    def _respec(self, spec: ModelSpec, rate: float) -> None:
+        self._compiled = {}  # compiled steps traced the old rates as constants
+
     def _get_tensors(self) -> dict[str, np.ndarray]:
         return {k: np.array(v.astype(mx.float32)) for k, v in {**self.params, **self.buffers}.items()}
 

@@ -49,6 +49,9 @@ class NumpyBackend(Backend):
     def _build(self, spec: S.ModelSpec) -> None:
         self.net = Net(spec, self.xp, DTYPE)
 
+    def _respec(self, spec: S.ModelSpec, rate: float) -> None:
+        self.net.dropout_rate = rate
+
     def _get_tensors(self) -> dict[str, np.ndarray]:
         return {k: to_numpy(v) for k, v in {**self.net.params, **self.net.buffers}.items()}
 

@@ -28,6 +28,7 @@ class Net:
         self.rng = xp.random.default_rng(0)
         self.train = False
         self.dropout = True
+        self.dropout_rate: float | None = None  # set_dropout: every Dropout layer's p, else the spec's
         self.captures: dict[str, object] = {}
         self.capture_names: frozenset[str] = frozenset()
         # im2col matrices kept from forward for backward, up to this many bytes in all
@@ -246,9 +247,10 @@ class DropoutNode:
 
     def forward(self, x, net):
         self.mask = None
-        if not (net.train and net.dropout) or self.p == 0.0:
+        p = self.p if net.dropout_rate is None else net.dropout_rate
+        if not (net.train and net.dropout) or p == 0.0:
             return x
-        y, self.mask = layers.dropout_forward(x, self.p, net.rng)
+        y, self.mask = layers.dropout_forward(x, p, net.rng)
         return y
 
     def backward(self, dy, net):

@@ -141,6 +141,15 @@ class TorchBackend(Backend):
         self._call = torch.compile(net, mode=self._compile_mode) if self._compile else net
         self._optimizer = None
 
+    def _respec(self, spec: ModelSpec, rate: float) -> None:
+        net = self._require_model()
+        if isinstance(spec, ModuleSpec):  # another library's module: its own dropout modules
+            for m in net.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.p = rate
+        else:  # the walker reads each layer's p from the plan (torch.compile re-traces on the new plan)
+            net._spec_layers = spec.layers
+
     def _get_tensors(self) -> dict[str, np.ndarray]:
         return {name: _to_numpy(t) for name, t in self._tensors.items()}
 
