@@ -400,3 +400,23 @@ def test_compiled_step_matches_eager():
     for name in weights[0][0]:
         np.testing.assert_allclose(weights[1][0][name], weights[0][0][name], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(weights[1][1], weights[0][1], rtol=1e-5, atol=1e-5)
+
+
+def test_use_cpu_env_forces_the_cpu_device(monkeypatch):
+    """mike7seven's users set USE_CPU=1 to force the CPU; an explicit --device still wins."""
+    from cifarbench.backends.base import Backend
+
+    class Two(Backend):
+        name, devices = "two", ("gpu", "cpu")
+
+        @classmethod
+        def probe(cls):
+            return {"gpu": None, "cpu": None}
+
+    monkeypatch.delenv("USE_CPU", raising=False)
+    assert Two.auto_device() == "gpu"
+    for value in ("1", "true", "YES"):
+        monkeypatch.setenv("USE_CPU", value)
+        assert Two.auto_device() == "cpu"
+    monkeypatch.setenv("USE_CPU", "0")
+    assert Two.auto_device() == "gpu"

@@ -65,7 +65,7 @@ def test_learns_and_test_command_agrees_across_backends(tiny_npz, tmp_path):
     pytest.importorskip("matplotlib")
     plots = tmp_path / "plots"
     assert run(["test", str(out), "--plots", str(plots)]).exit_code == 0
-    for name in ("per_class_accuracy.png", "confusion_matrix.png"):
+    for name in ("per_class_accuracy.png", "confusion_matrix.png", "samples.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

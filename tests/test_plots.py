@@ -87,6 +87,20 @@ def test_per_class_bar_draws_each_class_and_the_mean(tmp_path, drawn):
     assert list(mean_line.get_ydata()) == [62.5, 62.5]  # mean over the classes that have images
 
 
+def test_sample_grid_labels_truth_and_prediction_and_marks_mistakes(tmp_path, drawn):
+    images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    plots.sample_grid(images, [0, 1, 2, 0, 1, 2], [0, 2, 2, 0, 1, 0], ["cat", "dog", "ship"], tmp_path / "s.png", "t")
+    axes = drawn["s.png"].axes
+    assert len(axes) == 8  # 2 rows x 4; the last two stay empty
+    shown = [ax for ax in axes if ax.images]
+    assert len(shown) == 6 and not axes[6].images and not axes[7].images
+    assert shown[1].get_title() == "GroundTruth: dog\nPredicted: ship"
+    colours = [ax.title.get_color() for ax in shown]
+    assert colours == ["black", "red", "black", "black", "black", "red"]
+    np.testing.assert_array_equal(shown[3].images[0].get_array(), images[3])
+    _png(tmp_path / "s.png")
+
+
 def test_per_class_and_confusion(tmp_path):
     _png(plots.per_class_bar({"cat": 0.5, "dog": 0.75, "ship": None}, tmp_path / "pc.png"))
     names = [f"c{i}" for i in range(12)]

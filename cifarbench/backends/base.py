@@ -35,6 +35,7 @@ weight_decay * f_wd). Tensors the spec freezes (``buffer_shapes()``) are never o
 from __future__ import annotations
 
 import abc
+import os
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Sequence
 
@@ -159,7 +160,10 @@ class Backend(abc.ABC):
 
     @classmethod
     def auto_device(cls) -> str:
-        """The best usable device, in ``devices`` order of preference."""
+        """The best usable device, in ``devices`` order of preference; ``cpu`` when the environment
+        sets ``USE_CPU`` (mike7seven's switch: 1/true/yes) and the backend has one."""
+        if os.environ.get("USE_CPU", "").strip().lower() in ("1", "true", "yes") and "cpu" in cls.devices:
+            return "cpu"
         avail = cls.probe()
         for dev in cls.devices:
             if avail.get(dev) is None:

@@ -18,19 +18,27 @@ def test(
     device: Optional[str] = typer.Option(None, "--device"),
     batch_size: int = typer.Option(500, "--batch-size", "-b", min=1),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch/NumPy (default: the framework's)."),
-    plots: Optional[Path] = typer.Option(None, "--plots", help="Write per-class bars and a confusion heat map here."),
+    plots: Optional[Path] = typer.Option(
+        None, "--plots", help="Write per-class bars, a confusion heat map and a grid of sample predictions here."),
+    samples: int = typer.Option(16, "--samples", min=1, max=64, help="Test images in the --plots sample grid (seeded choice)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results (with the confusion matrix) as JSON."),
 ) -> None:
     """Evaluate a checkpoint: overall and per-class accuracy, loss, confusion matrix."""
-    from cifarbench.engine.evaluate import evaluate_checkpoint
+    from cifarbench.engine.evaluate import evaluate_with_data
 
-    r = evaluate_checkpoint(checkpoint, dataset, data_dir, backend, device, batch_size, threads, warn=warn)
+    r, ds, logits = evaluate_with_data(checkpoint, dataset, data_dir, backend, device, batch_size, threads, warn=warn)
     if plots is not None:
-        from cifarbench.report.plots import confusion_heatmap, per_class_bar
+        import numpy as np
+
+        from cifarbench.report.plots import confusion_heatmap, per_class_bar, sample_grid
 
         plots.mkdir(parents=True, exist_ok=True)
         per_class_bar(r["per_class_accuracy"], plots / "per_class_accuracy.png")
         confusion_heatmap(r["confusion_matrix"], r["class_names"], plots / "confusion_matrix.png")
+        pick = np.sort(np.random.default_rng(0).choice(len(ds.y_test), min(samples, len(ds.y_test)), replace=False))
+        sample_grid(ds.x_test[pick], ds.y_test[pick], logits[pick].argmax(1), r["class_names"],
+                    plots / "samples.png", f"{r['model']} on {r['dataset']}: {len(pick)} test images "
+                    f"(accuracy {100 * r['accuracy']:.2f} % overall)")
         info(f"plots written to {plots}")
     if json_out:
         print_json(r)

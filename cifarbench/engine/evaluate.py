@@ -15,6 +15,13 @@ def evaluate_checkpoint(checkpoint: str, dataset: Optional[str], data_dir: Optio
                         device: Optional[str], batch_size: int, threads: Optional[int] = None,
                         warn: Callable[[str], None] = lambda _msg: None) -> dict:
     """Load a checkpoint on any backend and evaluate it on its (or another) data set's test split."""
+    return evaluate_with_data(checkpoint, dataset, data_dir, backend, device, batch_size, threads, warn)[0]
+
+
+def evaluate_with_data(checkpoint: str, dataset: Optional[str], data_dir: Optional[str], backend: str,
+                       device: Optional[str], batch_size: int, threads: Optional[int] = None,
+                       warn: Callable[[str], None] = lambda _msg: None):
+    """``evaluate_checkpoint``'s result, the data set and the logits (for plots of single images)."""
     from cifarbench.backends import resolve
     from cifarbench.data import load_dataset
     from cifarbench.models.registry import check_runs_on
@@ -40,4 +47,4 @@ def evaluate_checkpoint(checkpoint: str, dataset: Optional[str], data_dir: Optio
         device_name=be.describe(), class_names=list(ds.class_names), test_time_s=seconds,
         trained_on=meta.get("backend"), total_parameters=spec.num_params(),
     )
-    return result
+    return result, ds, logits

@@ -159,6 +159,29 @@ def input_image(img: np.ndarray, title: str, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def sample_grid(images: np.ndarray, truth: Sequence[int], predicted: Sequence[int], class_names: Sequence[str],
+                path: str | Path, title: str) -> Path:
+    """Test images with ``GroundTruth`` / ``Predicted`` labels (mike7seven's test grid), wrong ones in red."""
+    plt = _plt()
+    n = len(images)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.7 * rows + 0.4), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= n:
+            continue
+        img = images[k]
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
+                  interpolation="nearest")
+        ok = truth[k] == predicted[k]
+        ax.set_title(f"GroundTruth: {class_names[truth[k]]}\nPredicted: {class_names[predicted[k]]}", fontsize=8,
+                     color="black" if ok else "red")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def feature_grid(act: np.ndarray, title: str, path: str | Path, channels: int = 16) -> Path:
     """The first ``channels`` maps of one (C, H, W) activation in a square grid."""
     plt = _plt()
