@@ -176,23 +176,81 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-def build_config(config_file: str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """defaults < file < flags; raises UsageError (exit 2) naming the field and the reason."""
+def home_recipe(model: str, sched: str | None = None, dataset: str | None = None) -> str | None:
+    """The bundled recipe a model trains with when no ``-c`` is given: its registry entry's
+    ``recipes`` table, looked up most specific first (``dataset/sched``, ``dataset``, ``sched``,
+    ``default``). ``cifarbench train resnet18 --scheduler onecycle`` is thus mike7seven's recipe."""
+    from cifarbench.models.registry import model_recipes
+
+    table = model_recipes(model)
+    ds = (dataset or "").lower()
+    for key in (f"{ds}/{sched}" if ds and sched else None, ds or None, sched, "default"):
+        if key and key in table:
+            return table[key]
+    return None
+
+
+def resolve_config(config_file: str | None = None, overrides: dict[str, Any] | None = None,
+                   home: bool = False) -> tuple[RunConfig, dict[str, str]]:
+    """defaults < the model's home recipe (``home=True`` and no file) < file < flags, and where
+    each value came from (field -> "flag", "file PATH", "model default (NAME)" or "default").
+    Raises UsageError (exit 2) naming the field and the reason."""
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     source = "config"
     if config_file:
         path = find_config(config_file)
         values.update(load_yaml(path))
         source = f"config {path}"
+        sources.update({k: f"file {path}" for k in values})
+    elif home:
+        name = home_recipe(flags.get("model", RunConfig.model_fields["model"].default), flags.get("sched"),
+                           flags.get("dataset"))
+        if name:
+            path = find_config(name)
+            values.update(load_yaml(path))
+            source = f"config {path}"
+            sources.update({k: f"model default ({name})" for k in values})
     try:
         RunConfig(**values)  # report file errors as file errors
     except ValidationError as exc:
         raise UsageError(format_validation_error(exc, source)) from None
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values.update(flags)
+    sources.update({k: "flag" for k in flags})
     try:
-        return RunConfig(**values)
+        cfg = RunConfig(**values)
     except ValidationError as exc:
         raise UsageError(format_validation_error(exc, "option")) from None
+    return cfg, {k: sources.get(k, "default") for k in RunConfig.model_fields}
+
+
+def build_config(config_file: str | None = None, overrides: dict[str, Any] | None = None,
+                 home: bool = False) -> RunConfig:
+    """defaults < (home recipe) < file < flags; raises UsageError (exit 2) naming the field and the reason."""
+    return resolve_config(config_file, overrides, home)[0]
+
+
+def dump_config_sources(cfg: RunConfig, sources: dict[str, str]) -> str:
+    """The resolved config as YAML, each key commented with where its value came from
+    (loads back to the same config: comments are ignored)."""
+    lines = []
+    for line in dump_config(cfg).splitlines():
+        key = line.split(":", 1)[0] if line and not line.startswith((" ", "-")) else None
+        lines.append(f"{line}  # {sources[key]}" if key in sources else line)
+    return "\n".join(lines) + "\n"
+
+
+def recipe_line(cfg: RunConfig, sources: dict[str, str]) -> str:
+    """The resolved recipe in one line, for the start of a run."""
+    origin = next((v for v in sources.values() if v.startswith(("model default", "file"))), "defaults")
+    opt = f"{cfg.opt} lr {cfg.lr:g}"
+    if cfg.opt == "sgd":
+        opt += f" momentum {cfg.momentum:g}" + (" nesterov" if cfg.nesterov else "")
+    parts = [f"{cfg.model} on {cfg.dataset}", opt, f"wd {cfg.weight_decay:g}", f"{cfg.sched} schedule",
+             f"{cfg.epochs} epochs of batch {cfg.batch_size}", f"augment {'+'.join(cfg.augment) or 'none'}",
+             f"normalize {cfg.normalize}"]
+    return "recipe: " + ", ".join(parts) + f" ({origin}; flags override)"
 
 
 def dump_config(cfg: RunConfig) -> str:

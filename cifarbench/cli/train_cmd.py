@@ -60,7 +60,7 @@ def train(
     results_db: Optional[str] = typer.Option(None, "--results-db", help="Results database URL or SQLite path (default: $CIFARBENCH_RESULTS_DB, else the user data dir)."),
 ) -> None:
     """Train a model; writes a run directory (config, metrics, checkpoint, run_log.json)."""
-    from cifarbench.config import build_config, dump_config, list_configs as bundled
+    from cifarbench.config import dump_config_sources, list_configs as bundled, recipe_line, resolve_config
 
     if list_configs:
         for name, desc, _ in bundled():
@@ -73,11 +73,14 @@ def train(
     overrides = {k: values[k] for k in OVERRIDES}
     if resume is not None:
         cfg = _resume_config(resume, overrides)
-    else:
-        cfg = build_config(config, overrides)
+        sources = {k: ("flag" if overrides.get(k) is not None else f"file {resume / 'config.yaml'}") for k in overrides}
+    else:  # no -c: the model's home recipe (configs/) under the flags
+        cfg, sources = resolve_config(config, overrides, home=True)
     if print_config:
-        typer.echo(dump_config(cfg), nl=False)
+        typer.echo(dump_config_sources(cfg, sources), nl=False)
         return
+    if resume is None:
+        info(recipe_line(cfg, sources))
     _run(cfg, resume, json_out, None if no_record else (results_db or ""))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -21,6 +21,8 @@ class ModelEntry:
     description: str
     origin: str  # which seed project it comes from, or "cifarbench"
     requires: str | None = None  # the one backend that can run it (None: every backend)
+    # its home recipes in configs/: key "default", a data set, a schedule or "dataset/sched" -> recipe name
+    recipes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,14 +65,23 @@ def check_runs_on(model: str, backend: str) -> None:
 _MODELS: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, description: str, origin: str = "cifarbench"):
+def register_model(name: str, description: str, origin: str = "cifarbench", recipes: dict[str, str] | None = None):
+    """``recipes``: the bundled configs this model trains with by default (see config.home_recipe)."""
+
     def deco(fn: Builder) -> Builder:
         if name in _MODELS:
             raise ValueError(f"model {name!r} registered twice")
-        _MODELS[name] = ModelEntry(name, fn, description, origin)
+        _MODELS[name] = ModelEntry(name, fn, description, origin, recipes=dict(recipes or {}))
         return fn
 
     return deco
+
+
+def model_recipes(name: str) -> dict[str, str]:
+    """A model's home-recipe table (empty for unknown names and namespaces such as tv:)."""
+    _ensure_zoo()
+    entry = _MODELS.get(name)
+    return dict(entry.recipes) if entry else {}
 
 
 def _ensure_zoo() -> None:

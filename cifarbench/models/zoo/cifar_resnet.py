@@ -71,6 +71,7 @@ def resnet110(in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
     "resnet32-definfo",
     "definfo's ResNet-32: conv biases, 1x1 conv (bias) + BN projections, dropout 0.3 before the head",
     origin="definfo/cnn-cifar-10",
+    recipes={"default": "resnet32-definfo"},
 )
 def resnet32_definfo(in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
     # definfo's BN normalises over the wrong axis and keeps no running statistics; this is the

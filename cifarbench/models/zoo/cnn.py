@@ -51,6 +51,7 @@ def small_cnn(in_channels: int, image_size: int, num_classes: int, slope: float 
     )
 
 
-@register_model("cnn", "small residual CNN, 3 conv blocks (mlx-cifar-10-cnn)", origin="menzHSE/mlx-cifar-10-cnn")
+@register_model("cnn", "small residual CNN, 3 conv blocks (mlx-cifar-10-cnn)", origin="menzHSE/mlx-cifar-10-cnn",
+                recipes={"default": "cnn-adamw", "cifar100": "cnn-adamw-cifar100"})
 def cnn(in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
     return small_cnn(in_channels, image_size, num_classes)

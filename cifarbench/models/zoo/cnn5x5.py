@@ -39,7 +39,8 @@ def cvet_spec(name: str, in_channels: int, image_size: int, num_classes: int, fa
 
 
 @register_model("cvet-cnn", "mikecvet/cnn CNN as written (dropout on the logits, no ReLU after linear2)",
-                origin="mikecvet/cnn")
+                origin="mikecvet/cnn", recipes={"default": "cvet-cnn-mnist", "mnist": "cvet-cnn-mnist",
+                                                "cifar10": "cvet-cnn-cifar10", "cifar100": "cvet-cnn-cifar100"})
 def cvet_cnn(in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
     return cvet_spec("cvet-cnn", in_channels, image_size, num_classes, faithful=True)
 

@@ -12,7 +12,7 @@ SLOPE = 0.01
 
 
 @register_model("cnn-leaky", "small residual CNN with leaky ReLU 0.01 (menzHSE/torch-cifar-10-cnn)",
-                origin="menzHSE/torch-cifar-10-cnn")
+                origin="menzHSE/torch-cifar-10-cnn", recipes={"default": "cnn-leaky-adamw"})
 def cnn_leaky(in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
     spec = small_cnn(in_channels, image_size, num_classes, slope=SLOPE, name="cnn-leaky")
     # small_cnn leaves the head's ReLU plain; the torch original makes it leaky too.

@@ -31,12 +31,12 @@ def lenet_spec(name: str, in_channels: int, image_size: int, num_classes: int,
 
 
 @register_model("lenet", "LeNet of the PyTorch CIFAR-10 tutorial, 62,006 params (mike7seven/CIFAR-10 history)",
-                origin="mike7seven/CIFAR-10")
+                origin="mike7seven/CIFAR-10", recipes={"default": "lenet"})
 def lenet(in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
     return lenet_spec("lenet", in_channels, image_size, num_classes, (6, 16), (120, 84))
 
 
 @register_model("lenet-large", "wide LeNet: conv 64/128 k5, fc 512/256, 1.98 M params (mike7seven/CIFAR-10 history)",
-                origin="mike7seven/CIFAR-10")
+                origin="mike7seven/CIFAR-10", recipes={"onecycle": "lenet-large-onecycle"})
 def lenet_large(in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
     return lenet_spec("lenet-large", in_channels, image_size, num_classes, (64, 128), (512, 256))

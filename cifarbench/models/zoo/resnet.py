@@ -74,7 +74,9 @@ def imagenet_style_resnet(
     return ModelSpec(name, tuple(layers), in_channels, image_size, num_classes, capture_points=("stem", "layer1", "layer2", "layer3"))
 
 
-@register_model("resnet18", "ResNet-18, CIFAR variant (mike7seven/CIFAR-10)", origin="mike7seven/CIFAR-10")
+@register_model("resnet18", "ResNet-18, CIFAR variant (mike7seven/CIFAR-10)", origin="mike7seven/CIFAR-10",
+                recipes={"default": "resnet18-adamw", "onecycle": "resnet18-onecycle",
+                         "cifar100/onecycle": "resnet18-onecycle-cifar100"})
 def resnet18(in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
     return imagenet_style_resnet("resnet18", (2, 2, 2, 2), in_channels, image_size, num_classes)
 

@@ -12,7 +12,7 @@ from cifarbench.models.spec import Conv, Flatten, Group, Linear, MaxPool, ModelS
 
 
 @register_model("simplecnn", "definfo's SimpleCNN: conv 16/32 3x3 valid, fc 256/128, 334,442 params",
-                origin="definfo/cnn-cifar-10")
+                origin="definfo/cnn-cifar-10", recipes={"default": "simplecnn"})
 def simplecnn(in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
     features = (
         Group("block1", (Conv("conv1", in_channels, 16, 3), ReLU(), MaxPool(2, 2))),

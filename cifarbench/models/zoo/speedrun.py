@@ -58,6 +58,6 @@ def speedrun_spec(in_channels: int, image_size: int, num_classes: int) -> ModelS
 
 
 @register_model("speedrun", "airbench94-style fast net: frozen patch-whitening conv, 3 GELU blocks 64/256/256, "
-                "frozen-scale BN (after Keller Jordan's airbench94 and hlb-cifar10)")
+                "frozen-scale BN (after Keller Jordan's airbench94 and hlb-cifar10)", recipes={"default": "speedrun"})
 def speedrun(in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
     return speedrun_spec(in_channels, image_size, num_classes)
