@@ -8,7 +8,7 @@ for downloads), so :func:`clean_temp` can sweep what a killed process left.
 
 ``kill_point`` is a fault-injection hook for the tests only: with
 ``CIFARBENCH_TEST_KILL_AT=<point>`` (or ``<point>@N`` for its N-th pass) the process
-SIGKILLs itself there, as a power cut or ``kill -9`` would.
+SIGKILLs itself there, as a power cut or ``kill -9`` would (``:TERM``/``:INT`` send another signal).
 """
 
 from __future__ import annotations
@@ -134,13 +134,15 @@ def clean_temp(folder: Path, dir_prefixes: tuple[str, ...] = ()) -> list[str]:
 
 
 def kill_point(name: str) -> None:
-    """Tests only: SIGKILL this process at write point ``name`` when $CIFARBENCH_TEST_KILL_AT names it."""
+    """Tests only: ``$CIFARBENCH_TEST_KILL_AT=<point>[@N][:SIGNAL]`` sends this process SIGNAL
+    (default KILL) on the N-th pass (default 1st) through write point ``name``."""
     want = os.environ.get(KILL_ENV)
     if not want:
         return
+    want, _, sig = want.partition(":")
     point, _, nth = want.partition("@")
     if point != name:
         return
     _kill_counts[name] = _kill_counts.get(name, 0) + 1
     if _kill_counts[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, f"SIG{sig or 'KILL'}"))

@@ -313,6 +313,7 @@ class Trainer:
                     if decay is not None:
                         b.lookahead(decay)
                     self._next_step = i + 1
+                    atomic.kill_point("step")
                     self.stop.check()
                 self._next_step = self.steps_per_epoch
                 stats = b.end_epoch()  # synchronises
@@ -343,6 +344,7 @@ class Trainer:
         if images > warm_images:
             steady_images, steady_time = images - warm_images, train_time - warm_s
         t0 = time.perf_counter()
+        atomic.kill_point("eval")
         logits = self.backend.predict(self.splits.eval_name, self.cfg.eval_batch_size)
         ev = evaluate_logits(logits, self.splits.y_eval, self.ds.class_names)
         eval_time = time.perf_counter() - t0
