@@ -47,14 +47,20 @@ class RunDirLock:
             self._fd = None
 
 
+def refuse_existing(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """A new run never lands on an existing one unless told (checked before the lock, so a refused
+    run touches nothing, and again under it)."""
+    if not resume and not overwrite and ckpt.has_checkpoint(run_dir):
+        raise UsageError(f"{run_dir} already holds a run (a checkpoint)",
+                         hint=f"continue it with --resume {run_dir}, or pass --overwrite to replace it")
+
+
 def prepare(run_dir: Path, resume: bool, overwrite: bool) -> list[str]:
-    """Under the lock: refuse to train over an existing run unless told, then sweep temp files.
-    Returns the names of the leftovers removed."""
+    """Under the lock: refuse to train over an existing run unless told (or clear it for
+    --overwrite), then sweep temp files. Returns the names of the leftovers removed."""
     run_dir = Path(run_dir)
+    refuse_existing(run_dir, resume, overwrite)
     if not resume and ckpt.has_checkpoint(run_dir):
-        if not overwrite:
-            raise UsageError(f"{run_dir} already holds a run (a checkpoint)",
-                             hint=f"continue it with --resume {run_dir}, or pass --overwrite to replace it")
         _remove_run(run_dir)
     return ckpt.clean_temp(run_dir)
 

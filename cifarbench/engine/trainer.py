@@ -190,6 +190,7 @@ class Trainer:
         lock = rundir.RunDirLock(self.run_dir) if self.write else None
         with self.stop:
             if lock is not None:
+                rundir.refuse_existing(self.run_dir, self.resume, self.overwrite)
                 lock.acquire()  # before anything is read or written: a second process stops here
             try:
                 if self.write:
