@@ -221,8 +221,9 @@ def clean_temp(run_dir: Path) -> list[str]:
 
 
 def has_checkpoint(run_dir: Path) -> bool:
+    """A committed checkpoint is there (a staging folder left by a killed first save is not one)."""
     run_dir = Path(run_dir)
-    return any((run_dir / n).exists() for n in (WEIGHTS, SIDECAR, GENERATIONS))
+    return bool(list_generations(run_dir)) or any((run_dir / n).exists() for n in (WEIGHTS, SIDECAR))
 
 
 def list_generations(run_dir: Path) -> list[Path]:
@@ -245,6 +246,8 @@ def _seq(gen: Path) -> int:
 
 def read_sidecar(path: Path) -> dict[str, Any]:
     """A checkpoint.json as a dict, or a one-line CheckpointError."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
     try:
         data = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -128,3 +128,15 @@ def test_second_interrupt_during_the_interrupt_save_keeps_the_last_checkpoint(da
     res = invoke(["train", "--resume", str(out), "--no-record"])
     assert res.exit_code == 0, res.output
     assert_same_run(reference, out)
+
+
+def test_kill_during_the_first_save_leaves_no_run_and_a_fresh_start_is_clean(data, reference, tmp_path):
+    out = tmp_path / "run"
+    killed = child(data, out, "weights@1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not ckpt.has_checkpoint(out) and list((out / ckpt.GENERATIONS).glob(".new-*"))
+    res = invoke(["train", "--resume", str(out), "--no-record"])
+    assert res.exit_code == 2 and "no checkpoint" in res.output
+    res = invoke(["train", "--dataset", data, *ARGS, "-o", str(out)])  # nothing to overwrite: starts afresh
+    assert res.exit_code == 0, res.output
+    assert_same_run(reference, out)

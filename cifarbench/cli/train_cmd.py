@@ -135,6 +135,8 @@ def _check_not_finished(run_dir: Path, epochs: int) -> None:
     if not ckpt.has_checkpoint(run_dir):
         raise UsageError(f"--resume {run_dir}: no checkpoint there (the run never finished an epoch)")
     folder, _, _ = ckpt.locate(run_dir)  # the newest complete generation
+    if not (folder / ckpt.SIDECAR).is_file():
+        raise UsageError(f"--resume {run_dir}: no checkpoint.json there (the run never finished an epoch)")
     done = ckpt.verify(folder).get("epoch", 0)
     if not isinstance(done, int):
         raise ckpt.CheckpointError(f"corrupt {folder / ckpt.SIDECAR}: 'epoch' is {done!r}")

@@ -24,8 +24,10 @@ class RunDirLock:
         self._fd: int | None = None
 
     def acquire(self) -> "RunDirLock":
-        import fcntl
-
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; runs there are not locked (README)
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:

@@ -221,6 +221,7 @@ class Trainer:
                 self._next_step, self._partial = first, None
                 trained = self._train_epoch(epoch, first)
                 self._partial, self._next_step = trained, self.steps_per_epoch  # trained; evaluation pending
+                self.stop.check()  # a stop that came during the epoch's last step or its end
                 self._check_finite(epoch, trained.loss_sum / max(trained.count, 1))
                 rec = self._finish_epoch(epoch, trained, elapsed_before + time.perf_counter() - t_run)
                 self._check_finite(epoch, rec["eval_loss"])
