@@ -103,6 +103,8 @@ class RunConfig(BaseModel):
     seed: int = 0
     output: Optional[str] = Field(None, description="run directory (default runs/<model>-<dataset>-<time>)")
     save_every: int = Field(1, ge=1, description="write the checkpoint every N epochs (always at the end)")
+    keep_checkpoints: int = Field(
+        1, ge=1, description="checkpoint generations kept: the newest K, plus best/ (highest validation accuracy) with val_split")
 
     @field_validator("augment", mode="before")
     @classmethod

@@ -75,7 +75,8 @@ def export_run(run: str | Path, target: str, output: str | Path | None = None, f
     else:
         fw, suffix = _format(target, model, framework)
         _check_normalisation(target, meta)
-    path = Path(output) if output else Path(ck.run_dir) / f"{_stem(target, meta)}{suffix}"
+    home = Path(run) if Path(run).is_dir() else Path(run).parent  # the run directory, not a checkpoint generation
+    path = Path(output) if output else home / f"{_stem(target, meta)}{suffix}"
     if path.suffix != suffix:
         raise UsageError(f"{target} {fw} files end in {suffix}, not '{path.suffix or path.name}'",
                          hint=f"name the output ...{suffix}")
@@ -204,12 +205,9 @@ def _definfo_simplecnn(state: dict[str, np.ndarray]) -> dict[str, Any]:
 # ---------------------------------------------------------------- writers (atomic)
 
 def _atomic(path: Path, write) -> None:
-    from cifarbench.checkpoint import atomic_write_bytes
-    import io
+    from cifarbench import atomic
 
-    buf = io.BytesIO()
-    write(buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic.write_with(path, write)
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -1,5 +1,7 @@
 """Checkpoint files: atomic, portable, and refused clearly when corrupt or for another model."""
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -42,9 +44,15 @@ def test_corrupt_and_truncated(tmp_path):
     spec = create_spec("cnn")
     ck.save_checkpoint(tmp_path, init_params(spec), _meta(spec))
     data = (tmp_path / ck.WEIGHTS).read_bytes()
+    # the top-level file is a hard link to the only generation's: writing it in place tears both
     (tmp_path / ck.WEIGHTS).write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="corrupt"):
+    with pytest.raises(CheckpointError, match="no complete checkpoint .*model.safetensors has .* bytes"):
         ck.load_checkpoint(tmp_path)
+    (tmp_path / ck.WEIGHTS).write_bytes(b"x" * len(data))
+    with pytest.raises(CheckpointError, match="does not match the sha256"):
+        ck.load_checkpoint(tmp_path)
+    (tmp_path / ck.SIDECAR).unlink()  # without a manifest (an old run directory) the file itself is checked
+    shutil.rmtree(tmp_path / ck.GENERATIONS)
     (tmp_path / ck.WEIGHTS).write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt"):
         ck.load_checkpoint(tmp_path)

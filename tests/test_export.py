@@ -141,8 +141,8 @@ def test_cli_train_export_import_test_and_onnx(tmp_path):
     npz = write_npz(tmp_path / "d.npz", n_train=200, n_test=60, classes=10)
     data = f"npz:{npz}"
     run, back = tmp_path / "run", tmp_path / "back"
-    res = invoke(["train", "lenet", "--dataset", data, "--epochs", "2", "--batch-size", "32", "--normalize", "half",
-                  "--opt", "sgd", "--lr", "0.05", "-o", str(run), "--threads", "1"])
+    res = invoke(["train", "lenet", "--dataset", data, "--epochs", "3", "--batch-size", "16", "--normalize", "half",
+                  "--opt", "adamw", "--lr", "0.003", "-o", str(run), "--threads", "1"])
     assert res.exit_code == 0, res.output
     res = invoke(["export", str(run), "--to", "mike7seven", "-o", str(tmp_path / "lenet.pth"), "--json"])
     assert res.exit_code == 0, res.output
@@ -159,7 +159,7 @@ def test_cli_train_export_import_test_and_onnx(tmp_path):
 
     ours, round_trip = tested(run), tested(back)
     assert round_trip["accuracy"] == ours["accuracy"] and round_trip["confusion_matrix"] == ours["confusion_matrix"]
-    assert ours["accuracy"] > 0.2  # it learned something: 10 colour classes, chance is 0.1
+    assert ours["accuracy"] > 0.3  # it learned something (0.72 here): 10 colour classes, chance is 0.1
 
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

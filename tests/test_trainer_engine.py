@@ -129,3 +129,24 @@ def test_run_log_names_the_schedule_and_optimizer(tiny_npz, tmp_path, fake):
     training = next(v for v in log.values() if isinstance(v, dict) and "scheduler" in v)
     assert training["scheduler"] == "Triangle(lr=0.1, pct=0.25, start=0.2, end=0.07)"
     assert training["optimizer"] == "AdamW(lr=0.1, betas=(0.9, 0.999), weight_decay=0.01)"  # the default optimizer
+
+
+def test_non_finite_epoch_loss_stops_the_run_and_keeps_the_last_finite_checkpoint(tiny_npz, tmp_path, fake,
+                                                                                   monkeypatch):
+    from cifarbench.checkpoint import load_checkpoint
+    from cifarbench.engine.trainer import Diverged
+
+    ends = {"n": 0}
+
+    def end_epoch(self):  # epoch 2's loss is NaN; the host reads it once, at the epoch's end
+        ends["n"] += 1
+        return EpochStats(loss_sum=float("nan") if ends["n"] == 2 else 0.5 * self.count, correct=0, count=self.count)
+
+    monkeypatch.setattr(FakeBackend, "end_epoch", end_epoch)
+    with pytest.raises(Diverged) as info:
+        Trainer(_cfg(tiny_npz, tmp_path / "run", epochs=3)).run()
+    assert info.value.message == "diverged at epoch 2 (loss nan): lower --lr" and "last finite" in info.value.hint
+    side = load_checkpoint(tmp_path / "run").sidecar
+    assert (side["epoch"], side["finished"]) == (1, False)  # epoch 1's checkpoint; nothing of epoch 2
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1] and len(fake.calls) == 10  # stopped right after epoch 2's steps

@@ -56,7 +56,7 @@ def run_case(case: Case, config_file: str | None, overrides: dict[str, Any], see
         cfg.save_every = cfg.epochs  # one checkpoint at the end: writes stay out of the epochs being timed
         run_dir = out_dir / "runs" / label.replace("/", "-").replace(":", "-") if out_dir else None
         rec = _Forward(reporter, label)
-        summary = Trainer(cfg, rec, run_dir=run_dir, write=run_dir is not None).run()
+        summary = Trainer(cfg, rec, run_dir=run_dir, write=run_dir is not None, overwrite=True).run()  # a rerun replaces
         runs.append((seed, summary, rec.records, run_dir))
     return _row(case, runs, target_acc)
 

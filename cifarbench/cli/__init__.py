@@ -52,8 +52,8 @@ class _Group(TyperGroup):
             raise typer.Exit(exc.exit_code) from None
         except (_click_exc.ClickException, typer.Exit, typer.Abort):
             raise
-        except KeyboardInterrupt:
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as exc:  # 130, or 128 + the signal that stopped a run (143: SIGTERM)
+            raise typer.Exit(getattr(exc, "exit_code", EXIT_INTERRUPTED)) from None
         except Exception as exc:  # unexpected: still no traceback unless --debug
             if _state["debug"]:
                 raise
@@ -99,5 +99,5 @@ for _name in SUBCOMMAND_MODULES:
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="cifarbench")
-    except KeyboardInterrupt:
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        sys.exit(getattr(exc, "exit_code", EXIT_INTERRUPTED))

@@ -13,9 +13,9 @@ out_console = Console()
 
 
 def print_json(obj: Any) -> None:
-    from cifarbench.checkpoint import _json_default
+    from cifarbench.atomic import json_default
 
-    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    sys.stdout.write(json.dumps(obj, indent=2, default=json_default) + "\n")
     sys.stdout.flush()
 
 

@@ -121,7 +121,7 @@ def _show(result: dict[str, Any], to_stderr: bool) -> None:
 
 
 def _write(result: dict[str, Any], out_dir: Path) -> None:
-    from cifarbench.checkpoint import atomic_write_json
+    from cifarbench.atomic import write_json as atomic_write_json
     from cifarbench.report import write_outputs
     from cifarbench.report.plots import bench_charts
 

@@ -16,7 +16,7 @@ def fingerprint(
 ) -> None:
     """Record OS, CPU, memory, GPUs, framework versions, threads and backend availability."""
     from cifarbench import fingerprint as fp_mod
-    from cifarbench.checkpoint import atomic_write_json
+    from cifarbench.atomic import write_json as atomic_write_json
 
     fp = fp_mod.collect()
     log = fp_mod.standalone_run_log(fp)

@@ -24,7 +24,7 @@ def report(
     results_db: Optional[str] = typer.Option(None, "--results-db", "--db", help=DB_HELP),
 ) -> None:
     """Write report.html: sortable leaderboard, a panel per machine, throughput bars, accuracy-vs-time curves."""
-    from cifarbench.checkpoint import atomic_write_text
+    from cifarbench.atomic import write_text as atomic_write_text
     from cifarbench.report.html import render
     from cifarbench.results.db import shown_url
     from cifarbench.results.store import machine_fingerprints, query

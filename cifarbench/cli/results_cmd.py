@@ -186,7 +186,7 @@ def export_cmd(
     if output is None:
         typer.echo(text, nl=False)
         return
-    from cifarbench.checkpoint import atomic_write_text
+    from cifarbench.atomic import write_text as atomic_write_text
 
     atomic_write_text(output, text)
     info(f"wrote {len(rows)} results to {escape(str(output))}")

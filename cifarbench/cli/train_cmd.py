@@ -15,7 +15,7 @@ OVERRIDES = (
     "model", "dataset", "data_dir", "epochs", "batch_size", "eval_batch_size", "lr", "opt", "momentum", "nesterov",
     "weight_decay", "sched", "warmup_epochs", "min_lr", "label_smoothing", "precision", "seed", "output", "backend",
     "device", "val_split", "augment", "normalize", "compile", "compile_mode", "loader", "memory_limit",
-    "threads",
+    "threads", "keep_checkpoints",
 )
 
 
@@ -52,7 +52,10 @@ def train(
     memory_limit: Optional[float] = typer.Option(None, "--memory-limit", help="MLX memory limit in GB."),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="CPU threads for torch/NumPy (default: the framework's; 1 is often fastest on a busy machine)."),
+    keep_checkpoints: Optional[int] = typer.Option(
+        None, "--keep-checkpoints", help="Checkpoint generations kept: the newest K (default 1), plus best/ with --val-split."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in the -o directory."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
     list_configs: bool = typer.Option(False, "--list-configs", help="List the bundled recipes and exit."),
     json_out: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
@@ -81,7 +84,7 @@ def train(
         return
     if resume is None:
         info(recipe_line(cfg, sources))
-    _run(cfg, resume, json_out, None if no_record else (results_db or ""))
+    _run(cfg, resume, json_out, None if no_record else (results_db or ""), overwrite)
 
 
 def _resume_config(run_dir: Path, overrides: dict):
@@ -90,7 +93,7 @@ def _resume_config(run_dir: Path, overrides: dict):
     if not (run_dir / "config.yaml").is_file():
         raise UsageError(f"--resume {run_dir}: no config.yaml there", hint="pass the run directory a train run wrote")
     changed = {k: v for k, v in overrides.items() if v is not None}
-    allowed = {"epochs", "backend", "device", "data_dir", "eval_batch_size", "threads"}
+    allowed = {"epochs", "backend", "device", "data_dir", "eval_batch_size", "threads", "keep_checkpoints"}
     bad = sorted(set(changed) - allowed)
     if bad:
         raise UsageError(f"--resume keeps the run's recipe; cannot change: {', '.join(bad)}", hint="allowed: " + ", ".join(sorted(allowed)))
@@ -98,7 +101,7 @@ def _resume_config(run_dir: Path, overrides: dict):
     return cfg.model_copy(update={"output": str(run_dir)})
 
 
-def _run(cfg, resume: Optional[Path], json_out: bool, record_to: Optional[str] = None) -> None:
+def _run(cfg, resume: Optional[Path], json_out: bool, record_to: Optional[str] = None, overwrite: bool = False) -> None:
     from cifarbench.cli.progress import make_reporter
     from cifarbench.engine import distributed
     from cifarbench.engine.reporter import Reporter
@@ -106,7 +109,7 @@ def _run(cfg, resume: Optional[Path], json_out: bool, record_to: Optional[str] =
 
     main_rank = distributed.is_main_process()  # under torchrun, ranks > 0 print nothing
     rep = make_reporter() if main_rank else Reporter()
-    trainer = Trainer(cfg, rep, run_dir=resume, resume=resume is not None)
+    trainer = Trainer(cfg, rep, run_dir=resume, resume=resume is not None, overwrite=overwrite)
     if resume is not None:
         _check_not_finished(resume, cfg.epochs)
     try:
@@ -130,12 +133,16 @@ def _run(cfg, resume: Optional[Path], json_out: bool, record_to: Optional[str] =
 
 
 def _check_not_finished(run_dir: Path, epochs: int) -> None:
-    import json
+    from cifarbench import checkpoint as ckpt
 
-    side = run_dir / "checkpoint.json"
-    if not side.is_file():
+    if not ckpt.has_checkpoint(run_dir):
+        raise UsageError(f"--resume {run_dir}: no checkpoint there (the run never finished an epoch)")
+    folder, _, _ = ckpt.locate(run_dir)  # the newest complete generation
+    if not (folder / ckpt.SIDECAR).is_file():
         raise UsageError(f"--resume {run_dir}: no checkpoint.json there (the run never finished an epoch)")
-    done = json.loads(side.read_text()).get("epoch", 0)
+    done = ckpt.verify(folder).get("epoch", 0)
+    if not isinstance(done, int):
+        raise ckpt.CheckpointError(f"corrupt {folder / ckpt.SIDECAR}: 'epoch' is {done!r}")
     if done >= epochs:
         raise UsageError(f"run {run_dir} already finished {done} of {epochs} epochs", hint="pass --epochs N with N larger to continue")
 

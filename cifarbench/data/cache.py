@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from cifarbench import atomic
 
 CACHE_VERSION = 1
 CACHE_ENV = "CIFARBENCH_CACHE"
@@ -73,10 +74,10 @@ def save(folder: Path, key: str, sig: dict, arrays: dict[str, np.ndarray], extra
         where.mkdir(parents=True, exist_ok=True)
         (where / "meta.json").unlink(missing_ok=True)  # invalidate first: arrays and meta change together
         for name, arr in arrays.items():
-            _atomic(where / f"{name}.npy", lambda f, a=arr: np.save(f, a, allow_pickle=False))
+            atomic.write_with(where / f"{name}.npy", lambda f, a=arr: np.save(f, a, allow_pickle=False))
         meta = {"version": CACHE_VERSION, "signature": sig, "arrays": sorted(arrays), "extra": extra,
                 "source": str(Path(folder).resolve())}
-        _atomic(where / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        atomic.write_bytes(where / "meta.json", json.dumps(meta, indent=1).encode())
     except OSError:
         return False
     return True
@@ -90,13 +91,3 @@ def writable(folder: Path) -> bool:
     except OSError:
         return False
 
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache shared by users must stay readable
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)

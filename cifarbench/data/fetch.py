@@ -20,6 +20,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Callable, Sequence
 
+from cifarbench import atomic
 from cifarbench.errors import DataError
 
 ProgressFn = Callable[[str, int, "int | None"], None]
@@ -101,26 +102,21 @@ def _summarise(failures: list[str]) -> str:
 
 def _download_once(url: str, file_name: str, md5: str | None, dest: Path, progress: ProgressFn | None) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "cifarbench"})
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp:
+        # a failed check raises inside the block: the partial download is removed and dest is untouched
+        with atomic.replacing(dest, suffix=".part") as out, urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp:
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             digest, done = _copy(resp, out, file_name, total, progress)
-        if total is not None and done != total:
-            raise _Transient(f"truncated transfer: {done} of {total} bytes")
-        if md5 and digest != md5:
-            raise _NextMirror(f"md5 {digest} differs from the expected {md5}")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, dest)
+            if total is not None and done != total:
+                raise _Transient(f"truncated transfer: {done} of {total} bytes")
+            if md5 and digest != md5:
+                raise _NextMirror(f"md5 {digest} differs from the expected {md5}")
     except urllib.error.HTTPError as e:
         retry = e.code in (408, 429) or e.code >= 500
         raise (_Transient if retry else _NextMirror)(f"HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
         raise _Transient(str(getattr(e, "reason", None) or e) or type(e).__name__) from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _copy(resp, out, file_name: str, total: int | None, progress: ProgressFn | None) -> tuple[str, int]:

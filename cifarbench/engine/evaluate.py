@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional
 
+import numpy as np
+
 from cifarbench.checkpoint import check_compatible, load_checkpoint
 from cifarbench.engine.metrics import evaluate_logits
 from cifarbench.engine.session import eval_backend
+from cifarbench.errors import UsageError
 from cifarbench.models import create_spec
 
 
@@ -26,13 +29,21 @@ def evaluate_with_data(checkpoint: str, dataset: Optional[str], data_dir: Option
     from cifarbench.data import load_dataset
     from cifarbench.models.registry import check_runs_on
 
-    ck = load_checkpoint(checkpoint)
+    ck = load_checkpoint(checkpoint)  # a run directory gives its newest complete generation
+    for note in ck.notes:
+        warn(note)
+    bad = sum(int(v.size - np.isfinite(v).sum()) for v in ck.state.values())
+    if bad:
+        warn(f"checkpoint {checkpoint} has {bad} non-finite weight values (NaN/inf): the run diverged; "
+             "these results mean nothing")
     meta = ck.meta
     check_runs_on(meta["model"], resolve(backend, device)[0])  # before the data set loads
     ds_name = dataset or meta.get("dataset", "cifar10")
     ds = load_dataset(ds_name, data_dir)
     for w in getattr(ds, "warnings", []) or []:
         warn(w)
+    if len(ds.y_test) == 0:
+        raise UsageError(f"the test split of {ds_name} is empty: nothing to evaluate on")
     spec = create_spec(meta["model"], ds.channels, ds.image_size, ds.num_classes)
     check_compatible(ck.state, spec, f"checkpoint {checkpoint} (model {meta['model']}, {meta['num_classes']} classes)")
     be = eval_backend(backend, device, spec, ck.state, meta.get("mean", ds.mean()), meta.get("std", ds.std()),

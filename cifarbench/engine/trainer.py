@@ -3,7 +3,12 @@
 One loop for every backend. The engine draws the data order and augmentation (seeded per
 epoch, so a resumed run replays the same draws), computes the schedule, times whole phases
 after synchronising the device, evaluates on the validation split (or the test set when no
-split is held out) and writes the run directory atomically after each epoch.
+split is held out) and commits a checkpoint generation after each epoch (cifarbench.checkpoint).
+
+The run directory is locked for the whole run (engine.rundir). A checkpoint holds everything the
+metrics need too: the epoch rows so far, and the sums of a partly trained epoch, so a run
+interrupted anywhere (mid-epoch, during evaluation) and resumed writes the rows an
+uninterrupted run writes. A non-finite loss stops the run (exit 1) before it is saved.
 """
 
 from __future__ import annotations
@@ -11,23 +16,26 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cifarbench import atomic
 from cifarbench import checkpoint as ckpt
 from cifarbench.config import RunConfig, dump_config
-from cifarbench.engine import distributed, tta
+from cifarbench.engine import distributed, rundir, tta
+from cifarbench.engine.interrupts import StopRequests
 from cifarbench.engine.metrics import evaluate_logits
 from cifarbench.engine.reporter import Reporter
 from cifarbench.engine.schedules import DropoutSchedule, make_schedule
 from cifarbench.engine.session import normalization, train_options, training_backend
 from cifarbench.engine.tricks import lookahead_decay
-from cifarbench.errors import UsageError
+from cifarbench.errors import CifarbenchError, UsageError
 from cifarbench.models import create_spec
 from cifarbench.models.spec import ModuleSpec, dropout_rates
 
@@ -52,15 +60,30 @@ def default_run_dir(cfg: RunConfig) -> Path:
 
 @dataclass
 class EpochTrain:
-    """What one epoch's training phase measured (the evaluation adds the rest of the record)."""
+    """What one epoch's training phase measured (the evaluation adds the rest of the record).
 
-    stats: Any  # backends.base.EpochStats
+    Saved in a mid-epoch checkpoint and added to what the resumed part measures.
+    """
+
+    loss_sum: float  # over the samples trained
+    correct: int
+    count: int
     seconds: float  # wall time of the phase, device synchronised at both ends
     lr: float  # of the last step
     momentum: float
-    images: int  # trained this epoch (fewer when resumed mid-epoch)
+    images: int  # trained in the phase
     warmup_s: float  # first steps of new batch sizes (compile/JIT), timed apart
     warmup_images: int
+
+    def __add__(self, later: "EpochTrain") -> "EpochTrain":
+        last = later if later.images else self
+        return EpochTrain(self.loss_sum + later.loss_sum, self.correct + later.correct, self.count + later.count,
+                          self.seconds + later.seconds, last.lr, last.momentum, self.images + later.images,
+                          self.warmup_s + later.warmup_s, self.warmup_images + later.warmup_images)
+
+
+class Diverged(CifarbenchError):
+    """A non-finite loss: the run stops (exit 1) and keeps its last finite checkpoint."""
 
 
 @dataclass
@@ -80,16 +103,21 @@ def _own_rate(spec) -> float | None:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, reporter: Reporter | None = None, run_dir: Path | None = None,
-                 resume: bool = False, write: bool = True):
+                 resume: bool = False, write: bool = True, overwrite: bool = False):
         self.cfg = cfg
         self.rep = reporter or Reporter()
         self.run_dir = Path(run_dir) if run_dir else (Path(cfg.output) if cfg.output else default_run_dir(cfg))
         self.resume = resume
+        self.overwrite = overwrite
         self.dist = distributed.detect()  # under torchrun: this rank; None in a plain run
         self.write = write and (self.dist is None or self.dist.is_main)  # rank 0 alone writes
         self.records: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.start_step_in_epoch = 0
+        self.resumed_partial: EpochTrain | None = None  # the part of start_epoch trained before the resume
+        self.best: dict[str, Any] | None = None  # {"epoch", "eval_acc"} of best/ (validation only)
+        self.stop = StopRequests()
+        self._committed: tuple[int, int] | None = None  # the position of the last checkpoint written
 
     # ----- set-up ----------------------------------------------------------------------
     def setup(self) -> None:
@@ -102,6 +130,8 @@ class Trainer:
             self.rep.warning(w)
         if cfg.val_split >= len(self.ds.y_train):
             raise UsageError(f"--val-split {cfg.val_split} leaves no training data ({len(self.ds.y_train)} images)")
+        if len(self.ds.y_test) == 0:
+            raise UsageError(f"the test split of {cfg.dataset} is empty: nothing to evaluate on")
         if cfg.val_split:
             xt, yt, xv, yv = split_validation(self.ds.x_train, self.ds.y_train, cfg.val_split, cfg.seed)
             self.splits = Splits(xt, yt, xv, yv, "val")
@@ -165,54 +195,124 @@ class Trainer:
         load_backend_class(backend)
 
     def _load_resume_state(self):
-        loaded = ckpt.load_checkpoint(self.run_dir)
+        loaded = ckpt.load_checkpoint(self.run_dir)  # the newest complete generation, verified
+        for note in loaded.notes:
+            self.rep.warning(note)
         ckpt.check_compatible(loaded.state, self.spec, str(self.run_dir))
         side = loaded.sidecar
-        self.start_epoch = int(side.get("epoch", 0))
-        self.start_step_in_epoch = int(side.get("step_in_epoch", 0))
-        metrics = self.run_dir / "metrics.jsonl"
-        if metrics.is_file():
-            rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
-            self.records = [r for r in rows if r["epoch"] <= self.start_epoch]
-        return loaded.state, ckpt.load_optimizer_state(self.run_dir)
+        try:
+            self.start_epoch = int(side.get("epoch", 0))
+            self.start_step_in_epoch = int(side.get("step_in_epoch", 0))
+            if side.get("partial_epoch"):
+                self.resumed_partial = EpochTrain(**side["partial_epoch"])
+            self.best = side.get("best")
+        except (TypeError, ValueError) as exc:
+            raise ckpt.CheckpointError(f"corrupt {loaded.run_dir / ckpt.SIDECAR}: {exc}") from None
+        self._committed = (self.start_epoch, self.start_step_in_epoch)
+        if "records" in side:  # the rows committed with this checkpoint
+            self.records = list(side["records"])
+        else:  # written before checkpoints held their rows
+            metrics = self.run_dir / "metrics.jsonl"
+            if metrics.is_file():
+                rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
+                self.records = [r for r in rows if r["epoch"] <= self.start_epoch]
+            if self.start_step_in_epoch:
+                self.rep.warning(f"this checkpoint predates saved partial epochs: epoch {self.start_epoch + 1}'s "
+                                 "train loss/accuracy will count only the steps after the resume")
+        return loaded.state, ckpt.load_optimizer_state(loaded.run_dir)
 
     # ----- the loop --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        lock = rundir.RunDirLock(self.run_dir) if self.write else None
+        with self.stop:
+            if lock is not None:
+                rundir.refuse_existing(self.run_dir, self.resume, self.overwrite)
+                lock.acquire()  # before anything is read or written: a second process stops here
+            try:
+                if self.write:
+                    for name in rundir.prepare(self.run_dir, self.resume, self.overwrite):
+                        self.rep.message(f"removed a leftover temp file: {name}")
+                return self._run()
+            finally:
+                if lock is not None:
+                    lock.release()
+
+    def _run(self) -> dict[str, Any]:
         self.setup()
         cfg = self.cfg
         info = self._info()
         self.rep.start(info)
         if self.write:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
+            atomic.write_text(self.run_dir / "config.yaml", dump_config(cfg))
+            self._write_metrics()  # rows past the checkpoint (from a killed run) go
         t_run = time.perf_counter()
         elapsed_before = self.records[-1]["elapsed_s"] if self.records else 0.0
         epoch = self.start_epoch
         self._next_step = self.start_step_in_epoch  # the interrupt point: the step about to run
+        self._partial: EpochTrain | None = None  # the epoch trained so far, when interrupted
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 first = self.start_step_in_epoch if epoch == self.start_epoch else 0
-                self._next_step = first
+                self._next_step, self._partial = first, None
                 self._apply_dropout(epoch)
                 trained = self._train_epoch(epoch, first)
+                self._partial, self._next_step = trained, self.steps_per_epoch  # trained; evaluation pending
+                self.stop.check()  # a stop that came during the epoch's last step or its end
+                self._check_finite(epoch, trained.loss_sum / max(trained.count, 1))
                 rec = self._finish_epoch(epoch, trained, elapsed_before + time.perf_counter() - t_run)
+                self._check_finite(epoch, rec["eval_loss"])
                 self.records.append(rec)
                 self.rep.epoch_end(rec)
+                best = self._is_best(rec)
                 last = epoch + 1 == cfg.epochs
-                if self.write and ((epoch + 1) % cfg.save_every == 0 or last):
-                    self._save(epoch + 1, 0)
-                self._write_metrics()
+                with self.stop.deferred():  # a stop waits for the commit
+                    if self.write and ((epoch + 1) % cfg.save_every == 0 or last or best):
+                        self._save(epoch + 1, 0, best=best)
+                    self._write_metrics()
+                self._partial = None
+                self._next_step = 0
+                self.stop.check()
         except KeyboardInterrupt:
             if self.write:
-                self._save(epoch, self._next_step)
-                self.rep.warning(f"interrupted: resumable checkpoint in {self.run_dir} (cifarbench train --resume {self.run_dir})")
+                self._save_interrupted(epoch)
             raise
         summary = self._final(time.perf_counter() - t_run + elapsed_before)
         self.rep.finish(summary)
         return summary
 
+    def _save_interrupted(self, epoch: int) -> None:
+        done = bool(self.records) and self.records[-1]["epoch"] == epoch + 1  # stopped after the epoch's row
+        pos, part = ((epoch + 1, 0), None) if done else ((epoch, self._next_step), self._partial)
+        if part is not None and not math.isfinite(part.loss_sum):
+            self.rep.warning("interrupted: not saved, the loss is already non-finite; the last checkpoint is kept")
+            return
+        if self._committed != pos:
+            try:
+                self._save(*pos, partial=part)
+            except KeyboardInterrupt:
+                self.rep.warning("interrupted again: the save was abandoned; the last complete checkpoint is kept")
+                raise
+        self.rep.warning(f"interrupted: resumable checkpoint in {self.run_dir} (cifarbench train --resume {self.run_dir})")
+
+    def _check_finite(self, epoch: int, loss: float) -> None:
+        if not math.isfinite(loss):
+            kept = f"; the last finite checkpoint stays in {self.run_dir}" if ckpt.has_checkpoint(self.run_dir) else ""
+            raise Diverged(f"diverged at epoch {epoch + 1} (loss {loss}): lower --lr",
+                           hint=f"nothing of epoch {epoch + 1} was saved{kept}" if self.write else None)
+
+    def _is_best(self, rec: dict[str, Any]) -> bool:
+        """Model selection on the validation split only, never on the test set."""
+        if rec["eval_split"] != "val" or (self.best is not None and rec["eval_acc"] <= self.best["eval_acc"]):
+            return False
+        self.best = {"epoch": rec["epoch"], "eval_acc": rec["eval_acc"]}
+        return True
+
     def _train_epoch(self, epoch: int, first_step: int) -> EpochTrain:
-        """Steps ``first_step``.. of this epoch; ``self._next_step`` always names the step about to run."""
+        """Steps ``first_step``.. of this epoch; ``self._next_step`` always names the step about to run.
+
+        A stop request is taken at a step boundary; the part trained so far goes to ``self._partial``.
+        """
         from cifarbench.data.augment import alternate_flips, draw_epoch
 
         cfg, b = self.cfg, self.backend
@@ -226,23 +326,41 @@ class Trainer:
         t0 = time.perf_counter()
         b.begin_epoch(order, offsets, flips, epoch_seed(cfg.seed + 1, epoch))
         base = epoch * self.steps_per_epoch
+        before = self.resumed_partial if epoch == self.start_epoch else None
         lr = mom = 0.0
         warm_s, warm_images = 0.0, 0
-        for i in range(first_step, self.steps_per_epoch):
-            self._next_step = i
-            lr, mom = self.schedule(base + i)
-            start, stop = i * cfg.batch_size, min((i + 1) * cfg.batch_size, n)
-            if stop - start in self._seen_batches:
-                b.train_step(start, stop, lr, mom)
-            else:  # first step of this batch shape: compile/JIT/autotune run here, timed apart
-                warm_s += self._timed_step(start, stop, lr, mom)
-                warm_images += stop - start
-            decay = lookahead_decay(base + i + 1, cfg.epochs * self.steps_per_epoch, cfg.lookahead_every, cfg.lookahead_decay)
-            if decay is not None:
-                b.lookahead(decay)
-        self._next_step = self.steps_per_epoch
-        stats = b.end_epoch()  # synchronises
-        return EpochTrain(stats, time.perf_counter() - t0, lr, mom, n - first_step * cfg.batch_size, warm_s, warm_images)
+
+        def so_far(stats) -> EpochTrain:
+            images = min(self._next_step * cfg.batch_size, n) - min(first_step * cfg.batch_size, n)
+            part = EpochTrain(stats.loss_sum, stats.correct, stats.count, time.perf_counter() - t0, lr, mom,
+                              images, warm_s, warm_images)
+            return before + part if before is not None else part
+
+        try:
+            with self.stop.deferred():
+                for i in range(first_step, self.steps_per_epoch):
+                    self._next_step = i
+                    lr, mom = self.schedule(base + i)
+                    start, stop = i * cfg.batch_size, min((i + 1) * cfg.batch_size, n)
+                    if stop - start in self._seen_batches:
+                        b.train_step(start, stop, lr, mom)
+                    else:  # first step of this batch shape: compile/JIT/autotune run here, timed apart
+                        warm_s += self._timed_step(start, stop, lr, mom)
+                        warm_images += stop - start
+                    decay = lookahead_decay(base + i + 1, cfg.epochs * self.steps_per_epoch, cfg.lookahead_every,
+                                            cfg.lookahead_decay)
+                    if decay is not None:
+                        b.lookahead(decay)
+                    self._next_step = i + 1
+                    atomic.kill_point("step")
+                    self.stop.check()
+                self._next_step = self.steps_per_epoch
+                stats = b.end_epoch()  # synchronises
+        except KeyboardInterrupt:
+            if self.dist is None:  # (under torchrun end_epoch is a collective: the sums are not saved)
+                self._partial = so_far(b.end_epoch())
+            raise
+        return so_far(stats)
 
     def _timed_step(self, start: int, stop: int, lr: float, mom: float) -> float:
         """One synchronised, timed step (the warm-up of a new batch shape)."""
@@ -255,7 +373,7 @@ class Trainer:
         return time.perf_counter() - t0
 
     def _finish_epoch(self, epoch: int, trained: EpochTrain, elapsed: float) -> dict[str, Any]:
-        stats, train_time, lr, mom = trained.stats, trained.seconds, trained.lr, trained.momentum
+        train_time, lr, mom = trained.seconds, trained.lr, trained.momentum
         images, warm_s, warm_images = trained.images, trained.warmup_s, trained.warmup_images
         if warm_s > 0:
             self.rep.message(f"warm-up (first step of each batch size: compile/JIT/autotune): {warm_s:.2f} s, "
@@ -265,12 +383,13 @@ class Trainer:
         if images > warm_images:
             steady_images, steady_time = images - warm_images, train_time - warm_s
         t0 = time.perf_counter()
+        atomic.kill_point("eval")
         logits = self.backend.predict(self.splits.eval_name, self.cfg.eval_batch_size)
         ev = evaluate_logits(logits, self.splits.y_eval, self.ds.class_names)
         eval_time = time.perf_counter() - t0
-        count = max(stats.count, 1)
+        count = max(trained.count, 1)
         return {
-            "epoch": epoch + 1, "train_loss": stats.loss_sum / count, "train_acc": stats.correct / count,
+            "epoch": epoch + 1, "train_loss": trained.loss_sum / count, "train_acc": trained.correct / count,
             "eval_split": self.splits.eval_name, "eval_loss": ev["loss"], "eval_acc": ev["accuracy"],
             "lr": lr, "momentum": mom, "dropout": self.dropout_now if self.dropout_plan else _own_rate(self.spec),
             "images_per_s": steady_images / steady_time if steady_time > 0 else 0.0,
@@ -285,24 +404,30 @@ class Trainer:
             self.ds.class_names, self.mean, self.std, self.cfg.backend,
         )
 
-    def _save(self, epoch: int, step_in_epoch: int) -> None:
+    def _save(self, epoch: int, step_in_epoch: int, partial: EpochTrain | None = None, best: bool = False) -> None:
+        """One checkpoint generation: weights, optimizer, position, the rows so far, a partial epoch."""
         side = {
             "epoch": epoch, "step_in_epoch": step_in_epoch,
             "global_step": epoch * self.steps_per_epoch + step_in_epoch, "epochs": self.cfg.epochs,
             "finished": epoch >= self.cfg.epochs, "config": self.cfg.model_dump(mode="json"),
             "saved_at": datetime.now().isoformat(timespec="seconds"),
+            "records": self.records, "partial_epoch": asdict(partial) if partial is not None else None,
+            "best": self.best,
         }
-        ckpt.save_checkpoint(self.run_dir, self.backend.state_dict(), self._meta(), self.backend.optimizer_state(), side)
+        ckpt.save_checkpoint(self.run_dir, self.backend.state_dict(), self._meta(), self.backend.optimizer_state(),
+                             side, keep=self.cfg.keep_checkpoints, best=best)
+        self._committed = (epoch, step_in_epoch)
 
     def _write_metrics(self) -> None:
         if not self.write:
             return
-        ckpt.atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
+        atomic.write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
+        atomic.kill_point("metrics")
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(self.records)
-        ckpt.atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
+        atomic.write_text(self.run_dir / "metrics.csv", buf.getvalue())
 
     def _info(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -347,4 +472,4 @@ class Trainer:
             log = {"config": self.cfg.model_dump(mode="json"), "results": summary}
         else:
             log = training_run_log(self.cfg, summary, self.backend)
-        ckpt.atomic_write_json(self.run_dir / "run_log.json", log)
+        atomic.write_json(self.run_dir / "run_log.json", log)

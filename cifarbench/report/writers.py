@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cifarbench.checkpoint import atomic_write_json, atomic_write_text
+from cifarbench.atomic import write_json as atomic_write_json, write_text as atomic_write_text
 from cifarbench.errors import UsageError
 from cifarbench.report.tables import format_table, skipped_lines
 
