@@ -206,7 +206,10 @@ def test_safetensors_with_unknown_names_is_refused_in_one_line(tmp_path):
     assert res.exit_code == 1 and "encoder.weight" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "r").exists()
     bad = tmp_path / "broken.safetensors"
-    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")  # no JSON header at all
+    with pytest.raises(CheckpointError, match="broken.safetensors is corrupt or not a .safetensors file"):
+        convert(bad, "menzhse")
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{ broken")  # a header that safetensors rejects
     with pytest.raises(CheckpointError, match="cannot read .* as .safetensors"):
         convert(bad, "menzhse")
 
