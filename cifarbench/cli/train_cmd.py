@@ -99,7 +99,11 @@ def _run(cfg, resume: Optional[Path], json_out: bool, record_to: Optional[str] =
     from cifarbench.cli.progress import make_reporter
     from cifarbench.engine import distributed
     from cifarbench.engine.reporter import Reporter
-    from cifarbench.engine.trainer import Trainer
+    from cifarbench.engine.trainer import Trainer, default_run_dir
+    from cifarbench.paths import need_writable_folder
+
+    if distributed.is_main_process():  # fail before any work when the run folder cannot be written
+        need_writable_folder(resume or cfg.output or default_run_dir(cfg), "--resume" if resume else "-o")
 
     main_rank = distributed.is_main_process()  # under torchrun, ranks > 0 print nothing
     rep = make_reporter() if main_rank else Reporter()

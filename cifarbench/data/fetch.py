@@ -175,18 +175,21 @@ def safe_extract(archive: Path, dest: Path) -> None:
         ) from None
 
 
+def _short(name: str) -> str:
+    return name if len(name) <= 120 else name[:60] + "..." + name[-40:]
+
+
 def _refuse(archive: Path, member: tarfile.TarInfo, why: str) -> DataError:
-    shown = member.name if len(member.name) <= 120 else member.name[:60] + "..." + member.name[-40:]
-    return DataError(f"refusing {archive}: member '{shown}' {why}")
+    return DataError(f"refusing {archive}: member '{_short(member.name)}' {why}")
 
 
 def _check_members(members: list[tarfile.TarInfo], archive: Path) -> None:
     kinds: dict[str, bool] = {}  # normalised path -> is a folder
     for member in members:
         if member.issym():
-            raise _refuse(archive, member, f"is a symbolic link (to '{member.linkname}'); data archives hold only files and folders")
+            raise _refuse(archive, member, f"is a symbolic link (to '{_short(member.linkname)}'); data archives hold only files and folders")
         if member.islnk():
-            raise _refuse(archive, member, f"is a hard link (to '{member.linkname}'); data archives hold only files and folders")
+            raise _refuse(archive, member, f"is a hard link (to '{_short(member.linkname)}'); data archives hold only files and folders")
         if not (member.isfile() or member.isdir()):
             raise _refuse(archive, member, "is a special file (device, FIFO or other); data archives hold only files and folders")
         parts = _parts(member.name)
@@ -198,7 +201,7 @@ def _check_members(members: list[tarfile.TarInfo], archive: Path) -> None:
         key = "/".join(parts)
         for i in range(1, len(parts)):  # every parent must be (or become) a folder, never a file
             if kinds.get("/".join(parts[:i])) is False:
-                raise _refuse(archive, member, f"lies under '{'/'.join(parts[:i])}', which the archive makes a file")
+                raise _refuse(archive, member, f"lies under '{_short('/'.join(parts[:i]))}', which the archive makes a file")
         if key in kinds and not (kinds[key] and member.isdir()):
             raise _refuse(archive, member, "appears twice in the archive")
         kinds[key] = member.isdir()

@@ -169,8 +169,7 @@ def read_any(path: Path, trust_pickle: bool, accepted: tuple[str, ...] | None = 
     fmt = format_of(path)
     if accepted is not None and fmt not in accepted:
         exts = sorted(e for e, f in FORMATS.items() if f in accepted)
-        raise UsageError(f"{owner} checkpoints are {' or '.join(exts)} files, got {path.name}",
-                         hint="check --from (the project that wrote the file)")
+        raise UsageError(f"{owner} checkpoints are {' or '.join(exts)} files, got {path.name}")
     check_container(path, fmt)
     readers = {"npz": read_npz, "safetensors": read_safetensors}
     if fmt in readers:
