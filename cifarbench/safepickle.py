@@ -16,6 +16,7 @@ to unpickle untrusted data (Python docs, "Restricting Globals"). Two lists are u
 from __future__ import annotations
 
 import _codecs
+import _compat_pickle
 import io
 import pickle
 from typing import Any, Callable, Mapping
@@ -24,8 +25,10 @@ import numpy as np
 
 try:  # NumPy 2 moved the pickling helpers; old pickles name numpy.core, new ones numpy._core
     from numpy._core.multiarray import _reconstruct, scalar
+    from numpy._core.numeric import _frombuffer
 except ImportError:  # pragma: no cover - NumPy 1.x
     from numpy.core.multiarray import _reconstruct, scalar
+    from numpy.core.numeric import _frombuffer
 
 Allowed = Mapping[tuple[str, str], Any]
 
@@ -34,6 +37,8 @@ ARRAYS: Allowed = {
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy.core.multiarray", "scalar"): scalar,
     ("numpy._core.multiarray", "scalar"): scalar,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,  # protocol 5: an array from its raw buffer
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _codecs.encode,
@@ -84,6 +89,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._fallback = fallback
 
     def find_class(self, module: str, name: str) -> Any:
+        # protocol 0-2 pickles name Python 2 modules (__builtin__.set, copy_reg...): map them as pickle does
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         try:
             return self._allowed[(module, name)]
         except KeyError:
