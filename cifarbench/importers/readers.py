@@ -30,13 +30,21 @@ from cifarbench import safepickle
 from cifarbench.errors import CheckpointError, UsageError
 
 PICKLE_HINT = "pickles can run code when loaded; pass --trust-pickle only for files you trust"
-# torch.save(..., _use_new_zipfile_serialization=False) opens with its magic number, pickled (protocol 2)
-_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+# torch.save(..., _use_new_zipfile_serialization=False) opens with its magic number 0x1950a86a20f9469cfc6c,
+# pickled: PROTO n, (protocol 4+: a FRAME header,) LONG1 of 10 bytes
+_TORCH_LEGACY_MAGIC = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty archive's end record
 FORMATS = {".npz": "npz", ".safetensors": "safetensors", ".pth": "pth", ".pt": "pth", ".pkl": "pkl", ".pickle": "pkl"}
 
 
-def _head(path: Path, n: int = 16) -> bytes:
+def _is_torch_legacy(head: bytes) -> bool:
+    if not safepickle.has_pickle_header(head):
+        return False
+    at = 11 if head[2:3] == b"\x95" else 2  # skip the 8-byte frame length of protocol 4/5
+    return head[at:at + len(_TORCH_LEGACY_MAGIC)] == _TORCH_LEGACY_MAGIC
+
+
+def _head(path: Path, n: int = 32) -> bytes:
     with open(path, "rb") as fh:
         return fh.read(n)
 
@@ -60,7 +68,7 @@ def check_container(path: Path, fmt: str) -> None:
     """Refuse a file whose first bytes are not ``fmt``'s container, before any loader reads it."""
     head = _head(path)
     if fmt == "pth":
-        if head.startswith(_TORCH_LEGACY_MAGIC):
+        if _is_torch_legacy(head):
             return
         if head.startswith(_ZIP_MAGIC) and any(n == "data.pkl" or n.endswith("/data.pkl")
                                                for n in _zip_names(path, "PyTorch")):
