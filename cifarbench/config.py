@@ -17,7 +17,9 @@ from cifarbench.errors import UsageError
 
 
 class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: inf/nan in any float field (--warmup-epochs inf, --lr nan) is refused here,
+    # not found later as an OverflowError in the schedule or a NaN run
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # what
     model: str = Field("cnn", description="registered model name (cifarbench models)")

@@ -23,6 +23,7 @@ from cifarbench.backends.base import OptimConfig, TrainOptions  # noqa: E402
 from cifarbench.backends.mlx_backend import MLXBackend  # noqa: E402
 from cifarbench.backends.mlx_backend.data import normalise  # noqa: E402
 from cifarbench.backends.torch_backend import TorchBackend  # noqa: E402
+from cifarbench.errors import UsageError  # noqa: E402
 from cifarbench.models import create_spec, init_params, model_names  # noqa: E402
 from cifarbench.models import spec as S  # noqa: E402
 from cifarbench.models.shapes import SpecShapeError, output_shape  # noqa: E402
@@ -41,7 +42,7 @@ def small_spec(name: str):
         try:
             spec = create_spec(name, image_size=size)
             output_shape(spec)
-        except SpecShapeError:
+        except (SpecShapeError, UsageError):  # create_spec: UsageError naming the smallest size
             continue
         return dataclasses.replace(spec, layers=parity_layers(spec.layers))
     raise AssertionError(f"model {name} fits neither 16 nor 32 pixels")

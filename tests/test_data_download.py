@@ -207,7 +207,7 @@ def test_cli_download(server, tmp_path):
         ({"../evil.txt": b"x"}, None, "outside"),
         ({"cifar-10-batches-py/../../evil.txt": b"x"}, None, "outside"),
         ({"/tmp/evil.txt": b"x"}, None, "outside"),
-        ({"ok.txt": b"x"}, {"cifar-10-batches-py/link": "../../etc/passwd"}, "points outside"),
+        ({"ok.txt": b"x"}, {"cifar-10-batches-py/link": "../../etc/passwd"}, "symbolic link"),
     ],
 )
 def test_unsafe_archives_are_refused(tmp_path, members, links, message):
@@ -251,3 +251,96 @@ def test_read_only_data_dir_is_not_downloaded_into(server, tmp_path):
         assert handler.requests == [] and list(ro.iterdir()) == []
     finally:
         ro.chmod(0o755)
+
+
+# ----- archives: the member checks alone (no reliance on tarfile's extraction filters) -----------------------
+
+
+def _entries_tar(archive: Path, entries: list[tuple[str, bytes, str, bytes | None]]) -> Path:
+    """(name, tar type, linkname, data) per member, in order, with no checks (the shapes attackers use)."""
+    import io
+    import tarfile
+
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, link, data in entries:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, link
+            info.size = len(data or b"")
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    return archive
+
+
+def _cve_2025_4517_shape() -> list:
+    """The published CVE-2025-4517 shape: 16 nested 247-character folder names, one-letter links to
+    them (so realpath stops resolving past PATH_MAX), a link climbing out, and a hard link through it."""
+    import os
+    import tarfile
+
+    comp, steps, path, out = "d" * 247, "abcdefghijklmnop", "", []
+    for step in steps:
+        out.append((os.path.join(path, comp), tarfile.DIRTYPE, "", None))
+        out.append((os.path.join(path, step), tarfile.SYMTYPE, comp, None))
+        path = os.path.join(path, comp)
+    linkpath = os.path.join("/".join(steps), "l" * 254)
+    out.append((linkpath, tarfile.SYMTYPE, "../" * len(steps), None))
+    out.append(("escape", tarfile.SYMTYPE, linkpath + "/../" * 8 + "etc", None))
+    out.append(("flaglink", tarfile.LNKTYPE, "escape/passwd", None))
+    return out
+
+
+def _bypass_cases():
+    import tarfile
+
+    S, L, R, D = tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.REGTYPE, tarfile.DIRTYPE
+    long_dirs = [e for e in _cve_2025_4517_shape() if e[1] == D]  # the same, links left out: the path alone
+    return {
+        "cve-2025-4517": (_cve_2025_4517_shape(), "symbolic link"),
+        "cve-2025-4517-paths-only": (long_dirs + [(long_dirs[-1][0] + "/x", R, "", b"x")], "longer than 1024"),
+        "symlink-chain": ([("d/a", S, "b", None), ("d/b", S, "c", None), ("d/c", S, "../..", None),
+                           ("d/a/evil.txt", R, "", b"x")], "symbolic link"),
+        "symlink-inside": ([("d/f", R, "", b"x"), ("d/g", S, "f", None)], "symbolic link"),
+        "hardlink-outside": ([("x", L, "/etc/passwd", None)], "hard link"),
+        "hardlink-inside": ([("a", R, "", b"x"), ("b", L, "a", None)], "hard link"),
+        "char-device": ([("dev", tarfile.CHRTYPE, "", None)], "special file"),
+        "block-device": ([("blk", tarfile.BLKTYPE, "", None)], "special file"),
+        "fifo": ([("fifo", tarfile.FIFOTYPE, "", None)], "special file"),
+        "long-component": ([("d/" + "x" * 256, R, "", b"x")], "part longer than 255"),
+        "long-path": ([("/".join(["abcdefg"] * 130), R, "", b"x")], "longer than 1024"),
+        "dot-dot-in-the-middle": ([("d/../../evil.txt", R, "", b"x")], "outside"),
+        "dot-slash-dot-dot": ([("./../evil.txt", R, "", b"x")], "outside"),
+        "backslash": ([("..\\evil.txt", R, "", b"x")], "outside"),
+        "member-twice": ([("a", R, "", b"x"), ("a", R, "", b"y")], "twice"),
+        "file-then-under-it": ([("a", R, "", b"x"), ("a/b", R, "", b"y")], "makes a file"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_bypass_cases()))
+def test_tar_bypass_shapes_are_refused_before_anything_is_written(tmp_path, name):
+    entries, message = _bypass_cases()[name]
+    archive = _entries_tar(tmp_path / "bad.tar", entries)
+    dest = tmp_path / "data" / "inner"
+    with pytest.raises(DataError, match=message) as info:
+        safe_extract(archive, dest)
+    assert "\n" not in str(info.value) and len(info.value.message) < 400  # one readable line, even for 4 kB names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tar", "data"]
+    assert list(dest.iterdir()) == []  # the checks ran before the first byte was extracted
+
+
+def test_extracted_files_ignore_the_archive_modes_and_owners(tmp_path):
+    import io
+    import os
+    import tarfile
+
+    archive = tmp_path / "ok.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, mode in (("d/setuid", 0o4777), ("d/private", 0o600)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.uname = 3, mode, 4242, "nobody"
+            tar.addfile(info, io.BytesIO(b"abc"))
+    safe_extract(archive, tmp_path / "out")
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("setuid", "private"):
+        st = (tmp_path / "out" / "d" / name).stat()
+        assert (tmp_path / "out" / "d" / name).read_bytes() == b"abc"
+        assert st.st_mode & 0o7777 == 0o666 & ~umask and st.st_uid == os.getuid()

@@ -206,7 +206,10 @@ def test_safetensors_with_unknown_names_is_refused_in_one_line(tmp_path):
     assert res.exit_code == 1 and "encoder.weight" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "r").exists()
     bad = tmp_path / "broken.safetensors"
-    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")  # no JSON header at all
+    with pytest.raises(CheckpointError, match="broken.safetensors is corrupt or not a .safetensors file"):
+        convert(bad, "menzhse")
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{ broken")  # a header that safetensors rejects
     with pytest.raises(CheckpointError, match="cannot read .* as .safetensors"):
         convert(bad, "menzhse")
 
@@ -636,3 +639,21 @@ def test_menzhse_finetune_checkpoint_is_explained(tmp_path):
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1)}, f)
     with pytest.raises(CheckpointError, match="finetune"):
         convert(f, "menzhse")
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_both_torch_containers_pass_the_magic_check_and_impostors_do_not(tmp_path, zip_format):
+    torch = pytest.importorskip("torch")
+    from cifarbench.importers.readers import check_container, read_any
+
+    f = tmp_path / "w.pth"
+    torch.save({"w": torch.arange(3.0)}, f, _use_new_zipfile_serialization=zip_format)
+    check_container(f, "pth")
+    np.testing.assert_array_equal(read_any(f, False)[1]["w"], [0.0, 1.0, 2.0])
+    np.savez(tmp_path / "x.npz", w=np.zeros(2))
+    impostors = {"pickle.pth": pickle.dumps({"w": 1}, protocol=2), "cut.pth": f.read_bytes()[:40],
+                 "npz.pth": (tmp_path / "x.npz").read_bytes()}  # npz: a zip, but no data.pkl
+    for name, data in impostors.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CheckpointError, match=f"{name} is corrupt or not a PyTorch file"):
+            read_any(tmp_path / name, True)

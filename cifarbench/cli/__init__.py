@@ -50,6 +50,13 @@ class _Group(TyperGroup):
                 raise
             show_error(exc.message, exc.hint)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # a full disk, a read-only folder...: one line naming the file
+            if _state["debug"]:
+                raise
+            from cifarbench.paths import describe_os_error
+
+            show_error(describe_os_error(exc))
+            raise typer.Exit(EXIT_RUNTIME) from None
         except (_click_exc.ClickException, typer.Exit, typer.Abort):
             raise
         except KeyboardInterrupt as exc:  # 130, or 128 + the signal that stopped a run (143: SIGTERM)

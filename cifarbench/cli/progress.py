@@ -23,7 +23,7 @@ def _row(r: dict[str, Any], epochs: int) -> tuple[str, ...]:
 
 
 def header_lines(i: dict[str, Any]) -> list[str]:
-    return [
+    return [i["recipe"]] * bool(i.get("recipe")) + [
         f"model {i['model']} ({i['params']:,} parameters) on {i['dataset']}: "
         f"{i['train_images']:,} train / {i['eval_images']:,} {i['eval_split']} images",
         f"backend {i['device_name']}, {i['precision']}, batch {i['batch_size']}, "

@@ -82,9 +82,8 @@ def train(
     if print_config:
         typer.echo(dump_config_sources(cfg, sources), nl=False)
         return
-    if resume is None:
-        info(recipe_line(cfg, sources))
-    _run(cfg, resume, json_out, None if no_record else (results_db or ""), overwrite)
+    _run(cfg, resume, json_out, None if no_record else (results_db or ""), overwrite,
+         recipe_line(cfg, sources) if resume is None else None)
 
 
 def _resume_config(run_dir: Path, overrides: dict):
@@ -101,15 +100,20 @@ def _resume_config(run_dir: Path, overrides: dict):
     return cfg.model_copy(update={"output": str(run_dir)})
 
 
-def _run(cfg, resume: Optional[Path], json_out: bool, record_to: Optional[str] = None, overwrite: bool = False) -> None:
+def _run(cfg, resume: Optional[Path], json_out: bool, record_to: Optional[str] = None, overwrite: bool = False,
+         recipe: Optional[str] = None) -> None:
     from cifarbench.cli.progress import make_reporter
     from cifarbench.engine import distributed
     from cifarbench.engine.reporter import Reporter
-    from cifarbench.engine.trainer import Trainer
+    from cifarbench.engine.trainer import Trainer, default_run_dir
+    from cifarbench.paths import need_writable_folder
+
+    if distributed.is_main_process():  # fail before any work when the run folder cannot be written
+        need_writable_folder(resume or cfg.output or default_run_dir(cfg), "--resume" if resume else "-o")
 
     main_rank = distributed.is_main_process()  # under torchrun, ranks > 0 print nothing
     rep = make_reporter() if main_rank else Reporter()
-    trainer = Trainer(cfg, rep, run_dir=resume, resume=resume is not None, overwrite=overwrite)
+    trainer = Trainer(cfg, rep, run_dir=resume, resume=resume is not None, overwrite=overwrite, recipe=recipe)
     if resume is not None:
         _check_not_finished(resume, cfg.epochs)
     try:

@@ -30,7 +30,6 @@ RETRIES = 3  # attempts per mirror for transient failures
 BACKOFF_S = 1.0  # first pause between attempts; doubles each time (tests set it to 0)
 TIMEOUT_S = 60.0
 _CHUNK = 1 << 16
-_FILTER_ERROR = getattr(tarfile, "FilterError", ())  # Python 3.11.4+
 
 
 class DownloadError(DataError):
@@ -136,64 +135,99 @@ def _copy(resp, out, file_name: str, total: int | None, progress: ProgressFn | N
 # ----- extraction -----------------------------------------------------------------------------
 
 
-def safe_extract(archive: Path, dest: Path) -> None:
-    """Extract a tar archive into ``dest``, refusing members that would land outside it.
+MAX_NAME_BYTES = 1024  # a member path; the official archives' longest is under 40
+MAX_PART_BYTES = 255  # one path component (NAME_MAX on Linux and macOS)
 
-    Every member is checked by hand first (clear error naming the member), then extraction
-    uses tarfile's "data" filter where Python has it (3.11.4+), which also drops unsafe modes.
-    Files are unpacked into a temporary folder inside ``dest`` and moved into place, so an
+
+def safe_extract(archive: Path, dest: Path) -> None:
+    """Extract a tar archive of plain files and folders into ``dest``, refusing anything else.
+
+    The checks are complete on their own (they do not lean on tarfile's extraction filters,
+    which changed in 2025 for CVE-2025-4517 and related): every member must be a regular file
+    or a folder (symbolic links, hard links, devices and FIFOs are refused outright, so no
+    link chain can redirect a later write), its path relative without '..', backslashes or NULs,
+    no longer than 1024 bytes (255 per component), not given twice, and resolving inside the
+    extraction folder. Files are then written by this module, one ``O_EXCL | O_NOFOLLOW`` open
+    each, with the umask's default mode (the archive's modes, owners and times are ignored).
+    Everything lands in a temporary folder inside ``dest`` first and is moved into place, so an
     interrupted extraction leaves no half-written official file.
     """
     dest.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
-            for member in members:
-                _check_member(member, archive)
+            _check_members(members, archive)
             staging = Path(tempfile.mkdtemp(dir=dest, prefix=".extract-"))
             try:
-                if hasattr(tarfile, "data_filter"):
-                    tar.extractall(staging, filter="data")
-                else:  # pragma: no cover - Python < 3.11.4; members were checked above
-                    tar.extractall(staging, members=members)
+                root = os.path.realpath(staging)
+                for member in members:
+                    _extract_member(tar, member, staging, root, archive)
                 _merge_into(staging, dest)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-    except _FILTER_ERROR as e:  # the data filter caught something the member check did not
-        raise DataError(f"refusing {archive}: {e}") from None
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise DataError(
             f"{archive} is truncated or not a valid tar archive ({e})", hint="delete it to download it again"
         ) from None
 
 
-def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
-    if not _inside(member.name):
-        raise DataError(f"refusing {archive}: member '{member.name}' would be written outside the data folder")
-    if member.issym():
-        target = str(PurePosixPath(member.name).parent / member.linkname)
-        if member.linkname.startswith("/") or not _inside(target):
-            raise DataError(f"refusing {archive}: link '{member.name}' points outside the data folder")
-    elif member.islnk():
-        if not _inside(member.linkname):
-            raise DataError(f"refusing {archive}: link '{member.name}' points outside the data folder")
-    elif not (member.isfile() or member.isdir()):
-        raise DataError(f"refusing {archive}: member '{member.name}' is a special file")
+def _short(name: str) -> str:
+    return name if len(name) <= 120 else name[:60] + "..." + name[-40:]
 
 
-def _inside(name: str) -> bool:
-    """True when a relative archive path stays inside the extraction root after '..' resolution."""
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        return False
-    depth = 0
-    for part in PurePosixPath(name).parts:
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                return False
-        elif part not in (".", ""):
-            depth += 1
-    return True
+def _refuse(archive: Path, member: tarfile.TarInfo, why: str) -> DataError:
+    return DataError(f"refusing {archive}: member '{_short(member.name)}' {why}")
+
+
+def _check_members(members: list[tarfile.TarInfo], archive: Path) -> None:
+    kinds: dict[str, bool] = {}  # normalised path -> is a folder
+    for member in members:
+        if member.issym():
+            raise _refuse(archive, member, f"is a symbolic link (to '{_short(member.linkname)}'); data archives hold only files and folders")
+        if member.islnk():
+            raise _refuse(archive, member, f"is a hard link (to '{_short(member.linkname)}'); data archives hold only files and folders")
+        if not (member.isfile() or member.isdir()):
+            raise _refuse(archive, member, "is a special file (device, FIFO or other); data archives hold only files and folders")
+        parts = _parts(member.name)
+        if parts is None:
+            raise _refuse(archive, member, "would be written outside the data folder")
+        if len(member.name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES or any(
+                len(p.encode("utf-8", "surrogateescape")) > MAX_PART_BYTES for p in parts):
+            raise _refuse(archive, member, f"has a path longer than {MAX_NAME_BYTES} bytes or a part longer than {MAX_PART_BYTES}")
+        key = "/".join(parts)
+        for i in range(1, len(parts)):  # every parent must be (or become) a folder, never a file
+            if kinds.get("/".join(parts[:i])) is False:
+                raise _refuse(archive, member, f"lies under '{_short('/'.join(parts[:i]))}', which the archive makes a file")
+        if key in kinds and not (kinds[key] and member.isdir()):
+            raise _refuse(archive, member, "appears twice in the archive")
+        kinds[key] = member.isdir()
+
+
+def _parts(name: str) -> list[str] | None:
+    """The path's components, or None when it is absolute, has '..', a drive, a backslash or a NUL."""
+    if not name or name.startswith("/") or "\\" in name or "\0" in name or (len(name) > 1 and name[1] == ":"):
+        return None
+    parts = [p for p in PurePosixPath(name).parts if p not in (".", "")]
+    if not parts or ".." in parts:
+        return None
+    return parts
+
+
+def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, staging: Path, root: str, archive: Path) -> None:
+    path = staging.joinpath(*_parts(member.name))
+    # nothing extracted is a link, so this holds by construction; checked anyway, as the last word
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise _refuse(archive, member, "would be written outside the data folder")
+    if member.isdir():
+        path.mkdir(parents=True, exist_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    src = tar.extractfile(member)
+    if src is None:  # pragma: no cover - isfile() members always have data
+        raise _refuse(archive, member, "has no data")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0), 0o666)
+    with os.fdopen(fd, "wb") as out, src:
+        shutil.copyfileobj(src, out, _CHUNK)
 
 
 def _merge_into(src: Path, dest: Path) -> None:

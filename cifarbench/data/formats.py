@@ -2,7 +2,7 @@
 
 - CIFAR "python version": protocol-2 pickles written by Python 2, rows of 3072 bytes in planar
   RGB (1024 R, then G, then B), so ``reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)`` gives NHWC.
-  They are read with a restricted unpickler that only admits NumPy arrays, so a crafted file
+  They are read with ``cifarbench.safepickle``'s arrays-only allow-list, so a crafted file
   cannot run code.
 - MNIST/Fashion-MNIST idx (big-endian header, then raw bytes), .gz or uncompressed.
 - ``npz:PATH``: x_train, y_train, x_test, y_test[, class_names]; NHWC, NCHW or (N, H, W).
@@ -12,46 +12,26 @@ A truncated or malformed file raises DataError naming it.
 from __future__ import annotations
 
 import gzip
-import pickle
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from cifarbench import safepickle
 from cifarbench.errors import DataError
 
-try:  # NumPy 2 moved the pickling helpers; old pickles name numpy.core, new ones numpy._core
-    from numpy._core.multiarray import _reconstruct, scalar
-except ImportError:  # pragma: no cover - NumPy 1.x
-    from numpy.core.multiarray import _reconstruct, scalar
-import _codecs
-
-_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy.core.multiarray", "scalar"): scalar,
-    ("numpy._core.multiarray", "scalar"): scalar,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): _codecs.encode,  # how Python 3 writes bytes in a protocol-2 pickle
-}
-
-
-class _DataUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"'{module}.{name}' is not allowed in a data file") from None
+# Labels index a class table (confusion matrices are classes^2): more classes than this is a
+# wrong file, not a data set (ImageNet-21k has about 21,800; CIFAR-100 has 100).
+MAX_CLASSES = 10_000
 
 
 def read_pickle(path: Path) -> dict[str, object]:
-    """A CIFAR pickle as a dict with str keys."""
+    """A CIFAR pickle as a dict with str keys (through the arrays-only unpickler)."""
     try:
-        with open(path, "rb") as f:
-            obj = _DataUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        data = path.read_bytes()
+        obj = safepickle.loads(data, safepickle.ARRAYS, encoding="bytes")
+    except safepickle.LOAD_ERRORS as e:
         raise DataError(f"{path} is truncated or not a CIFAR python pickle ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{path} is not a CIFAR python pickle (holds a {type(obj).__name__}, not a dict)")
@@ -75,7 +55,7 @@ def _cifar_batch(path: Path, label_keys: tuple[str, ...]) -> tuple[np.ndarray, d
     for key in label_keys:
         if key not in entry:
             raise DataError(f"{path} has no '{key}' entry")
-        y = np.asarray(entry[key], dtype=np.int64)
+        y = as_labels(entry[key], f"{path}: '{key}'")
         if y.shape != (len(data),):
             raise DataError(f"{path}: {len(data)} images but '{key}' has shape {y.shape}")
         labels[key] = y
@@ -100,9 +80,9 @@ def parse_cifar(source_key: str, folder: Path) -> tuple[dict[str, np.ndarray], d
         parts = [_cifar_batch(folder / f, label_keys) for f in files]
         arrays[f"x_{split}"] = np.concatenate([p[0] for p in parts])
         for variant, key in zip(variants, label_keys):
-            y = np.concatenate([p[1][key] for p in parts])
-            _check_labels(y, len(names[variant]), f"{folder}/{files[0]}")
-            arrays[f"y_{variant}_{split}"] = y
+            for f, part in zip(files, parts):  # name the batch file that holds a bad label
+                _check_labels(part[1][key], len(names[variant]), str(folder / f))
+            arrays[f"y_{variant}_{split}"] = np.concatenate([p[1][key] for p in parts])
     return arrays, names
 
 
@@ -142,6 +122,27 @@ def parse_idx(paths: dict[str, Path], num_classes: int) -> dict[str, np.ndarray]
         arrays[f"x_{split}"] = x[..., None]
         arrays[f"y_labels_{split}"] = y.astype(np.int64)
     return arrays
+
+
+def as_labels(values: object, where: str) -> np.ndarray:
+    """Class indices as int64, checked before the cast: integers in [0, MAX_CLASSES) only, so
+    uint64 values past 2**63 (which int64 wraps to negatives) or huge labels never get through."""
+    try:
+        y = np.asarray(values)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise DataError(f"{where} must be integer class indices ({e})") from None
+    if y.dtype == object:  # a list holding ints past 64 bits, or mixed types
+        raise DataError(f"{where} must be integer class indices, got Python objects (integers too large?)")
+    if not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
+        raise DataError(f"{where} must be integer class indices, got {y.dtype}")
+    if y.size:
+        lo, hi = int(y.min()), int(y.max())  # Python ints: exact for every integer dtype
+        if lo < 0:
+            raise DataError(f"{where} has negative labels (down to {lo})")
+        if hi >= MAX_CLASSES:
+            raise DataError(f"{where}: too many classes: labels go up to {hi:,}; cifarbench takes at most "
+                            f"{MAX_CLASSES:,} classes (labels 0..{MAX_CLASSES - 1})")
+    return y.astype(np.int64)
 
 
 def _check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
@@ -202,6 +203,4 @@ def _npz_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
         raise DataError(f"{where} must be 1-D integer class indices, got {y.dtype} {y.shape}")
     if len(y) != n:
         raise DataError(f"{where} has {len(y)} labels for {n} images")
-    if len(y) and y.min() < 0:
-        raise DataError(f"{where} has negative labels")
-    return y.astype(np.int64)
+    return as_labels(y, where)

@@ -27,7 +27,11 @@ def default_data_dir() -> Path:
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
-    return Path(data_dir).expanduser() if data_dir else default_data_dir()
+    from cifarbench.paths import need_folder
+
+    folder = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    need_folder(folder, "--data-dir" if data_dir else f"the data dir (${DATA_ENV} or the user cache dir)")
+    return folder
 
 
 @dataclass

@@ -161,7 +161,8 @@ def make_schedule(cfg, steps_per_epoch: int) -> Schedule:
         )
     if cfg.sched == "triangle":
         return Triangle(cfg.lr, total, cfg.pct_start, cfg.warmup_start_factor, cfg.final_lr_factor, momentum)
-    warm = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total)
+    # clip in epochs first: a huge finite --warmup-epochs (1e308) must not overflow to inf
+    warm = min(int(round(min(cfg.warmup_epochs, cfg.epochs) * steps_per_epoch)), total)
     base, floor = cfg.lr, cfg.min_lr
 
     if cfg.sched == "constant":

@@ -103,8 +103,9 @@ def _own_rate(spec) -> float | None:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, reporter: Reporter | None = None, run_dir: Path | None = None,
-                 resume: bool = False, write: bool = True, overwrite: bool = False):
+                 resume: bool = False, write: bool = True, overwrite: bool = False, recipe: str | None = None):
         self.cfg = cfg
+        self.recipe = recipe  # the resolved recipe in one line, shown at the start
         self.rep = reporter or Reporter()
         self.run_dir = Path(run_dir) if run_dir else (Path(cfg.output) if cfg.output else default_run_dir(cfg))
         self.resume = resume
@@ -438,6 +439,7 @@ class Trainer:
             "backend": cfg.backend, "device": self.backend.device, "device_name": self.backend.describe(),
             "precision": cfg.precision, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "steps_per_epoch": self.steps_per_epoch, "start_epoch": self.start_epoch, "run_dir": str(self.run_dir),
+            "recipe": self.recipe,
         }
 
     def _final(self, total_time: float) -> dict[str, Any]:

@@ -20,6 +20,9 @@ from cifarbench.importers import layouts
 from cifarbench.importers.readers import read_any
 
 SOURCES = ("menzhse", "mike7seven", "definfo")
+# The file formats each project wrote; checked before a file is opened (a .pth named --from definfo is never unpickled).
+SOURCE_FORMATS = {"menzhse": ("npz", "safetensors", "pth"), "mike7seven": ("npz", "safetensors", "pth"),
+                  "definfo": ("pkl",)}
 
 # The input normalisation each original applied (mean, std per channel, in [0, 1] pixel units).
 UNIT = ((0.0,), (1.0,))  # x / 255
@@ -113,8 +116,6 @@ def _canonical(source: str, fmt: str, raw: Any) -> tuple[dict[str, np.ndarray], 
     """Names mapped to ours; conv layout still the file's. Returns (state, framework, model if known, notes)."""
     notes: list[str] = []
     if source == "definfo":
-        if fmt != "pkl":
-            raise UsageError(f"definfo checkpoints are .pkl files, got .{fmt}")
         kind = layouts.definfo_kind(raw)
         if kind == "resnet32-definfo":
             notes.append(
@@ -124,8 +125,6 @@ def _canonical(source: str, fmt: str, raw: Any) -> tuple[dict[str, np.ndarray], 
             )
             return layouts.definfo_resnet32(raw), "numpy", kind, notes
         return layouts.definfo_simplecnn(raw), "numpy", kind, notes
-    if fmt == "pkl":
-        raise UsageError(f"{source} checkpoints are .npz/.safetensors (MLX) or .pth (PyTorch), not .pkl")
     if fmt in ("npz", "safetensors"):  # MLX save_weights writes either; the same names and layout
         state = layouts.rename_mike7seven_mlx(raw) if source == "mike7seven" else layouts.rename_menzhse(raw)
         return state, "mlx", None, notes
@@ -146,7 +145,7 @@ def convert(path: str | Path, source: str, model: str | None = None, dataset: st
         raise unknown_name("source", source, SOURCES)
     if model is not None and model not in model_names():
         raise unknown_name("model", model, model_names())
-    fmt, raw = read_any(path, trust_pickle)
+    fmt, raw = read_any(path, trust_pickle, SOURCE_FORMATS[source], source)
     state, framework, kind, notes = _canonical(source, fmt, raw)
     model = model or kind or _guess_model(source, framework, state)
     if framework == "mlx":

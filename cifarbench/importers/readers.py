@@ -1,27 +1,99 @@
 """Reading foreign checkpoint files without running code from them.
 
+Every file is checked before any loader sees it: the extension must be one the ``--from``
+project wrote (``importers.SOURCE_FORMATS``), and the first bytes must be that container's
+magic (zip or torch's legacy pickle header for ``.pth``, zip for ``.npz``, a JSON header length
+for ``.safetensors``, a protocol 2-5 pickle for ``.pkl``). So random bytes, an empty file or a
+pickle renamed ``.pth`` are refused as "corrupt or not a ... file" and nothing is unpickled.
+
 - ``.npz`` (MLX ``save_weights``): ``np.load(allow_pickle=False)``, never unpickles.
 - ``.safetensors`` (MLX ``save_weights`` with that suffix): read with the ``safetensors``
   package into NumPy; the format holds only a JSON header and raw tensor bytes.
 - ``.pth``/``.pt`` (torch ``state_dict``): ``torch.load(weights_only=True)``, torch's safe
   loader; a file that needs full unpickling is refused unless the user trusts it.
 - ``.pkl`` (definfo): pickles can run arbitrary code, so they are refused unless trusted, and
-  even then go through an unpickler that only builds NumPy arrays and plain containers
-  (CuPy arrays become NumPy; the original's own classes become inert placeholders).
+  even then go through ``cifarbench.safepickle`` (NumPy arrays and plain containers only;
+  CuPy arrays become NumPy; the original's own classes become inert placeholders).
 """
 
 from __future__ import annotations
 
-import io
 import pickle
+import struct
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cifarbench import safepickle
 from cifarbench.errors import CheckpointError, UsageError
 
 PICKLE_HINT = "pickles can run code when loaded; pass --trust-pickle only for files you trust"
+# torch.save(..., _use_new_zipfile_serialization=False) opens with its magic number 0x1950a86a20f9469cfc6c,
+# pickled: PROTO n, (protocol 4+: a FRAME header,) LONG1 of 10 bytes
+_TORCH_LEGACY_MAGIC = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty archive's end record
+FORMATS = {".npz": "npz", ".safetensors": "safetensors", ".pth": "pth", ".pt": "pth", ".pkl": "pkl", ".pickle": "pkl"}
+
+
+def _is_torch_legacy(head: bytes) -> bool:
+    if not safepickle.has_pickle_header(head):
+        return False
+    at = 11 if head[2:3] == b"\x95" else 2  # skip the 8-byte frame length of protocol 4/5
+    return head[at:at + len(_TORCH_LEGACY_MAGIC)] == _TORCH_LEGACY_MAGIC
+
+
+def _head(path: Path, n: int = 32) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(n)
+
+
+def _describe_head(head: bytes) -> str:
+    return "the file is empty" if not head else f"it starts with bytes {head[:8].hex(' ')}"
+
+
+def format_of(path: Path) -> str:
+    """'npz', 'safetensors', 'pth' or 'pkl' from the extension; UsageError for any other."""
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise UsageError(
+            f"unknown checkpoint type '{path.suffix or path.name}'; "
+            "expected .npz or .safetensors (MLX), .pth (PyTorch) or .pkl (definfo)"
+        )
+    return fmt
+
+
+def check_container(path: Path, fmt: str) -> None:
+    """Refuse a file whose first bytes are not ``fmt``'s container, before any loader reads it."""
+    head = _head(path)
+    if fmt == "pth":
+        if _is_torch_legacy(head):
+            return
+        if head.startswith(_ZIP_MAGIC) and any(n == "data.pkl" or n.endswith("/data.pkl")
+                                               for n in _zip_names(path, "PyTorch")):
+            return
+        raise CheckpointError(f"{path} is corrupt or not a PyTorch file (no torch zip archive or legacy header; "
+                              f"{_describe_head(head)})")
+    if fmt == "npz":
+        if not head.startswith(_ZIP_MAGIC):
+            raise CheckpointError(f"{path} is corrupt or not a .npz file (not a zip archive; {_describe_head(head)})")
+        _zip_names(path, ".npz")
+    elif fmt == "safetensors":
+        size = path.stat().st_size
+        n = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else -1
+        if not (0 < n <= size - 8 and head[8:9] == b"{"):
+            raise CheckpointError(f"{path} is corrupt or not a .safetensors file (no JSON header; {_describe_head(head)})")
+    elif fmt == "pkl" and not safepickle.has_pickle_header(head):
+        raise CheckpointError(f"{path} is corrupt or not a pickle file (no protocol 2-5 header; {_describe_head(head)})")
+
+
+def _zip_names(path: Path, kind: str) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path} is corrupt or not a {kind} file (a damaged zip archive: {exc})") from None
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -30,7 +102,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
             return {k: np.asarray(data[k]) for k in data.files}
     except ValueError as exc:  # object arrays need pickle: not an MLX weights file
         raise CheckpointError(f"{path} holds pickled objects, not plain arrays: {exc}") from None
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"cannot read {path} as .npz: {exc}") from None
 
 
@@ -54,6 +126,10 @@ def _to_numpy_tree(obj: Any) -> Any:
     return obj
 
 
+def _first_line(exc: BaseException, n: int = 200) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:n]
+
+
 def read_pth(path: Path, trust_pickle: bool) -> dict[str, Any]:
     try:
         import torch
@@ -63,13 +139,15 @@ def read_pth(path: Path, trust_pickle: bool) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not trust_pickle:
-            first = str(exc).splitlines()[0][:160]
             raise CheckpointError(
-                f"{path} needs full unpickling (not a plain state dict): {first}", hint=PICKLE_HINT
+                f"{path} needs full unpickling (not a plain state dict): {_first_line(exc, 160)}", hint=PICKLE_HINT
             ) from None
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"cannot read {path} as a torch file: {str(exc).splitlines()[0][:200]}") from None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc2:  # a damaged pickle inside a valid archive raises many types
+            raise CheckpointError(f"{path} is corrupt: {type(exc2).__name__}: {_first_line(exc2)}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as exc:
+        raise CheckpointError(f"{path} is corrupt or not a PyTorch file: {_first_line(exc)}") from None
     if hasattr(obj, "state_dict") and callable(obj.state_dict):  # a whole pickled module (trusted only)
         obj = obj.state_dict()
     if not isinstance(obj, dict):
@@ -77,68 +155,31 @@ def read_pth(path: Path, trust_pickle: bool) -> dict[str, Any]:
     return _to_numpy_tree(obj)
 
 
-class _Placeholder:
-    """Stands in for any class of the original project; keeps the state it is given, runs nothing."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args = args
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-def _cupy_array(*args: Any, **kwargs: Any) -> np.ndarray:
-    return np.asarray(args[0]) if args else np.asarray([])
-
-
-_NUMPY_ALLOWED = {
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"), ("numpy", "float32"), ("numpy", "float64"), ("numpy", "int64"),
-    ("numpy", "int32"), ("numpy", "bool_"),
-}
-_BUILTINS_ALLOWED = {"dict", "list", "tuple", "set", "frozenset", "int", "float", "bool", "str", "bytes", "complex"}
-
-
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _NUMPY_ALLOWED:
-            return pickle.Unpickler.find_class(self, module, name)
-        if module == "builtins" and name in _BUILTINS_ALLOWED:
-            return pickle.Unpickler.find_class(self, module, name)
-        if module.startswith("cupy"):
-            # CuPy pickles arrays as a call that rebuilds from a NumPy array; keep the NumPy array.
-            return np.ndarray if name == "ndarray" else _cupy_array
-        if module.startswith(("numpy", "builtins", "os", "sys", "subprocess", "posix", "nt", "shutil", "importlib")):
-            raise CheckpointError(f"refusing to load {module}.{name} from a pickle")
-        return _Placeholder
-
-
 def read_pkl(path: Path, trust_pickle: bool) -> Any:
     if not trust_pickle:
         raise CheckpointError(f"refusing to unpickle {path}", hint=PICKLE_HINT)
+    check_container(path, "pkl")
+    data = path.read_bytes()
     try:
-        return _ArraysOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
-    except CheckpointError:
-        raise
-    except Exception as exc:  # a corrupt pickle raises many types
+        return safepickle.loads(data, safepickle.CHECKPOINT, safepickle.checkpoint_fallback)
+    except safepickle.LOAD_ERRORS as exc:  # a corrupt or refused pickle raises many types
         raise CheckpointError(f"cannot unpickle {path}: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
-def read_any(path: Path, trust_pickle: bool) -> tuple[str, Any]:
-    """(format, contents) where format is 'npz', 'safetensors', 'pth' or 'pkl'."""
+def read_any(path: Path, trust_pickle: bool, accepted: tuple[str, ...] | None = None,
+             owner: str = "these") -> tuple[str, Any]:
+    """(format, contents) where format is 'npz', 'safetensors', 'pth' or 'pkl'.
+
+    ``accepted``: the formats the caller takes (the ``--from`` project's, named by ``owner``);
+    any other is a usage error raised before the file is opened."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        return "npz", read_npz(path)
-    if suffix == ".safetensors":
-        return "safetensors", read_safetensors(path)
-    if suffix in (".pth", ".pt"):
-        return "pth", read_pth(path, trust_pickle)
-    if suffix in (".pkl", ".pickle"):
-        return "pkl", read_pkl(path, trust_pickle)
-    raise UsageError(
-        f"unknown checkpoint type '{suffix or path.name}'; "
-        "expected .npz or .safetensors (MLX), .pth (PyTorch) or .pkl (definfo)"
-    )
+    fmt = format_of(path)
+    if accepted is not None and fmt not in accepted:
+        exts = sorted(e for e, f in FORMATS.items() if f in accepted)
+        raise UsageError(f"{owner} checkpoints are {' or '.join(exts)} files, got {path.name}")
+    check_container(path, fmt)
+    readers = {"npz": read_npz, "safetensors": read_safetensors}
+    if fmt in readers:
+        return fmt, readers[fmt](path)
+    return fmt, (read_pth if fmt == "pth" else read_pkl)(path, trust_pickle)

@@ -9,6 +9,7 @@ import numpy as np
 
 from cifarbench.errors import UsageError, unknown_name
 from cifarbench.models import tv
+from cifarbench.models.shapes import SpecShapeError, output_shape
 from cifarbench.models.spec import BatchNorm, Conv, Linear, ModelSpec
 
 Builder = Callable[[int, int, int], ModelSpec]  # (in_channels, image_size, num_classes) -> spec
@@ -109,7 +110,28 @@ def create_spec(name: str, in_channels: int = 3, image_size: int = 32, num_class
         raise UsageError(f"num_classes must be at least 2, got {num_classes}")
     if ns is not None:  # e.g. torchvision's modules, known by name and tensor shapes only
         return ns.spec(name, in_channels, image_size, num_classes)
-    return _MODELS[name].builder(in_channels, image_size, num_classes)
+    builder = _MODELS[name].builder
+    try:
+        spec = builder(in_channels, image_size, num_classes)
+        output_shape(spec)
+    except SpecShapeError as exc:
+        smallest = smallest_image_size(builder, in_channels, num_classes)
+        if smallest is None or smallest <= image_size:
+            raise  # not a size problem: a builder bug
+        raise UsageError(f"model '{name}' needs images of at least {smallest}x{smallest} pixels; "
+                         f"these are {image_size}x{image_size} ({exc})") from None
+    return spec
+
+
+def smallest_image_size(builder: Builder, in_channels: int, num_classes: int, largest: int = 1024) -> int | None:
+    """The smallest square input whose shapes fit through every layer (pure shape inference)."""
+    for size in range(1, largest + 1):
+        try:
+            output_shape(builder(in_channels, size, num_classes))
+        except SpecShapeError:
+            continue
+        return size
+    return None
 
 
 def init_params(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
