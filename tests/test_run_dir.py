@@ -219,7 +219,7 @@ def test_empty_test_split_is_refused_up_front(tmp_path):
     empty = "npz:" + str(write_npz(tmp_path / "e.npz", n_train=48, n_test=0))
     res = invoke(["train", "--dataset", empty, *FAST, "--epochs", "1", "-o", str(tmp_path / "run")])
     assert res.exit_code == 2 and "test split" in one_line_error(res) and "empty" in res.output
-    assert not (tmp_path / "run" / ckpt.SIDECAR).exists()
+    assert not (tmp_path / "run").exists()  # refused before the run directory was made
 
 
 def test_test_warns_about_non_finite_weights(data, tmp_path):

@@ -22,12 +22,14 @@ class RunDirLock:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK
         self._fd: int | None = None
+        self._made = False
 
     def acquire(self) -> "RunDirLock":
         try:
             import fcntl
         except ImportError:  # Windows: no flock; runs there are not locked (README)
             return self
+        self._made = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -43,10 +45,14 @@ class RunDirLock:
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
+        if self._fd is None:
+            return
+        os.ftruncate(self._fd, 0)
+        if self._made and [p.name for p in self.path.parent.iterdir()] == [LOCK]:
+            self.path.unlink()  # a run that failed before writing anything leaves no folder behind
+            self.path.parent.rmdir()
+        os.close(self._fd)  # closing drops the flock
+        self._fd = None
 
 
 def refuse_existing(run_dir: Path, resume: bool, overwrite: bool) -> None:

@@ -226,6 +226,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         lock = rundir.RunDirLock(self.run_dir) if self.write else None
         with self.stop:
+            self._validate_names()  # a bad name fails before the run directory is made
             if lock is not None:
                 rundir.refuse_existing(self.run_dir, self.resume, self.overwrite)
                 lock.acquire()  # before anything is read or written: a second process stops here
