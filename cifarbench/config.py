@@ -27,7 +27,7 @@ class RunConfig(BaseModel):
     # where
     backend: str = Field("torch", description="torch, mlx, numpy, cupy, jax (or cpu/cuda/mps = torch on that device)")
     device: str = Field("auto", description="backend device; auto picks the fastest available")
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="float32, or bfloat16/float16 mixed precision")
     compile: Optional[bool] = Field(
         None, description="compile the step (torch.compile, mx.compile); unset: the backend's default (MLX on, torch off)"
     )
@@ -41,21 +41,23 @@ class RunConfig(BaseModel):
         None, ge=1, description="CPU threads (torch intra-op, NumPy's BLAS); unset: the framework's default"
     )
     # recipe
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(1000, ge=1)
-    opt: Literal["sgd", "adam", "adamw"] = "adamw"
+    epochs: int = Field(30, ge=1, description="passes over the training set")
+    batch_size: int = Field(64, ge=1, description="training images per optimizer step")
+    eval_batch_size: int = Field(1000, ge=1, description="images per evaluation batch (no effect on results)")
+    opt: Literal["sgd", "adam", "adamw"] = Field("adamw", description="optimizer (torch.optim semantics)")
     lr: float = Field(3e-4, gt=0, description="base lr; the peak lr for onecycle")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (the top momentum when cycling)")
-    nesterov: bool = False
-    weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    sched: Literal["constant", "step", "cosine", "onecycle", "triangle"] = "constant"
+    nesterov: bool = Field(False, description="Nesterov momentum (SGD)")
+    weight_decay: float = Field(0.01, ge=0, description="L2 (SGD, Adam) or decoupled (AdamW) weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW beta1, beta2")
+    sched: Literal["constant", "step", "cosine", "onecycle", "triangle"] = Field(
+        "constant", description="learning-rate schedule, per step"
+    )
     warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from warmup_start_factor*lr (not onecycle)")
-    warmup_start_factor: float = Field(0.0, ge=0, le=1)
+    warmup_start_factor: float = Field(0.0, ge=0, le=1, description="warm-up (and triangle) starts at this factor x lr")
     min_lr: float = Field(0.0, ge=0, description="floor of cosine/step")
     step_epochs: list[int] = Field(default_factory=list, description="step schedule: epochs where lr *= step_gamma")
-    step_gamma: float = Field(0.1, gt=0)
+    step_gamma: float = Field(0.1, gt=0, description="step schedule: lr factor at each of step_epochs")
     pct_start: float = Field(0.3, gt=0, lt=1, description="onecycle: fraction of steps rising")
     div_factor: float = Field(25.0, gt=0, description="onecycle: initial lr = lr / div_factor")
     final_div_factor: float = Field(1e4, gt=0, description="onecycle: final lr = initial / final_div_factor")
@@ -74,12 +76,12 @@ class RunConfig(BaseModel):
     )
     tta: int = Field(0, ge=0, le=2, description="test-time augmentation of the final test: 0 none, 1 mirror, "
                      "2 mirror + 1-pixel translations")
-    cycle_momentum: bool = True
-    base_momentum: float = Field(0.85, ge=0, lt=1)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    cycle_momentum: bool = Field(True, description="onecycle: cycle momentum inversely to lr")
+    base_momentum: float = Field(0.85, ge=0, lt=1, description="onecycle: the lowest momentum when cycling")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy")
     # data handling
     augment: list[Literal["crop", "flip"]] = Field(default_factory=list, description="training augmentation")
-    crop_pad: int = Field(4, ge=0)
+    crop_pad: int = Field(4, ge=0, description="random crop: zero padding in pixels on each side")
     flip_mode: Literal["random", "alternate"] = Field(
         "random", description="alternate: epoch 0 random per image, then each image flips opposite to its previous epoch"
     )
@@ -87,9 +89,19 @@ class RunConfig(BaseModel):
         "dataset", description="dataset: per-channel mean/std of the train set; half: (x-0.5)/0.5; none: x/255"
     )
     # run
-    seed: int = 0
+    seed: int = Field(0, description="seeds the initial weights, data order, augmentation and subsets")
     output: Optional[str] = Field(None, description="run directory (default runs/<model>-<dataset>-<time>)")
     save_every: int = Field(1, ge=1, description="write the checkpoint every N epochs (always at the end)")
+    # smoke runs and limits: the schedules follow the capped length
+    max_steps: Optional[int] = Field(
+        None, ge=1, description="stop after N optimizer steps in all (the last epoch may be partial)"
+    )
+    limit_train: Optional[int] = Field(
+        None, ge=1, description="train on a seeded, class-stratified subset of N training images"
+    )
+    limit_eval: Optional[int] = Field(
+        None, ge=1, description="evaluate (each epoch and the final test) on seeded, class-stratified subsets of N images"
+    )
 
     @field_validator("augment", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ from cifarbench import checkpoint as ckpt
 from cifarbench.config import RunConfig, dump_config
 from cifarbench.engine import distributed, tta
 from cifarbench.engine.metrics import evaluate_logits
+from cifarbench.engine.progress import RunPlan, StepProgress
 from cifarbench.engine.reporter import Reporter
 from cifarbench.engine.schedules import make_schedule
 from cifarbench.engine.session import normalization, train_options, training_backend
@@ -88,7 +89,7 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.cfg
         self._validate_names()
-        from cifarbench.data import load_dataset, split_validation
+        from cifarbench.data import load_dataset, split_validation, stratified_subset
 
         self.ds = load_dataset(cfg.dataset, cfg.data_dir, progress=self.rep.download_progress)
         for w in getattr(self.ds, "warnings", []) or []:
@@ -100,6 +101,7 @@ class Trainer:
             self.splits = Splits(xt, yt, xv, yv, "val")
         else:
             self.splits = Splits(self.ds.x_train, self.ds.y_train, self.ds.x_test, self.ds.y_test, "test")
+        self._apply_limits(stratified_subset)
         self.spec = create_spec(cfg.model, self.ds.channels, self.ds.image_size, self.ds.num_classes)
         self.mean, self.std = normalization(cfg, self.ds)
         self.options = train_options(cfg, self.mean, self.std)
@@ -108,14 +110,27 @@ class Trainer:
         self.backend.set_data("train", self.splits.x_train, self.splits.y_train)
         self.backend.set_data(self.splits.eval_name, self.splits.x_eval, self.splits.y_eval)
         if self.splits.eval_name == "val":
-            self.backend.set_data("test", self.ds.x_test, self.ds.y_test)
-        self.tta_plan = tta.upload(self.backend, "test", self.ds.x_test, self.ds.y_test, cfg.tta)
+            self.backend.set_data("test", self.x_test, self.y_test)
+        self.tta_plan = tta.upload(self.backend, "test", self.x_test, self.y_test, cfg.tta)
         if cfg.lookahead_every:
             self.backend.lookahead(None)  # the slow weights start here (a resumed run restarts them)
         n = len(self.splits.y_train)
         self.steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
-        self.schedule = make_schedule(cfg, self.steps_per_epoch)
+        # --max-steps caps the run: the schedule spans the capped length, the last epoch may be partial
+        self.total_steps = min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or 10**18)
+        self.epochs = -(-self.total_steps // self.steps_per_epoch)
+        self.schedule = make_schedule(cfg, self.steps_per_epoch, self.total_steps)
         self._seen_batches: set[int] = set()  # batch sizes stepped already (a new one compiles/autotunes)
+
+    def _apply_limits(self, subset) -> None:
+        """--limit-train / --limit-eval: seeded, class-stratified subsets (the final test's too)."""
+        cfg, s = self.cfg, self.splits
+        s.x_train, s.y_train = subset(s.x_train, s.y_train, cfg.limit_train, cfg.seed)
+        s.x_eval, s.y_eval = subset(s.x_eval, s.y_eval, cfg.limit_eval, cfg.seed)
+        if s.eval_name == "test":
+            self.x_test, self.y_test = s.x_eval, s.y_eval
+        else:
+            self.x_test, self.y_test = subset(self.ds.x_test, self.ds.y_test, cfg.limit_eval, cfg.seed)
 
     def _validate_names(self) -> None:
         """Fail on a bad model or backend name before spending time on the data."""
@@ -154,14 +169,14 @@ class Trainer:
         epoch = self.start_epoch
         self._next_step = self.start_step_in_epoch  # the interrupt point: the step about to run
         try:
-            for epoch in range(self.start_epoch, cfg.epochs):
+            for epoch in range(self.start_epoch, self.epochs):
                 first = self.start_step_in_epoch if epoch == self.start_epoch else 0
                 self._next_step = first
                 trained = self._train_epoch(epoch, first)
                 rec = self._finish_epoch(epoch, trained, elapsed_before + time.perf_counter() - t_run)
                 self.records.append(rec)
                 self.rep.epoch_end(rec)
-                last = epoch + 1 == cfg.epochs
+                last = epoch + 1 == self.epochs
                 if self.write and ((epoch + 1) % cfg.save_every == 0 or last):
                     self._save(epoch + 1, 0)
                 self._write_metrics()
@@ -184,14 +199,17 @@ class Trainer:
         order, offsets, flips = draw_epoch(rng, n, self.options.crop_pad, self.options.flip)
         if flips is not None and cfg.flip_mode == "alternate":
             flips = alternate_flips(cfg.seed, order, epoch, n)
-        self.rep.epoch_begin(epoch + 1, self.steps_per_epoch)
+        base = epoch * self.steps_per_epoch
+        last_step = min(self.steps_per_epoch, self.total_steps - base)
+        self.rep.epoch_begin(epoch + 1, last_step)
         b.synchronize()
         t0 = time.perf_counter()
         b.begin_epoch(order, offsets, flips, epoch_seed(cfg.seed + 1, epoch))
-        base = epoch * self.steps_per_epoch
+        progress = StepProgress(self.rep, b, epoch + 1, self.epochs, first_step, last_step, cfg.batch_size,
+                                self._plan(epoch))
         lr = mom = 0.0
-        warm_s, warm_images = 0.0, 0
-        for i in range(first_step, self.steps_per_epoch):
+        warm_s, warm_images, warm_steps = 0.0, 0, 0
+        for i in range(first_step, last_step):
             self._next_step = i
             lr, mom = self.schedule(base + i)
             start, stop = i * cfg.batch_size, min((i + 1) * cfg.batch_size, n)
@@ -200,12 +218,21 @@ class Trainer:
             else:  # first step of this batch shape: compile/JIT/autotune run here, timed apart
                 warm_s += self._timed_step(start, stop, lr, mom)
                 warm_images += stop - start
-            decay = lookahead_decay(base + i + 1, cfg.epochs * self.steps_per_epoch, cfg.lookahead_every, cfg.lookahead_decay)
+                warm_steps += 1
+            decay = lookahead_decay(base + i + 1, self.total_steps, cfg.lookahead_every, cfg.lookahead_decay)
             if decay is not None:
                 b.lookahead(decay)
-        self._next_step = self.steps_per_epoch
+            progress.tick(i + 1, lr, warm_s, warm_steps)  # reads the device sums only when an event is due
+        self._next_step = last_step
         stats = b.end_epoch()  # synchronises
-        return EpochTrain(stats, time.perf_counter() - t0, lr, mom, n - first_step * cfg.batch_size, warm_s, warm_images)
+        images = min(last_step * cfg.batch_size, n) - first_step * cfg.batch_size
+        return EpochTrain(stats, time.perf_counter() - t0, lr, mom, images, warm_s, warm_images)
+
+    def _plan(self, epoch: int) -> RunPlan:
+        """The rest of the run after this epoch, for the run's ETA."""
+        after = max(self.total_steps - (epoch + 1) * self.steps_per_epoch, 0)
+        eval_s = self.records[-1]["eval_time_s"] if self.records else None
+        return RunPlan(steps_after=after, evals_left=self.epochs - epoch + 1, eval_s=eval_s)
 
     def _timed_step(self, start: int, stop: int, lr: float, mom: float) -> float:
         """One synchronised, timed step (the warm-up of a new batch shape)."""
@@ -250,8 +277,8 @@ class Trainer:
     def _save(self, epoch: int, step_in_epoch: int) -> None:
         side = {
             "epoch": epoch, "step_in_epoch": step_in_epoch,
-            "global_step": epoch * self.steps_per_epoch + step_in_epoch, "epochs": self.cfg.epochs,
-            "finished": epoch >= self.cfg.epochs, "config": self.cfg.model_dump(mode="json"),
+            "global_step": min(epoch * self.steps_per_epoch + step_in_epoch, self.total_steps), "epochs": self.cfg.epochs,
+            "finished": epoch >= self.epochs, "config": self.cfg.model_dump(mode="json"),
             "saved_at": datetime.now().isoformat(timespec="seconds"),
         }
         ckpt.save_checkpoint(self.run_dir, self.backend.state_dict(), self._meta(), self.backend.optimizer_state(), side)
@@ -271,16 +298,17 @@ class Trainer:
         return {
             "model": cfg.model, "params": self.spec.num_params(), "dataset": cfg.dataset,
             "train_images": len(self.splits.y_train), "eval_split": self.splits.eval_name,
-            "eval_images": len(self.splits.y_eval), "test_images": len(self.ds.y_test),
+            "eval_images": len(self.splits.y_eval), "test_images": len(self.y_test),
             "backend": cfg.backend, "device": self.backend.device, "device_name": self.backend.describe(),
-            "precision": cfg.precision, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-            "steps_per_epoch": self.steps_per_epoch, "start_epoch": self.start_epoch, "run_dir": str(self.run_dir),
+            "precision": cfg.precision, "epochs": self.epochs, "batch_size": cfg.batch_size,
+            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, "start_epoch": self.start_epoch,
+            "run_dir": str(self.run_dir),
         }
 
     def _final(self, total_time: float) -> dict[str, Any]:
         t0 = time.perf_counter()
         logits = tta.predict(self.backend, self.tta_plan, self.cfg.eval_batch_size)  # tta 0: plain "test"
-        test = evaluate_logits(logits, self.ds.y_test, self.ds.class_names)
+        test = evaluate_logits(logits, self.y_test, self.ds.class_names)
         test_time = time.perf_counter() - t0
         last = self.records[-1] if self.records else {}
         ips = [r["images_per_s"] for r in self.records]
