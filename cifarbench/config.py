@@ -121,14 +121,71 @@ class RunConfig(BaseModel):
         return self
 
 
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return f"'{v}'" if isinstance(v, str) else str(v)
+
+
+def _reason(err: dict[str, Any]) -> str:
+    """One pydantic error in our words (pydantic's own text only for the rare kinds not listed)."""
+    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+    limits = {"greater_than_equal": ("at least", "ge"), "greater_than": ("greater than", "gt"),
+              "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}
+    if kind in limits:
+        words, key = limits[kind]
+        return f"must be {words} {_value(ctx.get(key))}, got {_value(got)}"
+    if kind == "literal_error":
+        from cifarbench.errors import did_you_mean
+
+        choices = [c.strip().strip("'") for c in str(ctx.get("expected", "")).replace(" or ", ", ").split(",")]
+        return f"must be one of {', '.join(choices)}, got {_value(got)}" + did_you_mean(str(got), choices)
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"must be a whole number, got {_value(got)}"
+    if kind in ("float_parsing", "float_type"):
+        return f"must be a number, got {_value(got)}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"must be true or false, got {_value(got)}"
+    if kind in ("string_type",):
+        return f"must be text, got {_value(got)}"
+    if kind in ("list_type", "tuple_type"):
+        return f"must be a list, got {_value(got)}"
+    if kind == "missing":
+        return "has too few values" if len(err["loc"]) > 1 else "is missing a value"
+    if kind in ("too_short", "too_long"):
+        return f"needs {ctx.get('min_length', ctx.get('max_length'))} values"
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def _where(loc: tuple, source: str) -> str:
+    """The flag (--batch-size) or the YAML key (batch_size) an error is about; list items and tuple
+    slots (betas.1) are reported on their field."""
+    field = str(loc[0]) if loc else ""
+    if not field:
+        return ""
+    return "--" + field.replace("_", "-") if source == "option" else field
+
+
 def format_validation_error(exc: ValidationError, source: str = "config") -> str:
-    """One line: which field, and why."""
-    parts = []
+    """One line naming each bad flag (``--batch-size``) or YAML key (and the file), and why."""
+    parts, seen = [], set()
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "config"
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"--{loc.replace('_', '-')}: {msg}" if source == "option" else f"{loc}: {msg}")
-    return f"invalid {source}: " + "; ".join(parts)
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            from cifarbench.errors import did_you_mean
+
+            key = str(loc[0]) if loc else "?"
+            parts.append(f"unknown key '{key}'" + did_you_mean(key, list(RunConfig.model_fields)))
+            continue
+        where = _where(loc, source)
+        if (where, err["type"]) in seen:  # betas.0 and betas.1 both missing: say it once
+            continue
+        seen.add((where, err["type"]))
+        parts.append(f"{where}: {_reason(err)}" if where else _reason(err))
+    prefix = "" if source == "option" else f"{source}: "
+    return prefix + "; ".join(parts)
 
 
 def find_config(name_or_path: str) -> Path:

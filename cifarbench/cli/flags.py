@@ -9,7 +9,6 @@ alias (``-b``) or a second name (``--scheduler``) is written below.
 
 from __future__ import annotations
 
-import enum
 import functools
 import inspect
 import typing
@@ -94,11 +93,13 @@ def flag_spec(field: str, info) -> FlagSpec:
         name = flag_name(field)[2:]
         decls = (f"--{name}/--no-{name}", *ALIASES.get(field, ()))
         return FlagSpec(field, Optional[bool], lambda v: v, typer.Option(default, *decls, metavar="", **common))
-    if choices is not None:
-        kind = enum.Enum(f"{field}_choice", {c: c for c in choices}, type=str)
-        return FlagSpec(field, kind, lambda v: None if v is None else kind(v).value,
-                        typer.Option(None if default is None else kind(default), *decls, case_sensitive=False,
-                                     metavar="|".join(choices), **common))
+    if choices is not None:  # validated by RunConfig, so a bad value gets our message and the closest choice
+        def choice(v, choices=choices):
+            return next((c for c in choices if v is not None and c.lower() == str(v).lower()), v)
+
+        return FlagSpec(field, Optional[str], choice,
+                        typer.Option(default, *decls, metavar="|".join(choices), autocompletion=_completer(choices),
+                                     **common))
     if origin in (list, tuple):
         args = typing.get_args(tp)
         elem_tp = args[0] if args else str
@@ -110,9 +111,18 @@ def flag_spec(field: str, info) -> FlagSpec:
             common["help"] += f" Comma-separated {'integers' if elem is int else 'numbers' if elem is float else 'values'}."
         return FlagSpec(field, Optional[str], _comma_list(elem, field),
                         typer.Option(default, *decls, metavar="LIST", **common))
-    if tp in (int, float, str):
-        return FlagSpec(field, Optional[tp], lambda v: v, typer.Option(default, *decls, metavar=FIELD_METAVARS.get(field, METAVARS[tp]), **common))
+    if tp in (int, float, str):  # text here; RunConfig converts and checks it (our words, the flag named)
+        shown = default if not isinstance(default, float) else f"{default:g}"
+        return FlagSpec(field, Optional[str], lambda v: v,
+                        typer.Option(None if default is None else str(shown), *decls,
+                                     metavar=FIELD_METAVARS.get(field, METAVARS[tp]), **common))
     raise TypeError(f"RunConfig.{field}: no flag rule for type {tp!r} (add one in cli/flags.py)")
+
+
+def _completer(choices: tuple[str, ...]):
+    def complete(incomplete: str) -> list[str]:
+        return [c for c in choices if c.startswith(incomplete)]
+    return complete
 
 
 def given_on_command_line(ctx, name: str) -> bool:
