@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from typing import Any
 
 from rich.markup import escape
@@ -109,7 +108,7 @@ class PlainReporter(Reporter):
         info(escape(text))
 
     def warning(self, text: str) -> None:
-        warn(escape(text))
+        warn(text)
 
     def start(self, i: dict[str, Any]) -> None:
         self.epochs = i["epochs"]

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cifarbench.cli._console import info, out_console, print_json, warn
+from cifarbench.cli._console import info, out_console, print_json, warn, plain
 
 
 def test(
@@ -31,7 +31,7 @@ def test(
         plots.mkdir(parents=True, exist_ok=True)
         per_class_bar(r["per_class_accuracy"], plots / "per_class_accuracy.png")
         confusion_heatmap(r["confusion_matrix"], r["class_names"], plots / "confusion_matrix.png")
-        info(f"plots written to {plots}")
+        info(plain(f"plots written to {plots}"))
     if json_out:
         print_json(r)
         return
@@ -41,10 +41,10 @@ def test(
 def _print_table(r: dict) -> None:
     from rich.table import Table
 
-    table = Table("class", "accuracy", "support", title=f"{r['model']} on {r['dataset']} ({r['device_name']})")
+    table = Table("class", "accuracy", "support", title=plain(f"{r['model']} on {r['dataset']} ({r['device_name']})"))
     for i, (name, acc) in enumerate(r["per_class_accuracy"].items()):
         support = sum(r["confusion_matrix"][i])
-        table.add_row(name, "-" if acc is None else f"{100 * acc:.2f}%", str(support))
+        table.add_row(plain(name), "-" if acc is None else f"{100 * acc:.2f}%", str(support))
     out_console.print(table)
     out_console.print(
         f"test accuracy {100 * r['accuracy']:.2f}% ({r['correct']}/{r['total']}), loss {r['loss']:.4f}, "
