@@ -134,7 +134,7 @@ def _reason(err: dict[str, Any]) -> str:
               "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}
     if kind in limits:
         words, key = limits[kind]
-        return f"must be {words} {_value(ctx.get(key))}, got {_value(got)}"
+        return f"must be {words} {_value(ctx.get(key))}, got {got if isinstance(got, str) else _value(got)}"
     if kind == "literal_error":
         from cifarbench.errors import did_you_mean
 
