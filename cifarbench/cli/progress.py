@@ -171,8 +171,8 @@ class RichReporter(PlainReporter):
     def epoch_begin(self, epoch: int, steps: int) -> None:
         self.progress_every_s, self.progress_every_steps = 0.5, None
         self._footer()
-        self.progress.update(self.task, total=steps, completed=0, visible=True,
-                             epoch=f"{epoch}/{self.epochs}", stats="[dim]starting...[/]")
+        self.progress.reset(self.task, total=steps, completed=0, visible=True,  # the clock restarts too
+                            epoch=f"{epoch}/{self.epochs}", stats="[dim]starting...[/]")
 
     def _footer(self) -> None:
         if self.progress is not None:
