@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from cifarbench.cli._console import err_console, info, out_console, plain, print_json, print_wide, warn
 from cifarbench.cli.flags import with_recipe_flags
-from cifarbench.errors import UsageError
+from cifarbench.errors import CifarbenchError, UsageError
 
 # RunConfig fields bench spells itself (matrix axes as comma lists, its own --epochs/--seed meaning, or
 # fields bench sets); every other field is a recipe flag, derived from RunConfig in cli/flags.py.
@@ -52,7 +52,14 @@ def bench(
     target_acc: Optional[float] = typer.Option(None, "--target-acc", help="Training mode: report time to this eval accuracy (0-1)."),
     baseline: Optional[str] = typer.Option(
         None, "--baseline",
-        help="Row the 'relative' column divides by: 'slowest' (default), 'first', or backend[:device[:model[:precision[:batch]]]]."),
+        help="Row the others are compared with: 'fastest' (default), 'slowest', 'first', or "
+        "backend[:device[:model[:precision[:batch]]]]."),
+    eval_images: Optional[int] = typer.Option(
+        None, "--eval-images", help="Throughput: images per timed evaluation (default: as many as one training "
+        "window, --steps x the largest batch, at most 10,000)."),
+    fast_dev_run: bool = typer.Option(
+        False, "--fast-dev-run", help="Smoke test: throughput 1 warm-up step, 1 window of 2 steps; training mode "
+        "1 epoch of 2 steps on a 2-batch subset; writes nothing unless -o is given."),
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", help="Run directory for bench.json/.csv/.md, charts and run_log.json (default runs/bench-TIME)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -79,15 +86,24 @@ def bench(
         backends=_split(backend), devices=_split(device), models=_split(model), precisions=_split(precision),
         batch_sizes=_ints(batch_size, "--batch-size"), config_file=config, overrides=overrides, synthetic=synthetic,
         warmup_steps=warmup_steps, steps=steps, repeats=repeats, eval_batch_size=eval_batch_size, epochs=epochs,
-        seeds=seeds, target_acc=target_acc, baseline=baseline,
+        seeds=seeds, target_acc=target_acc, baseline=baseline, eval_images=eval_images,
     )
-    if output is None:  # every bench run keeps its results and run_log.json in a run directory
+    write = True
+    if fast_dev_run:
+        write = output is not None
+        no_record = no_record or not write
+        settings.warmup_steps, settings.steps, settings.repeats = 1, 2, 1
+        if settings.epochs:
+            settings.epochs = 1
+            batch = max(settings.batch_sizes or [8])
+            settings.overrides.update(max_steps=2, limit_train=2 * batch, limit_eval=2 * batch)
+    if output is None and write:  # every bench run keeps its results and run_log.json in a run directory
         from datetime import datetime
 
         output = Path("runs") / f"bench-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     result = run_bench(settings, PlainReporter(), out_dir=output)
     _show(result, to_stderr=json_out)
-    if result["rows"]:
+    if result["rows"] and write:
         _write(result, output)
         if not no_record:  # never fails the run: warns instead
             from cifarbench.results import record_run
@@ -95,8 +111,8 @@ def bench(
             record_run(output / "bench.json", results_db, "bench", warn, info)
     if json_out:
         print_json(result)
-    if not result["rows"]:
-        raise UsageError("nothing could run here; see the reasons above")
+    if not result["rows"]:  # a runtime outcome (exit 1): the request was valid, this machine could not run it
+        raise CifarbenchError("nothing could run here; see the reasons above")
 
 
 def _show(result: dict[str, Any], to_stderr: bool) -> None:

@@ -19,12 +19,19 @@ def test(
     batch_size: int = typer.Option(500, "--batch-size", "-b", min=1),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch/NumPy (default: the framework's)."),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write per-class bars and a confusion heat map here."),
+    limit_eval: Optional[int] = typer.Option(
+        None, "--limit-eval", min=1, help="Evaluate a seeded, class-stratified subset of N test images."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the --limit-eval subset."),
+    fast_dev_run: bool = typer.Option(False, "--fast-dev-run", help="Smoke test: 2 batches of 8 test images."),
     json_out: bool = typer.Option(False, "--json", help="Print the results (with the confusion matrix) as JSON."),
 ) -> None:
     """Evaluate a checkpoint: overall and per-class accuracy, loss, confusion matrix."""
     from cifarbench.engine.evaluate import evaluate_checkpoint
 
-    r = evaluate_checkpoint(checkpoint, dataset, data_dir, backend, device, batch_size, threads, warn=warn)
+    if fast_dev_run:
+        batch_size, limit_eval = 8, 16
+    r = evaluate_checkpoint(checkpoint, dataset, data_dir, backend, device, batch_size, threads, warn=warn,
+                            limit=limit_eval, seed=seed)
     if plots is not None:
         from cifarbench.report.plots import confusion_heatmap, per_class_bar
 
