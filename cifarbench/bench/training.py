@@ -43,7 +43,7 @@ class _Forward(RecordingReporter):
         super().epoch_end(record)
         self.outer.message(
             f"{self.label}: epoch {record['epoch']} loss {record['train_loss']:.4f} "
-            f"{record['eval_split']} acc {record['eval_acc']:.4f} ({record['epoch_time_s']:.1f} s)"
+            f"{record['eval_split']} acc {100 * record['eval_acc']:.2f}% ({record['epoch_time_s']:.1f} s)"
         )
 
 

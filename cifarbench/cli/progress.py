@@ -20,8 +20,8 @@ DEFAULT_LOG_INTERVAL = "10%,30s"
 
 def _row(r: dict[str, Any], epochs: int) -> tuple[str, ...]:
     return (
-        f"{r['epoch']}/{epochs}", f"{r['train_loss']:.4f}", f"{r['train_acc']:.4f}",
-        f"{r['eval_acc']:.4f} ({r['eval_split']})", f"{r['images_per_s']:,.0f}", f"{r['epoch_time_s']:.2f}",
+        f"{r['epoch']}/{epochs}", f"{r['train_loss']:.4f}", f"{100 * r['train_acc']:.2f}%",
+        f"{100 * r['eval_acc']:.2f}% ({r['eval_split']})", f"{r['images_per_s']:,.0f}", f"{r['epoch_time_s']:.2f}",
         f"{r['lr']:.3g}",
     )
 
@@ -46,7 +46,7 @@ def progress_fields(p: dict[str, Any]) -> list[tuple[str, str]]:
     """(name, value) of a step_progress event, shared by the plain line and the live footer."""
     pct = 100.0 * p["step"] / p["steps"] if p["steps"] else 100.0
     loss = "-" if p["loss"] is None else f"{p['loss']:.4f}"
-    acc = "-" if p["acc"] is None else f"{p['acc']:.4f}"
+    acc = "-" if p["acc"] is None else f"{100 * p['acc']:.2f}%"
     run_eta = duration(p["run_eta_s"]) + ("" if p["eta_includes_eval"] else "+eval")
     return [
         ("epoch", f"{p['epoch']}/{p['epochs']}"), ("step", f"{p['step']}/{p['steps']} ({pct:.0f}%)"),
@@ -89,7 +89,7 @@ def header_lines(i: dict[str, Any]) -> list[str]:
 
 def final_line(s: dict[str, Any]) -> str:
     return (
-        f"test accuracy {s['test_accuracy']:.4f} (loss {s['test_loss']:.4f}) after {s['epochs']} "
+        f"test accuracy {100 * s['test_accuracy']:.2f}% (loss {s['test_loss']:.4f}) after {s['epochs']} "
         f"epoch{'s' if s['epochs'] != 1 else ''}, "
         f"{s['total_time_s']:.1f} s in all"
         + (f" (warm-up {s['warmup_s']:.1f} s)" if s.get("warmup_s") else "")
