@@ -83,7 +83,8 @@ def header_lines(i: dict[str, Any]) -> list[str]:
     return [
         f"model {i['model']} ({i['params']:,} parameters) on {i['dataset']}: "
         f"{i['train_images']:,} train / {i['eval_images']:,} {i['eval_split']} images",
-        f"backend {i['device_name']}, {i['precision']}, batch {i['batch_size']}, {steps} -> {i['run_dir']}",
+        f"backend {i['device_name']}, {i['precision']}, batch {i['batch_size']}, {steps} -> "
+        + (i["run_dir"] if i.get("writes", True) else "nothing written (give -o DIR to keep it)"),
     ]
 
 

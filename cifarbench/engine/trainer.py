@@ -302,7 +302,7 @@ class Trainer:
             "backend": cfg.backend, "device": self.backend.device, "device_name": self.backend.describe(),
             "precision": cfg.precision, "epochs": self.epochs, "batch_size": cfg.batch_size,
             "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, "start_epoch": self.start_epoch,
-            "run_dir": str(self.run_dir),
+            "run_dir": str(self.run_dir), "writes": self.write,
         }
 
     def _final(self, total_time: float) -> dict[str, Any]:
