@@ -282,3 +282,26 @@ def test_fast_dev_run_writes_nothing_unless_output(small_npz, tmp_path, monkeypa
                   "-o", str(tmp_path / "out"), "--no-record"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_train_downloads_show_progress_bars_then_the_table(console):
+    from cifarbench.cli.progress import RichReporter
+
+    rep = RichReporter()
+    for done in (0, 4_000_000, 8_000_000):
+        rep.download_progress("cifar-10-python.tar.gz", done, 8_000_000)
+    assert rep.downloads is not None and rep.downloads.progress is not None  # the `data download` bars
+    rep.start(_info(1))
+    assert rep.downloads is None  # stopped before the training table starts
+    text = console.getvalue()
+    assert "cifar-10-python.tar.gz" in text and "8.0" in text and "epoch" in text
+
+
+def test_plain_downloads_say_start_and_end(capsys):
+    from cifarbench.cli.progress import PlainReporter
+
+    rep = PlainReporter()
+    for done in (0, 4_000_000, 8_000_000):
+        rep.download_progress("mnist[1].gz", done, 8_000_000)
+    err = capsys.readouterr().err
+    assert "downloading mnist[1].gz ..." in err and "downloaded mnist[1].gz (8.0 MB)" in err
