@@ -74,8 +74,14 @@ def _default(info) -> Any:
     return value
 
 
+IDENTIFIERS = {"torch", "lr", "mlx", "jax", "numpy", "cupy"}  # a description starting with a name keeps its case
+
+
 def _help(field: str, info) -> str:
     text = (info.description or field.replace("_", " ")).strip()
+    first = text.split(" ", 1)[0]
+    if first.replace("-", "").isalpha() and first not in IDENTIFIERS:  # 'onecycle: ...', 'cifar10, ...', 'torch.compile' stay
+        text = text[0].upper() + text[1:]
     return text if text.endswith(".") else text + "."
 
 
