@@ -12,6 +12,7 @@ from rich.markup import escape
 from cifarbench.cli._console import err_console, info, warn
 from cifarbench.engine.reporter import Reporter
 from cifarbench.errors import UsageError
+from cifarbench.report.tables import sig
 
 COLUMNS = ("epoch", "loss", "train acc", "eval acc", "images/s", "time (s)", "lr")
 WIDTHS = (7, 8, 9, 16, 10, 9, 9)  # fixed, so rows printed one at a time line up under one header
@@ -21,7 +22,7 @@ DEFAULT_LOG_INTERVAL = "10%,30s"
 def _row(r: dict[str, Any], epochs: int) -> tuple[str, ...]:
     return (
         f"{r['epoch']}/{epochs}", f"{r['train_loss']:.4f}", f"{100 * r['train_acc']:.2f}%",
-        f"{100 * r['eval_acc']:.2f}% ({r['eval_split']})", f"{r['images_per_s']:,.0f}", f"{r['epoch_time_s']:.2f}",
+        f"{100 * r['eval_acc']:.2f}% ({r['eval_split']})", sig(r["images_per_s"]), f"{r['epoch_time_s']:.2f}",
         f"{r['lr']:.3g}",
     )
 
@@ -50,7 +51,7 @@ def progress_fields(p: dict[str, Any]) -> list[tuple[str, str]]:
     run_eta = duration(p["run_eta_s"]) + ("" if p["eta_includes_eval"] else "+eval")
     return [
         ("epoch", f"{p['epoch']}/{p['epochs']}"), ("step", f"{p['step']}/{p['steps']} ({pct:.0f}%)"),
-        ("loss", loss), ("acc", acc), ("images/s", f"{p['images_per_s']:,.0f}"), ("lr", f"{p['lr']:.3g}"),
+        ("loss", loss), ("acc", acc), ("images/s", sig(p["images_per_s"])), ("lr", f"{p['lr']:.3g}"),
         ("epoch ETA", duration(p["epoch_eta_s"])), ("run ETA", run_eta),
     ]
 
