@@ -29,7 +29,7 @@ class RunConfig(BaseModel):
     # where
     backend: str = Field("torch", description="torch, mlx, numpy, cupy, jax (or cpu/cuda/mps = torch on that device)")
     device: str = Field("auto", description="backend device; auto picks the fastest available")
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="float32, or bfloat16/float16 mixed precision")
     compile: Optional[bool] = Field(
         None, description="compile the step (torch.compile, mx.compile); unset: the backend's default (MLX on, torch off)"
     )
@@ -43,21 +43,23 @@ class RunConfig(BaseModel):
         None, ge=1, description="CPU threads (torch intra-op, NumPy's BLAS); unset: the framework's default"
     )
     # recipe
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(1000, ge=1)
-    opt: Literal["sgd", "adam", "adamw"] = "adamw"
+    epochs: int = Field(30, ge=1, description="passes over the training set")
+    batch_size: int = Field(64, ge=1, description="training images per optimizer step")
+    eval_batch_size: int = Field(1000, ge=1, description="images per evaluation batch (no effect on results)")
+    opt: Literal["sgd", "adam", "adamw"] = Field("adamw", description="optimizer (torch.optim semantics)")
     lr: float = Field(3e-4, gt=0, description="base lr; the peak lr for onecycle")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (onecycle cycles it: see max_momentum)")
-    nesterov: bool = False
-    weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    sched: Literal["constant", "step", "cosine", "linear", "onecycle", "triangle"] = "constant"
+    nesterov: bool = Field(False, description="Nesterov momentum (SGD)")
+    weight_decay: float = Field(0.01, ge=0, description="L2 (SGD, Adam) or decoupled (AdamW) weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW beta1, beta2")
+    sched: Literal["constant", "step", "cosine", "linear", "onecycle", "triangle"] = Field(
+        "constant", description="learning-rate schedule, per step"
+    )
     warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from warmup_start_factor*lr (not onecycle)")
-    warmup_start_factor: float = Field(0.0, ge=0, le=1)
+    warmup_start_factor: float = Field(0.0, ge=0, le=1, description="warm-up (and triangle) starts at this factor x lr")
     min_lr: float = Field(0.0, ge=0, description="floor of cosine/step")
     step_epochs: list[int] = Field(default_factory=list, description="step schedule: epochs where lr *= step_gamma")
-    step_gamma: float = Field(0.1, gt=0)
+    step_gamma: float = Field(0.1, gt=0, description="step schedule: lr factor at each of step_epochs")
     pct_start: float = Field(0.3, gt=0, lt=1, description="onecycle: fraction of steps rising")
     div_factor: float = Field(25.0, gt=0, description="onecycle: initial lr = lr / div_factor")
     final_div_factor: float = Field(1e4, gt=0, description="onecycle: final lr = initial / final_div_factor")
@@ -76,13 +78,13 @@ class RunConfig(BaseModel):
     )
     tta: int = Field(0, ge=0, le=2, description="test-time augmentation of the final test: 0 none, 1 mirror, "
                      "2 mirror + 1-pixel translations")
-    cycle_momentum: bool = True
+    cycle_momentum: bool = Field(True, description="onecycle: cycle momentum inversely to lr")
     base_momentum: float = Field(0.85, ge=0, lt=1, description="onecycle: the momentum (SGD) or beta1 (Adam/AdamW) at the lr peak")
     max_momentum: float = Field(
         0.95, ge=0, lt=1, description="onecycle: the momentum (SGD) or beta1 (Adam/AdamW) at the start and end; as "
         "torch's OneCycleLR, it replaces the optimizer's own momentum/beta1"
     )
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy")
     dropout_rate: Optional[float] = Field(
         None, ge=0, lt=1, description="drop probability of every Dropout layer (unset: the model's own)"
     )
@@ -94,7 +96,7 @@ class RunConfig(BaseModel):
     dropout_patience: int = Field(5, ge=1, description="adaptive dropout: epochs without a better accuracy before raising it")
     # data handling
     augment: list[Literal["crop", "flip"]] = Field(default_factory=list, description="training augmentation")
-    crop_pad: int = Field(4, ge=0)
+    crop_pad: int = Field(4, ge=0, description="random crop: zero padding in pixels on each side")
     flip_mode: Literal["random", "alternate"] = Field(
         "random", description="alternate: epoch 0 random per image, then each image flips opposite to its previous epoch"
     )
@@ -102,11 +104,21 @@ class RunConfig(BaseModel):
         "dataset", description="dataset: per-channel mean/std of the train set; half: (x-0.5)/0.5; none: x/255"
     )
     # run
-    seed: int = 0
+    seed: int = Field(0, description="seeds the initial weights, data order, augmentation and subsets")
     output: Optional[str] = Field(None, description="run directory (default runs/<model>-<dataset>-<time>)")
     save_every: int = Field(1, ge=1, description="write the checkpoint every N epochs (always at the end)")
     keep_checkpoints: int = Field(
         1, ge=1, description="checkpoint generations kept: the newest K, plus best/ (highest validation accuracy) with val_split")
+    # smoke runs and limits: the schedules follow the capped length
+    max_steps: Optional[int] = Field(
+        None, ge=1, description="stop after N optimizer steps in all (the last epoch may be partial)"
+    )
+    limit_train: Optional[int] = Field(
+        None, ge=1, description="train on a seeded, class-stratified subset of N training images"
+    )
+    limit_eval: Optional[int] = Field(
+        None, ge=1, description="evaluate (each epoch and the final test) on seeded, class-stratified subsets of N images"
+    )
 
     @field_validator("augment", mode="before")
     @classmethod
@@ -123,19 +135,78 @@ class RunConfig(BaseModel):
             raise ValueError(f"compile_mode '{self.compile_mode}' needs compile (drop --no-compile)")
         if any(e < 0 for e in self.step_epochs):
             raise ValueError("step_epochs must be >= 0")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must lie in [0, 1), got {tuple(self.betas)}")
         if self.min_dropout > self.max_dropout:
             raise ValueError(f"min_dropout {self.min_dropout} is above max_dropout {self.max_dropout}")
         return self
 
 
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return f"'{v}'" if isinstance(v, str) else str(v)
+
+
+def _reason(err: dict[str, Any]) -> str:
+    """One pydantic error in our words (pydantic's own text only for the rare kinds not listed)."""
+    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+    limits = {"greater_than_equal": ("at least", "ge"), "greater_than": ("greater than", "gt"),
+              "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}
+    if kind in limits:
+        words, key = limits[kind]
+        return f"must be {words} {_value(ctx.get(key))}, got {got if isinstance(got, str) else _value(got)}"
+    if kind == "literal_error":
+        from cifarbench.errors import did_you_mean
+
+        choices = [c.strip().strip("'") for c in str(ctx.get("expected", "")).replace(" or ", ", ").split(",")]
+        return f"must be one of {', '.join(choices)}, got {_value(got)}" + did_you_mean(str(got), choices)
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"must be a whole number, got {_value(got)}"
+    if kind in ("float_parsing", "float_type"):
+        return f"must be a number, got {_value(got)}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"must be true or false, got {_value(got)}"
+    if kind in ("string_type",):
+        return f"must be text, got {_value(got)}"
+    if kind in ("list_type", "tuple_type"):
+        return f"must be a list, got {_value(got)}"
+    if kind == "missing":
+        return "has too few values" if len(err["loc"]) > 1 else "is missing a value"
+    if kind in ("too_short", "too_long"):
+        return f"needs {ctx.get('min_length', ctx.get('max_length'))} values"
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def _where(loc: tuple, source: str) -> str:
+    """The flag (--batch-size) or the YAML key (batch_size) an error is about; list items and tuple
+    slots (betas.1) are reported on their field."""
+    field = str(loc[0]) if loc else ""
+    if not field:
+        return ""
+    return "--" + field.replace("_", "-") if source == "option" else field
+
+
 def format_validation_error(exc: ValidationError, source: str = "config") -> str:
-    """One line: which field, and why."""
-    parts = []
+    """One line naming each bad flag (``--batch-size``) or YAML key (and the file), and why."""
+    parts, seen = [], set()
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "config"
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"--{loc.replace('_', '-')}: {msg}" if source == "option" else f"{loc}: {msg}")
-    return f"invalid {source}: " + "; ".join(parts)
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            from cifarbench.errors import did_you_mean
+
+            key = str(loc[0]) if loc else "?"
+            parts.append(f"unknown key '{key}'" + did_you_mean(key, list(RunConfig.model_fields)))
+            continue
+        where = _where(loc, source)
+        if (where, err["type"]) in seen:  # betas.0 and betas.1 both missing: say it once
+            continue
+        seen.add((where, err["type"]))
+        parts.append(f"{where}: {_reason(err)}" if where else _reason(err))
+    prefix = "" if source == "option" else f"{source}: "
+    return prefix + "; ".join(parts)
 
 
 def find_config(name_or_path: str) -> Path:

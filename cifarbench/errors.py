@@ -42,6 +42,23 @@ class CheckpointError(CifarbenchError):
     """A checkpoint is missing, corrupt, or belongs to another model or class count."""
 
 
+def closest(name: str, valid, n: int = 1) -> list[str]:
+    """The valid names nearest to a misspelt one (``resnt18`` -> ``resnet18``), best first."""
+    import difflib
+
+    valid = [str(v) for v in valid]
+    lowered = {v.lower(): v for v in valid}
+    return [lowered[m] for m in difflib.get_close_matches(str(name).lower(), list(lowered), n=n, cutoff=0.6)]
+
+
+def did_you_mean(name: str, valid) -> str:
+    """" (did you mean 'x'?)" when a valid name is close, else ''."""
+    near = closest(name, valid)
+    return f" (did you mean '{near[0]}'?)" if near else ""
+
+
 def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> UsageError:
-    """The standard error for an unknown model/backend/dataset/... name."""
-    return UsageError(f"unknown {kind} '{name}'; valid: {', '.join(sorted(valid))}")
+    """The standard error for an unknown model/backend/dataset/... name, with the closest valid one."""
+    near = closest(name, valid)
+    hint = f"did you mean '{near[0]}'?" if near else None
+    return UsageError(f"unknown {kind} '{name}'; valid: {', '.join(sorted(valid))}", hint=hint)

@@ -290,8 +290,11 @@ def _history(run_dir: str | None) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
 
 
-def _pct(x: float | None) -> float | None:
-    return None if x is None else round(100.0 * x, 2)
+def _command_line() -> list[str]:
+    """The command as typed (argv, program name first): how to run it again."""
+    import sys
+
+    return [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "cifarbench", *sys.argv[1:]]
 
 
 def _package_version(fp: dict[str, Any], backend_name: str) -> str | None:
@@ -353,14 +356,16 @@ def training_run_log(cfg, summary: dict[str, Any], backend) -> dict[str, Any]:
             "model_params": summary.get("params"), "precision": cfg.precision,
         },
         "results": {
-            "overall_accuracy_pct": _pct(summary.get("test_accuracy")),
-            "per_class_accuracy_pct": {k: _pct(v) for k, v in (test.get("per_class_accuracy") or {}).items()},
+            # accuracies are fractions in every file (percent is for people: tables, plots, messages)
+            "overall_accuracy": summary.get("test_accuracy"),
+            "per_class_accuracy": dict(test.get("per_class_accuracy") or {}),
             "test_loss": summary.get("test_loss"), "final_train_loss": summary.get("final_train_loss"),
             "final_val_acc": summary.get("final_val_acc"), "time_per_epoch_s": summary.get("time_per_epoch_s"),
             "images_per_s": summary.get("images_per_s"), "confusion_matrix": test.get("confusion_matrix"),
         },
         "checkpoint": summary.get("checkpoint"),
-        "timestamp": datetime.now().strftime("%Y%m%d_%H%M%S"),
+        "timestamp": datetime.now().astimezone().isoformat(timespec="seconds"),  # ISO 8601 with the UTC offset
+        "command_line": _command_line(),
         "run_dir": summary.get("run_dir"),
         "fingerprint_id": fp["fingerprint_id"],
         "fingerprint": fp,

@@ -155,11 +155,13 @@ def _row(backend, ips=None, total=None, device="cpu"):
     return r
 
 
-def test_baseline_default_is_slowest_and_relative_is_speed_ratio():
+def test_baseline_default_is_fastest_and_relative_is_speed_ratio():
     rows = [_row("torch", [100, 200, 300]), _row("numpy", [50, 50]), _row("mlx", [400])]
-    assert apply_baseline(rows, "throughput", None) == "numpy/cpu/cnn/fp32/bs64"
+    assert apply_baseline(rows, "throughput", None) == "mlx/cpu/cnn/fp32/bs64"
+    assert [r["relative"] for r in rows] == pytest.approx([0.5, 0.125, 1.0])
+    assert [r["baseline"] for r in rows] == [False, False, True]
+    assert apply_baseline(rows, "throughput", "slowest") == "numpy/cpu/cnn/fp32/bs64"
     assert [r["relative"] for r in rows] == pytest.approx([4.0, 1.0, 8.0])
-    assert [r["baseline"] for r in rows] == [False, True, False]
     apply_baseline(rows, "throughput", "first")
     assert rows[1]["relative"] == pytest.approx(0.25)
     apply_baseline(rows, "throughput", "mlx:cpu")
@@ -169,8 +171,10 @@ def test_baseline_default_is_slowest_and_relative_is_speed_ratio():
 def test_training_relative_is_speedup_of_total_time():
     # the seed project's table: CPU ~270 s, MPS ~99 s -> 2.7x
     rows = [_row("torch", total=[270.0], device="cpu"), _row("torch", total=[99.0, 101.0], device="mps")]
-    apply_baseline(rows, "training", None)
+    apply_baseline(rows, "training", "slowest")
     assert rows[0]["baseline"] and rows[1]["relative"] == pytest.approx(2.7)
+    apply_baseline(rows, "training", None)  # the fastest: mps
+    assert rows[1]["baseline"] and rows[0]["relative"] == pytest.approx(1 / 2.7)
 
 
 def test_time_to_target():

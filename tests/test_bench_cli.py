@@ -106,3 +106,36 @@ def test_bench_usage_errors(tmp_path, monkeypatch):
     assert res.exit_code == 2 and "matches none" in res.output
     res = runner.invoke(app, ["bench", "--backend", "numpy", "--synthetic", "--steps", "0"])
     assert res.exit_code == 2
+
+
+def test_bench_progress_inside_a_case_and_eval_volume_follows_steps(tmp_path):
+    res = CliRunner().invoke(app, ["bench", "--synthetic", "--dataset", "mnist", "--backend", "numpy", *TINY,
+                                   "-o", str(tmp_path / "p"), "--json", "--no-record"])
+    assert res.exit_code == 0, res.output
+    row = _json(res.stdout)["rows"][0]
+    steps = _json(res.stdout)["settings"]["steps"]
+    assert row["eval_images"] == steps * row["batch_size"]  # the default follows --steps
+    assert "warm-up:" in res.stderr and "window 1/" in res.stderr and "window 2/" in res.stderr
+    res = CliRunner().invoke(app, ["bench", "--synthetic", "--dataset", "mnist", "--backend", "numpy", *TINY,
+                                   "--eval-images", "24", "-o", str(tmp_path / "q"), "--json", "--no-record"])
+    assert res.exit_code == 0, res.output
+    assert _json(res.stdout)["rows"][0]["eval_images"] == 24
+
+
+def test_bench_nothing_runnable_is_a_runtime_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["bench", "--backend", "torch", "--device", "mps", "--synthetic", *TINY, "--no-record"])
+    assert res.exit_code == 1 and "nothing could run here" in res.output
+
+
+def test_bench_fast_dev_run_writes_nothing(tmp_path, monkeypatch):
+    from conftest import tree_state
+
+    monkeypatch.chdir(tmp_path)
+    before = tree_state(tmp_path)
+    res = CliRunner().invoke(app, ["bench", "--synthetic", "--dataset", "mnist", "--backend", "numpy", "-b", "8",
+                                   "--fast-dev-run", "--json"])
+    assert res.exit_code == 0, res.output
+    result = _json(res.stdout)
+    assert result["settings"]["steps"] == 2 and result["rows"][0]["train_ips"]["n"] == 1
+    assert tree_state(tmp_path) == before

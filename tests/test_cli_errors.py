@@ -88,7 +88,7 @@ def test_debug_shows_traceback(tiny_npz):
 def test_resume_refuses_recipe_changes(tmp_path):
     (tmp_path / "config.yaml").write_text("model: cnn\n")
     res = invoke(["train", "--resume", str(tmp_path), "--lr", "0.1"])
-    assert res.exit_code == 2 and "cannot change: lr" in res.output
+    assert res.exit_code == 2 and "cannot change: --lr" in res.output
     res = invoke(["train", "--resume", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "no config.yaml" in res.output
 

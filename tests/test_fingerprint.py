@@ -70,9 +70,12 @@ def test_training_run_log_has_the_seed_fields(tmp_path):
     assert (tr["dataset"], tr["num_classes"], tr["seed"], tr["epochs"], tr["batch_size"]) == ("cifar10", 2, 1111, 2, 64)
     assert tr["optimizer"].startswith("SGD(lr=0.1") and tr["scheduler"].startswith("OneCycleLR(max_lr=0.1")
     assert tr["training_time_seconds"] == 12.5 and tr["model"] == "cnn" and tr["model_params"] == 573194
-    assert log["results"]["overall_accuracy_pct"] == 86.12
-    assert log["results"]["per_class_accuracy_pct"] == {"cat": 90.0, "dog": 82.24}
-    assert log["checkpoint"].endswith("model.safetensors") and log["timestamp"]
+    assert log["results"]["overall_accuracy"] == 0.8612  # fractions in files
+    assert log["results"]["per_class_accuracy"] == {"cat": 0.9, "dog": 0.8224}
+    from datetime import datetime
+
+    assert datetime.fromisoformat(log["timestamp"]).tzinfo is not None  # ISO 8601 with its offset
+    assert log["checkpoint"].endswith("model.safetensors") and isinstance(log["command_line"], list)
     assert log["history"] == recs
     assert log["config"]["lr"] == 0.1
     assert log["fingerprint_id"] == log["fingerprint"]["fingerprint_id"]

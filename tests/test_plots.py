@@ -70,8 +70,14 @@ def test_training_curves_draw_train_and_eval_per_run(tmp_path, drawn):
     recs = [{"epoch": e, "train_loss": 1.0 / e, "eval_loss": 1.2 / e, "train_acc": 0.2 * e, "eval_acc": 0.15 * e,
              "eval_split": "val"} for e in (1, 2, 3)]
     plots.training_curves([("a", recs), ("b", recs[:2])], tmp_path / "c.png")
-    ax_loss, ax_acc = drawn["c.png"].axes
+    fig = drawn["c.png"]
+    ax_loss, ax_acc, ax_lr = fig.axes
     assert [l.get_label() for l in ax_loss.lines] == ["a train", "a val", "b train", "b val"]
+    assert fig.legends and ax_loss.get_legend() is None  # one legend, below the panels
+    assert [t for t in ax_loss.get_xticks() if 1 <= t <= 3] == [1.0, 2.0, 3.0]  # integer epoch ticks
+    assert ax_lr.get_ylabel().startswith("learning rate")
+    assert plots.run_title("a", recs, {"model": "cnn", "dataset": "cifar10"}) == "a: cnn on cifar10, val 45.00%"
+    assert fig._suptitle.get_text() == "a: val 45.00%\nb: val 30.00%"
     assert list(ax_acc.lines[1].get_ydata()) == pytest.approx([15.0, 30.0, 45.0])  # eval accuracy in %
     assert len(ax_acc.lines[2].get_xdata()) == 2
     assert (ax_loss.get_ylabel(), ax_acc.get_ylabel()) == ("loss", "accuracy (%)")

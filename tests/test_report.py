@@ -34,12 +34,14 @@ def test_table_cells():
     headers, cells = format_table(_result())
     assert headers[-1] == "relative"
     row = dict(zip(headers, cells[0]))
-    assert row["train img/s"] == "1,000.0"
-    assert row["train min–max"] == "900–1,200"
-    assert row["eval img/s"] == "3,050.0"
+    assert row["train img/s"] == "1,000"  # 3 significant figures
+    assert row["train ± std"] == "± 153 (n=3)"  # sample std of (900, 1000, 1200) = 152.75
+    assert row["eval img/s"] == "3,050"
+    assert row["eval ± std"] == "± 70.7 (n=2)"
     assert row["warm-up s"] == "1.23"
-    assert row["relative"] == "2.00x"
-    assert dict(zip(headers, cells[1]))["relative"] == "1.00x (base)"
+    assert row["relative"] == "2.00x faster"
+    assert dict(zip(headers, cells[1]))["relative"] == "1.00 (base)"
+    assert dict(zip(headers, cells[1]))["train ± std"] == "(n=1)"
     assert skipped_lines(_result()) == ["cupy -: cupy is not installed"]
 
 
@@ -73,7 +75,7 @@ def test_markdown_table():
     lines = md.splitlines()
     header = next(ln for ln in lines if ln.startswith("| backend"))
     assert "relative" in header
-    assert "| torch | cpu | cnn | fp32 | 64 | 1,000.0 |" in md
+    assert "| torch | cpu | cnn | fp32 | 64 | 1,000 | ± 153 (n=3) |" in md
     assert "- cupy -: cupy is not installed" in md
     assert "Test CPU" in md and "abc123" in md
     n_cols = header.count("|")
@@ -91,3 +93,12 @@ def test_write_outputs_and_load(tmp_path):
         load_result(tmp_path / "other.json")
     with pytest.raises(UsageError):
         load_result(tmp_path / "missing.json")
+
+
+def test_three_significant_figures_and_slower_rows():
+    from cifarbench.report.tables import _relative, sig
+
+    assert [sig(x) for x in (12345.0, 7.04321, 7.0, 0.012345, 999.6, 0.0, None)] == [
+        "12,300", "7.04", "7.00", "0.0123", "1,000", "0", "-"]
+    assert _relative({"relative": 1 / 31.3, "baseline": False}) == "31.3x slower"
+    assert _relative({"relative": 1.0, "baseline": True}) == "1.00 (base)"

@@ -43,7 +43,7 @@ def test_train_and_bench_record_what_they_wrote(tiny_npz, tmp_path):
     rows = listed()
     assert [r["kind"] for r in rows] == ["train", "throughput"]
     train, thr = rows
-    assert train["accuracy"] == pytest.approx(log["results"]["overall_accuracy_pct"] / 100)
+    assert train["accuracy"] == pytest.approx(log["results"]["overall_accuracy"])
     assert train["images_per_s"] == pytest.approx(log["results"]["images_per_s"])
     assert (train["backend"], train["device"], train["model"], train["epochs"]) == ("torch", "cpu", "cnn", 2)
     assert train["fingerprint_id"] == log["fingerprint_id"] and train["source"] == "train"

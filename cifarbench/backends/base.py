@@ -380,6 +380,15 @@ class Backend(abc.ABC):
     def end_epoch(self) -> EpochStats:
         """Synchronise and return the accumulated training statistics of this epoch."""
 
+    def running_stats(self) -> EpochStats | None:
+        """This epoch's statistics so far, without resetting them (for progress inside an epoch).
+
+        It synchronises with the device, so the engine calls it only every few steps or seconds,
+        never per step. Every bundled backend implements it; a backend that cannot read its sums
+        mid-epoch returns None (progress then shows speed and ETA without loss and accuracy).
+        """
+        return None
+
     @abc.abstractmethod
     def _predict(self, split: str, batch_size: int) -> np.ndarray:
         """Eval-mode logits for a split given to ``set_data`` (batch_size already checked)."""

@@ -21,8 +21,10 @@ from cifarbench.report.writers import RESULT_KIND
 
 RESULT_VERSION = 1
 MEANING = {
-    "throughput": "median training images/s divided by the baseline's (higher is faster)",
-    "training": "the baseline's mean total training time divided by this row's (speed-up; higher is faster)",
+    "throughput": "median training images/s divided by the baseline's (higher is faster; the table says "
+                  "'N x faster/slower' than the baseline)",
+    "training": "the baseline's mean total training time divided by this row's (speed-up; higher is faster; the "
+                "table says 'N x faster/slower' than the baseline)",
 }
 
 
@@ -43,7 +45,8 @@ class BenchSettings:
     epochs: Optional[int] = None  # set: training mode
     seeds: int = 1
     target_acc: Optional[float] = None
-    baseline: Optional[str] = None  # "slowest" (default), "first", or backend[:device[:model[:precision[:batch]]]]
+    baseline: Optional[str] = None  # "fastest" (default), "slowest", "first", or backend[:device[:model[:precision[:batch]]]]
+    eval_images: Optional[int] = None  # throughput: images per timed evaluation (default: one training window's)
 
     @property
     def mode(self) -> str:
@@ -57,7 +60,7 @@ def _matches(selector: str, case: dict[str, Any]) -> bool:
 
 
 def _check_baseline(selector: Optional[str], cases: list[Case]) -> None:
-    if selector in (None, "slowest", "first") or not cases:
+    if selector in (None, "fastest", "slowest", "first") or not cases:
         return
     if not any(_matches(selector, c.as_dict()) for c in cases):
         raise UsageError(f"--baseline {selector} matches none of: {', '.join(c.label for c in cases)}")
@@ -71,7 +74,9 @@ def apply_baseline(rows: list[dict[str, Any]], mode: str, selector: Optional[str
         speed = lambda r: 1.0 / r["total_time_s"]["mean"]  # noqa: E731
     else:
         speed = lambda r: r["train_ips"]["median"]  # noqa: E731
-    if selector in (None, "slowest"):
+    if selector in (None, "fastest"):
+        base = max(rows, key=speed)
+    elif selector == "slowest":
         base = min(rows, key=speed)
     elif selector == "first":
         base = rows[0]
@@ -104,7 +109,8 @@ def run_bench(s: BenchSettings, reporter: Reporter | None = None, out_dir: Path 
                             s.batch_sizes or [cfg.batch_size])
     _check_baseline(s.baseline, cases)
     rows: list[dict[str, Any]] = []
-    runner = _training_runner(s, cfg, rep, out_dir) if s.mode == "training" else _throughput_runner(s, cfg, cases, clock)
+    runner = (_training_runner(s, cfg, rep, out_dir) if s.mode == "training"
+              else _throughput_runner(s, cfg, cases, clock, rep.message))
     for i, case in enumerate(cases, 1):
         rep.message(f"[{i}/{len(cases)}] {case.label}")
         try:
@@ -130,21 +136,31 @@ def _settings_dict(s: BenchSettings, cfg) -> dict[str, Any]:
     d = asdict(s)
     d.update(mode=s.mode, dataset="synthetic" if s.synthetic else cfg.dataset,
              eval_batch_size=s.eval_batch_size or cfg.eval_batch_size,
-             baseline=s.baseline or "slowest")
+             baseline=s.baseline or "fastest")
     if s.mode == "training":
         for k in ("warmup_steps", "steps", "repeats"):
             d.pop(k)
     return d
 
 
-def _throughput_runner(s: BenchSettings, cfg, cases: list[Case], clock):
+def _throughput_runner(s: BenchSettings, cfg, cases: list[Case], clock, progress=None):
     win = throughput.Windows(s.warmup_steps, s.steps, s.repeats, s.eval_batch_size or cfg.eval_batch_size)
     win.check()
     biggest = max((c.batch_size for c in cases), default=1)
     n_train = biggest * max(s.steps, s.warmup_steps)
-    n_eval = min(win.eval_batch_size * 2, 10000)
+    n_eval = eval_images(s, biggest)
     data = throughput.bench_data(cfg, s.synthetic, n_train, n_eval) if cases else None
-    return lambda case: throughput.run_case(case, cfg, data, win, clock)
+    return lambda case: throughput.run_case(case, cfg, data, win, clock, progress)
+
+
+def eval_images(s: BenchSettings, biggest_batch: int) -> int:
+    """--eval-images, else as many images as one timed training window (steps x the largest batch), at most 10,000:
+    a short --steps run evaluates briefly too."""
+    if s.eval_images is not None:
+        if s.eval_images < 1:
+            raise UsageError("--eval-images must be at least 1")
+        return s.eval_images
+    return min(s.steps * biggest_batch, 10000)
 
 
 def _training_runner(s: BenchSettings, cfg, rep: Reporter, out_dir: Path | None):

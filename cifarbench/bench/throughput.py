@@ -92,9 +92,11 @@ def _window(backend: Backend, rng: np.random.Generator, n: int, steps: int, bs: 
 
 
 def measure(backend: Backend, data: BenchData, batch_size: int, win: Windows, lr: float, momentum: float,
-            seed: int = 0, clock: Clock = time.perf_counter) -> dict[str, Any]:
-    """Time an already built backend (model and optimizer configured) on these arrays."""
+            seed: int = 0, clock: Clock = time.perf_counter, progress=None) -> dict[str, Any]:
+    """Time an already built backend (model and optimizer configured) on these arrays; ``progress``
+    (a one-line callback) hears each phase as it ends, outside the timed regions."""
     win.check()
+    say = progress or (lambda _text: None)
     n = len(data.y_train)
     if n < batch_size * max(win.steps, win.warmup_steps):
         raise UsageError(f"bench data has {n} images; a window needs {batch_size * max(win.steps, win.warmup_steps)}")
@@ -107,8 +109,10 @@ def measure(backend: Backend, data: BenchData, batch_size: int, win: Windows, lr
     _, data_s = timed(backend, upload, clock)
     warm_s = 0.0
     if win.warmup_steps:
+        say(f"  warm-up: {win.warmup_steps} steps of {batch_size} ...")
         t_d, t_s, _ = _window(backend, rng, n, win.warmup_steps, batch_size, lr, momentum, clock)
         warm_s = t_d + t_s
+        say(f"  warm-up done in {warm_s:.3g} s; evaluation warm-up on {len(data.y_eval):,} images ...")
     _, eval_warm_s = timed(backend, lambda: backend.predict("test", win.eval_batch_size), clock)
     uploads, steps_s, eval_s, losses = [], [], [], []
     for _ in range(win.repeats):
@@ -118,6 +122,9 @@ def measure(backend: Backend, data: BenchData, batch_size: int, win: Windows, lr
         losses.append(stats.loss_sum / max(stats.count, 1))
         _, t_e = timed(backend, lambda: backend.predict("test", win.eval_batch_size), clock)
         eval_s.append(t_e)
+        ips = win.steps * batch_size / t_s if t_s > 0 else math.inf
+        say(f"  window {len(steps_s)}/{win.repeats}: train {ips:,.3g} img/s ({t_s:.3g} s), "
+            f"eval {len(data.y_eval) / t_e if t_e > 0 else math.inf:,.3g} img/s")
     images = win.steps * batch_size
     return {
         "data_s": data_s, "epoch_upload_s": summarize(uploads), "warmup_s": warm_s, "eval_warmup_s": eval_warm_s,
@@ -129,7 +136,8 @@ def measure(backend: Backend, data: BenchData, batch_size: int, win: Windows, lr
     }
 
 
-def run_case(case: Case, cfg: RunConfig, data: BenchData, win: Windows, clock: Clock = time.perf_counter) -> dict[str, Any]:
+def run_case(case: Case, cfg: RunConfig, data: BenchData, win: Windows, clock: Clock = time.perf_counter,
+             progress=None) -> dict[str, Any]:
     """Create, build and time one backend/device/model/precision/batch-size combination, with the
     recipe's own initial weights (data_init) and parameter groups, as ``cifarbench train`` builds it."""
     spec = create_spec(case.model, data.channels, data.image_size, data.num_classes)
@@ -137,7 +145,7 @@ def run_case(case: Case, cfg: RunConfig, data: BenchData, win: Windows, clock: C
     case_cfg = cfg.model_copy(update={"backend": case.backend, "device": case.device, "model": case.model})
     backend = training_backend(case_cfg, spec, options, data.x_train)
     momentum = optim_config(cfg, spec).initial_momentum
-    result = measure(backend, data, case.batch_size, win, cfg.lr, momentum, cfg.seed, clock)
+    result = measure(backend, data, case.batch_size, win, cfg.lr, momentum, cfg.seed, clock, progress)
     return {**case.as_dict(), "device_name": backend.describe(), "params": spec.num_params(), **_cost(spec), **result}
 
 

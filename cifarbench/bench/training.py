@@ -17,11 +17,23 @@ from cifarbench.engine.reporter import RecordingReporter, Reporter
 
 
 class _Forward(RecordingReporter):
-    """Records the run for bench and passes a one-line progress message per epoch upward."""
+    """Records the run for bench and passes progress upward: a line every 10% of an epoch (or 30 s),
+    and one per epoch."""
+
+    progress_every_s = 30.0
 
     def __init__(self, outer: Reporter, label: str):
         super().__init__()
         self.outer, self.label = outer, label
+
+    def epoch_begin(self, epoch: int, steps: int) -> None:
+        self.progress_every_steps = max(-(-steps // 10), 1)
+
+    def step_progress(self, p: dict[str, Any]) -> None:
+        if p["step"] < p["steps"]:
+            loss = "-" if p["loss"] is None else f"{p['loss']:.4f}"
+            self.outer.message(f"{self.label}: epoch {p['epoch']}/{p['epochs']} step {p['step']}/{p['steps']} "
+                               f"loss {loss} {p['images_per_s']:,.3g} img/s")
 
     def warning(self, text: str) -> None:
         super().warning(text)
@@ -31,7 +43,7 @@ class _Forward(RecordingReporter):
         super().epoch_end(record)
         self.outer.message(
             f"{self.label}: epoch {record['epoch']} loss {record['train_loss']:.4f} "
-            f"{record['eval_split']} acc {record['eval_acc']:.4f} ({record['epoch_time_s']:.1f} s)"
+            f"{record['eval_split']} acc {100 * record['eval_acc']:.2f}% ({record['epoch_time_s']:.1f} s)"
         )
 
 

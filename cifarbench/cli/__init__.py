@@ -41,7 +41,54 @@ def show_error(message: str, hint: str | None = None) -> None:
         err_console.print(f"[dim]hint: {escape(hint)}[/]", highlight=False, soft_wrap=True)
 
 
+_METAVARS = {"int": "N", "int range": "N", "float": "X", "float range": "X", "str": "TEXT", "path": "PATH",
+             "Path": "PATH", "bool": ""}
+
+
+def _metavar(param, ctx) -> str:
+    """One plain style: switches show nothing, values N / X / TEXT / PATH / a|b, arguments their NAME."""
+    if getattr(param, "is_flag", False) or getattr(param, "count", False):
+        return ""
+    if getattr(param, "param_type_name", "") == "argument":
+        return (param.name or "arg").upper() + ("..." if param.nargs != 1 else "")
+    try:
+        label = param.display_type(ctx).strip("<>")
+    except Exception:  # noqa: BLE001 - a help screen must not fail over a label
+        return "TEXT"
+    if label.startswith("list[") and label.endswith("]"):
+        label = label[5:-1]
+    if "," in label:  # a tuple
+        return " ".join(_METAVARS.get(p, p.upper()) for p in label.split(","))
+    return _METAVARS.get(label, label if "|" in label else label.upper())
+
+
+def _plain_metavars(command) -> None:
+    """Typer's default metavars are a mix (``<str>``, ``{checkpoint}``, ``<bool>`` on switches,
+    ``<list[Path]>``); give every parameter without an explicit one the plain style above. Wraps
+    ``get_params`` because click adds --help (and typer the completion options) only when asked."""
+    orig = command.get_params
+
+    def get_params(ctx):
+        params = orig(ctx)
+        for param in params:
+            if param.metavar is None:
+                param.metavar = _metavar(param, ctx)
+            if getattr(param, "param_type_name", "") == "argument":  # click's usage style: NAME, [NAME]
+                usage = param.metavar if param.required else f"[{param.metavar}]"
+                param._usage_display_name = lambda usage=usage: usage
+                param.display_type_rich = lambda ctx: None
+        return params
+
+    command.get_params = get_params
+    for sub in getattr(command, "commands", {}).values():
+        _plain_metavars(sub)
+
+
 class _Group(TyperGroup):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _plain_metavars(self)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -73,7 +120,7 @@ app = typer.Typer(
     name="cifarbench",
     help="Train, test and benchmark CIFAR-10/100 and MNIST classifiers on PyTorch, MLX and NumPy/CuPy.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -19,11 +19,20 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def plain(value: Any) -> str:
+    """Text that reaches rich as itself: '[cupy]' and '[cpu]' are pip extras, not markup."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    """A warning: the message is plain text (escaped here)."""
+    err_console.print(f"[yellow]warning:[/] {plain(message)}", highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:
+    """A line on stderr; rich markup is honoured, so callers pass ``plain(...)`` around any text they quote."""
     err_console.print(message, highlight=False, soft_wrap=True)
 
 

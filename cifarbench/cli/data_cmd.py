@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from cifarbench.cli._console import print_wide
+from cifarbench.cli._console import plain, print_wide
 from cifarbench.errors import DataError
 
 ALL = "all"
@@ -61,9 +61,9 @@ class _DownloadBars:
     def __call__(self, name: str, done: int, total: int | None) -> None:
         if self.progress is None:
             if done == 0:
-                self.console.print(f"downloading {name} ...", highlight=False)
+                self.console.print(f"downloading {name} ...", highlight=False, markup=False)
             elif total and done >= total:
-                self.console.print(f"downloaded {name} ({total / 1e6:.1f} MB)", highlight=False)
+                self.console.print(f"downloaded {name} ({total / 1e6:.1f} MB)", highlight=False, markup=False)
             return
         if name not in self.tasks or done == 0:
             self.tasks[name] = self.progress.add_task(name, total=total)
@@ -88,8 +88,8 @@ def download(
     with _DownloadBars() as bars:
         for name in names:
             folder = download_dataset(name, root, progress=bars, mirrors=mirror or None)
-            out_console.print(f"{name}: {folder}", highlight=False, soft_wrap=True)
-    info(f"data dir: {root}")
+            out_console.print(f"{name}: {folder}", highlight=False, soft_wrap=True, markup=False)
+    info(plain(f"data dir: {root}"))
 
 
 @data_app.command("verify")
@@ -109,7 +109,7 @@ def verify(
     for name in names:
         rows = verify_dataset(name, data_dir)
         if dataset == ALL and rows and all(r.status == "missing" for r in rows):
-            info(f"{name}: not present")  # absent data sets are not failures of `verify all`
+            info(plain(f"{name}: not present"))  # absent data sets are not failures of `verify all`
             continue
         checks.extend(rows)
     if as_json:
@@ -137,7 +137,8 @@ def _verify_table(checks, root) -> None:
     for c in checks:
         rel = os.path.relpath(c.path, root) if c.path.startswith(str(root)) else c.path
         expected = c.expected_md5 if c.status == "mismatch" else ("-" if not c.expected_md5 else "=")
-        table.add_row(c.dataset, rel, f"[{style.get(c.status, '')}]{c.status}[/]", c.actual_md5 or "-", expected)
+        table.add_row(plain(c.dataset), plain(rel), f"[{style.get(c.status, '')}]{c.status}[/]", c.actual_md5 or "-",
+                      expected)
     print_wide(table, width=240)
 
 
@@ -177,7 +178,8 @@ def info_cmd(
         from cifarbench.data.cache import CACHE_ENV, cache_root
 
         out_console.print(f"data dir: {root} ({_data_dir_origin(data_dir)}); parsed arrays are cached in "
-                          f"{cache_root() / 'parsed'} (${CACHE_ENV} moves it)", highlight=False, soft_wrap=True)
+                          f"{cache_root() / 'parsed'} (${CACHE_ENV} moves it)", highlight=False, soft_wrap=True,
+                          markup=False)
         _info_table(rows)
 
 

@@ -31,13 +31,13 @@ def fingerprint(
 def _summary(fp: dict) -> None:
     hw, sw = fp["hardware"], fp["software"]
     pk = sw["packages"]
-    gpus = "; ".join(f"{g.get('name')} ({g.get('memory_gb')} GB, {g.get('compute_capability') or g.get('metal_architecture') or '?'})"
+    gpus = "; ".join(f"{g.get('name')} ({g.get('memory_gb')} GiB, {g.get('compute_capability') or g.get('metal_architecture') or '?'})"
                      for g in hw["gpus"]) or "none found"
     lines = [
         ("fingerprint", fp["fingerprint_id"]),
         ("os", f"{hw['os']} {hw['os_release']} ({hw['architecture']})"),
         ("cpu", f"{hw['cpu_model']} ({hw['physical_cores']} cores / {hw['logical_cores']} threads)"),
-        ("memory", f"{hw['memory_gb']} GB"),
+        ("memory", f"{hw['memory_gb']} GiB"),
         ("chip", hw["chip"] or "-"),
         ("gpus", gpus),
         ("python", sw["python"]),

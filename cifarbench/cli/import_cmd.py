@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cifarbench.cli._console import info, out_console, print_json, warn
+from cifarbench.cli._console import info, out_console, print_json, warn, plain
 
 _SOURCES_HELP = (
     "menzhse (mlx-cifar-10-cnn .npz/.safetensors, torch-cifar-10-cnn .pth), mike7seven (ResNet-18/SmallCNN/LeNet .pth or MLX .npz), "
@@ -46,9 +46,9 @@ def import_(
             "tensors": len(conv.state),
         })
         return
-    info(f"imported {file} ({conv.source}, {conv.framework}) as {conv.model} on {conv.dataset}; "
-         f"input normalisation mean {conv.mean[0]:g} std {conv.std[0]:g}")
-    out_console.print(str(run_dir), highlight=False, soft_wrap=True)
+    info(plain(f"imported {file} ({conv.source}, {conv.framework}) as {conv.model} on {conv.dataset}; "
+               f"input normalisation mean {conv.mean[0]:g} std {conv.std[0]:g}"))
+    out_console.print(str(run_dir), highlight=False, soft_wrap=True, markup=False)
 
 
 def register(app: typer.Typer) -> None:

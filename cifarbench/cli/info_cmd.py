@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cifarbench.cli._console import out_console, print_json
+from cifarbench.cli._console import out_console, plain, print_json
 
 # Input shape and classes of each built-in data set, so listing models needs no data.
 DATASET_SHAPES = {
@@ -52,7 +52,7 @@ def models(
 
     table = Table("model", "parameters", "description", "from", title=f"models for {dataset} ({ch}x{size}x{size}, {classes} classes)")
     for r in rows:
-        table.add_row(r["name"], f"{r['params']:,}", r["description"], r["origin"])
+        table.add_row(plain(r["name"]), f"{r['params']:,}", plain(r["description"]), plain(r["origin"]))
     out_console.print(table)
     for names, note in spaces.values():
         out_console.print(note, highlight=False, markup=False)
@@ -72,7 +72,8 @@ def backends(json_out: bool = typer.Option(False, "--json")) -> None:
 
     table = Table("backend", "device", "available", "reason")
     for r in rows:
-        table.add_row(r.backend, r.device, "[green]yes[/]" if r.available else "[red]no[/]", r.reason)
+        table.add_row(plain(r.backend), plain(r.device), "[green]yes[/]" if r.available else "[red]no[/]",
+                      plain(r.reason or ""))
     out_console.print(table)
 
 

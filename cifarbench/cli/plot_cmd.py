@@ -34,9 +34,20 @@ def plot(
     from cifarbench.report.plots import training_curves
 
     data = [(r.name if r.is_dir() else r.parent.name, _records(r)) for r in runs]
+    configs = [_config(r if r.is_dir() else r.parent) for r in runs]
     if output is None:
         output = (runs[0] if runs[0].is_dir() else runs[0].parent) / "curves.png" if len(runs) == 1 else Path("curves.png")
-    info(f"wrote {escape(str(training_curves(data, output)))}")
+    info(f"wrote {escape(str(training_curves(data, output, configs)))}")
+
+
+def _config(run_dir: Path) -> dict | None:
+    """The run's config.yaml (model and data set for the title), or None."""
+    import yaml
+
+    try:
+        return yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
 
 
 def activations(

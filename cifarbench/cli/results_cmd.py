@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from cifarbench.cli._console import err_console, info, print_json, print_wide, warn
+from cifarbench.cli._console import err_console, info, print_json, print_wide, warn, plain
 from cifarbench.errors import UsageError
 
 results_app = typer.Typer(help="The results database: list, show, compare, export and import results.",
@@ -103,8 +103,8 @@ def list_cmd(
     table = Table("id", "date (UTC)", "kind", "model", "backend", "device", "prec", "batch", "images/s", "acc %",
                   "time s", "machine", "host", title=f"{len(rows)} results", header_style="bold")
     for r in rows:
-        table.add_row(str(r["id"]), r["created"].replace("T", " ").rstrip("Z"), r["kind"], r["model"] or "-",
-                      r["backend"] or "-", r["device"] or "-", r["precision"] or "-", _fmt(r["batch_size"]),
+        table.add_row(str(r["id"]), r["created"].replace("T", " ").rstrip("Z"), plain(r["kind"]), plain(r["model"] or "-"),
+                      plain(r["backend"] or "-"), plain(r["device"] or "-"), plain(r["precision"] or "-"), _fmt(r["batch_size"]),
                       _fmt(r["images_per_s"]), _acc(r["accuracy"], r["accuracy_std"], r.get("seeds")),
                       _fmt(r["total_time_s"]), r["fingerprint_id"][:8], escape(r["hostname"] or "-"))
     print_wide(table)
@@ -155,11 +155,11 @@ def compare_cmd(
         acc = _acc(g["accuracy"], g["accuracy_std"], g["accuracy_n"]) + (f" ({g['accuracy_n']})" if g["accuracy_n"] else "")
         rel = "-" if g["relative"] is None else f"{g['relative']:.2f}x" + (" (base)" if g["baseline"] else "")
         ids = ",".join(map(str, g["ids"][:6])) + ("…" if len(g["ids"]) > 6 else "")
-        table.add_row(g["kind"], g["model"] or "-", g["backend"] or "-", g["device"] or "-", g["precision"] or "-",
+        table.add_row(*(plain(v or "-") for v in (g["kind"], g["model"], g["backend"], g["device"], g["precision"])),
                       _fmt(g["batch_size"]), g["fingerprint_id"][:8], str(g["n"]), _fmt(g["images_per_s"]), spread,
                       acc, _fmt(g["total_time_s"]), rel, ids)
     print_wide(table)
-    info(f"relative = {res['relative_meaning']}")
+    info(plain(f"relative = {res['relative_meaning']}"))
 
 
 @results_app.command("export")

@@ -1,4 +1,4 @@
-"""`cifarbench train`: one training run, flags > config file > defaults."""
+"""`cifarbench train`: one training run, flags > config file > the model's home recipe > defaults."""
 
 from __future__ import annotations
 
@@ -7,83 +7,96 @@ from typing import Optional
 
 import typer
 
+from rich.markup import escape
+
 from cifarbench.cli._console import info, out_console, print_json
+from cifarbench.cli.flags import flag_name, with_recipe_flags
 from cifarbench.errors import UsageError
 
-# Flag name -> RunConfig field, for every option that overrides the config.
-OVERRIDES = (
-    "model", "dataset", "data_dir", "epochs", "batch_size", "eval_batch_size", "lr", "opt", "momentum", "nesterov",
-    "weight_decay", "sched", "warmup_epochs", "min_lr", "label_smoothing", "precision", "seed", "output", "backend",
-    "device", "val_split", "augment", "normalize", "compile", "compile_mode", "loader", "memory_limit",
-    "threads", "keep_checkpoints",
-)
+RESUMABLE = ("epochs", "backend", "device", "data_dir", "eval_batch_size", "threads",
+             "keep_checkpoints")  # what --resume may change
 
 
+@with_recipe_flags()
 def train(
-    model_arg: Optional[str] = typer.Argument(None, metavar="[MODEL]", help="Model name (see `cifarbench models`)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name (same as the argument)."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML recipe: a path or a bundled name."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="cifar10, cifar100, mnist, fashion-mnist, synthetic, npz:PATH."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Dataset cache directory."),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
-    eval_batch_size: Optional[int] = typer.Option(None, "--eval-batch-size"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (the peak for onecycle)."),
-    opt: Optional[str] = typer.Option(None, "--opt", help="sgd, adam, adamw."),
-    momentum: Optional[float] = typer.Option(None, "--momentum"),
-    nesterov: Optional[bool] = typer.Option(None, "--nesterov/--no-nesterov"),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
-    sched: Optional[str] = typer.Option(None, "--sched", "--scheduler", help="constant, step, cosine, onecycle."),
-    warmup_epochs: Optional[float] = typer.Option(None, "--warmup-epochs"),
-    min_lr: Optional[float] = typer.Option(None, "--min-lr"),
-    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, bf16, fp16."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Run directory."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="torch, mlx, numpy, cupy, jax, or cpu/cuda/mps."),
-    device: Optional[str] = typer.Option(None, "--device", help="Backend device (auto: the fastest available)."),
-    val_split: Optional[int] = typer.Option(None, "--val-split", help="Hold out N training images for validation."),
-    augment: Optional[str] = typer.Option(None, "--augment", help="crop, flip, crop+flip or none."),
-    normalize: Optional[str] = typer.Option(None, "--normalize", help="dataset, half or none."),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the step (warm-up reported)."),
-    compile_mode: Optional[str] = typer.Option(
-        None, "--compile-mode", help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune; implies --compile."),
-    loader: Optional[str] = typer.Option(None, "--loader", help="memory or mlx-data (MLX only)."),
-    memory_limit: Optional[float] = typer.Option(None, "--memory-limit", help="MLX memory limit in GB."),
-    threads: Optional[int] = typer.Option(
-        None, "--threads", help="CPU threads for torch/NumPy (default: the framework's; 1 is often fastest on a busy machine)."),
-    keep_checkpoints: Optional[int] = typer.Option(
-        None, "--keep-checkpoints", help="Checkpoint generations kept: the newest K (default 1), plus best/ with --val-split."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in the -o directory."),
-    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
+    model_arg: Optional[str] = typer.Argument(None, metavar="MODEL", show_default=False,
+                                              help="Model name (see `cifarbench models`); same as --model."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", metavar="FILE", rich_help_panel="Run",
+                                         help="YAML recipe: a path or a bundled name (see --list-configs)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="DIR", rich_help_panel="Run",
+                                          help="Continue the run in this directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", rich_help_panel="Run",
+                                   help="Replace the run already in the -o directory."),
+    fast_dev_run: bool = typer.Option(
+        False, "--fast-dev-run", rich_help_panel="Run",
+        help="Smoke test: 2 training steps on a 2-batch subset (batch 8 unless -b), evaluation and test on "
+        "2 batches; writes nothing unless -o is given."),
+    beta1: Optional[float] = typer.Option(None, "--beta1", metavar="X", rich_help_panel="Recipe",
+                                          help="Adam/AdamW beta1 alone (definfo's flag; --betas sets both)."),
+    beta2: Optional[float] = typer.Option(None, "--beta2", metavar="X", rich_help_panel="Recipe",
+                                          help="Adam/AdamW beta2 alone (definfo's flag; --betas sets both)."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config as YAML and exit."),
     list_configs: bool = typer.Option(False, "--list-configs", help="List the bundled recipes and exit."),
     json_out: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only warnings and the final line."),
+    log_interval: str = typer.Option(
+        "10%,30s", "--log-interval", metavar="EVERY",
+        help="Without a terminal: a progress line every N steps, N% of an epoch or Ns, comma-combined "
+        "(whichever comes first)."),
     no_record: bool = typer.Option(False, "--no-record", help="Do not record the run in the results database."),
-    results_db: Optional[str] = typer.Option(None, "--results-db", help="Results database URL or SQLite path (default: $CIFARBENCH_RESULTS_DB, else the user data dir)."),
+    results_db: Optional[str] = typer.Option(
+        None, "--results-db", metavar="URL",
+        help="Results database URL or SQLite path (default: $CIFARBENCH_RESULTS_DB, else the user data dir)."),
+    recipe: dict = None,
 ) -> None:
     """Train a model; writes a run directory (config, metrics, checkpoint, run_log.json)."""
     from cifarbench.config import dump_config_sources, list_configs as bundled, recipe_line, resolve_config
 
     if list_configs:
         for name, desc, _ in bundled():
-            out_console.print(f"[bold]{name:28s}[/] {desc}", highlight=False)
+            out_console.print(f"[bold]{escape(name):28s}[/] {escape(desc)}", highlight=False)
         return
-    if model_arg and model and model_arg != model:
-        raise UsageError(f"model given twice: '{model_arg}' and --model '{model}'")
-    values = dict(locals())
-    values["model"] = model_arg or model
-    overrides = {k: values[k] for k in OVERRIDES}
+    overrides = dict(recipe)
+    if model_arg and overrides.get("model") and model_arg != overrides["model"]:
+        raise UsageError(f"model given twice: '{model_arg}' and --model '{overrides['model']}'")
+    if model_arg:
+        overrides["model"] = model_arg
+    write = True
+    if fast_dev_run:
+        if resume is not None:
+            raise UsageError("--fast-dev-run starts a fresh run; it cannot --resume")
+        overrides = fast_dev_overrides(config, overrides)
+        write = "output" in recipe  # nothing written unless -o
+        no_record = no_record or not write
     if resume is not None:
         cfg = _resume_config(resume, overrides)
-        sources = {k: ("flag" if overrides.get(k) is not None else f"file {resume / 'config.yaml'}") for k in overrides}
+        sources = {k: ("flag" if overrides.get(k) is not None else f"file {resume / 'config.yaml'}")
+                   for k in cfg.model_fields}
     else:  # no -c: the model's home recipe (configs/) under the flags
         cfg, sources = resolve_config(config, overrides, home=True)
+    if beta1 is not None or beta2 is not None:
+        if resume is not None:
+            raise UsageError("--resume keeps the run's recipe; cannot change: --beta1/--beta2")
+        b1, b2 = cfg.betas
+        cfg, sources = resolve_config(config, {**overrides, "betas": (b1 if beta1 is None else beta1,
+                                                                       b2 if beta2 is None else beta2)}, home=True)
     if print_config:
         typer.echo(dump_config_sources(cfg, sources), nl=False)
         return
-    _run(cfg, resume, json_out, None if no_record else (results_db or ""), overwrite,
-         recipe_line(cfg, sources) if resume is None else None)
+    _run(cfg, resume, json_out, None if no_record else (results_db or ""), quiet=quiet,
+         log_interval=log_interval, write=write, overwrite=overwrite,
+         recipe=recipe_line(cfg, sources) if resume is None else None)
+
+
+FAST_DEV_BATCH = 8  # a smoke test checks that the pipeline runs, in seconds even for resnet18 on a CPU
+
+
+def fast_dev_overrides(config: Optional[str], overrides: dict) -> dict:
+    """--fast-dev-run: 2 steps on a 2-batch stratified subset, evaluation and test on 2 batches each;
+    batches of 8 unless --batch-size is given; every other flag still applies."""
+    batch = overrides.get("batch_size", FAST_DEV_BATCH)
+    return {**overrides, "epochs": 1, "max_steps": 2, "batch_size": batch, "limit_train": 2 * batch,
+            "limit_eval": 2 * batch, "eval_batch_size": batch}
 
 
 def _resume_config(run_dir: Path, overrides: dict):
@@ -92,15 +105,17 @@ def _resume_config(run_dir: Path, overrides: dict):
     if not (run_dir / "config.yaml").is_file():
         raise UsageError(f"--resume {run_dir}: no config.yaml there", hint="pass the run directory a train run wrote")
     changed = {k: v for k, v in overrides.items() if v is not None}
-    allowed = {"epochs", "backend", "device", "data_dir", "eval_batch_size", "threads", "keep_checkpoints"}
+    allowed = set(RESUMABLE)
     bad = sorted(set(changed) - allowed)
     if bad:
-        raise UsageError(f"--resume keeps the run's recipe; cannot change: {', '.join(bad)}", hint="allowed: " + ", ".join(sorted(allowed)))
+        raise UsageError(f"--resume keeps the run's recipe; cannot change: {', '.join(flag_name(b) for b in bad)}",
+                         hint="allowed: " + ", ".join(flag_name(a) for a in sorted(allowed)))
     cfg = build_config(str(run_dir / "config.yaml"), changed)
     return cfg.model_copy(update={"output": str(run_dir)})
 
 
-def _run(cfg, resume: Optional[Path], json_out: bool, record_to: Optional[str] = None, overwrite: bool = False,
+def _run(cfg, resume: Optional[Path], json_out: bool, record_to: Optional[str] = None, quiet: bool = False,
+         log_interval: Optional[str] = None, write: bool = True, overwrite: bool = False,
          recipe: Optional[str] = None) -> None:
     from cifarbench.cli.progress import make_reporter
     from cifarbench.engine import distributed
@@ -108,12 +123,13 @@ def _run(cfg, resume: Optional[Path], json_out: bool, record_to: Optional[str] =
     from cifarbench.engine.trainer import Trainer, default_run_dir
     from cifarbench.paths import need_writable_folder
 
-    if distributed.is_main_process():  # fail before any work when the run folder cannot be written
+    if write and distributed.is_main_process():  # fail before any work when the run folder cannot be written
         need_writable_folder(resume or cfg.output or default_run_dir(cfg), "--resume" if resume else "-o")
 
     main_rank = distributed.is_main_process()  # under torchrun, ranks > 0 print nothing
-    rep = make_reporter() if main_rank else Reporter()
-    trainer = Trainer(cfg, rep, run_dir=resume, resume=resume is not None, overwrite=overwrite, recipe=recipe)
+    rep = make_reporter(quiet, log_interval) if main_rank else Reporter()
+    trainer = Trainer(cfg, rep, run_dir=resume, resume=resume is not None, write=write, overwrite=overwrite,
+                      recipe=recipe)
     if resume is not None:
         _check_not_finished(resume, cfg.epochs)
     try:
@@ -132,8 +148,8 @@ def _run(cfg, resume: Optional[Path], json_out: bool, record_to: Optional[str] =
         record_run(Path(summary["run_dir"]) / "run_log.json", record_to or None, "train", warn, info)
     if json_out:
         print_json(summary)
-    else:
-        info(f"run directory: {summary['run_dir']}")
+    elif write and not quiet:
+        info(f"run directory: {escape(summary['run_dir'])}")
 
 
 def _check_not_finished(run_dir: Path, epochs: int) -> None:

@@ -89,3 +89,11 @@ def split_validation(
     is_val = np.zeros(n, dtype=bool)
     is_val[grouped[rank < np.repeat(quota, counts)]] = True
     return x[~is_val], y[~is_val], x[is_val], y[is_val]
+
+
+def stratified_subset(x: np.ndarray, y: np.ndarray, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded, class-stratified subset of ``n`` samples in the original order (all of them when
+    ``n`` is None or not smaller than the set): the part ``split_validation`` would hold out."""
+    if n is None or n >= len(y):
+        return x, y
+    return split_validation(x, y, n, seed)[2:]

@@ -16,17 +16,20 @@ from cifarbench.models import create_spec
 
 def evaluate_checkpoint(checkpoint: str, dataset: Optional[str], data_dir: Optional[str], backend: str,
                         device: Optional[str], batch_size: int, threads: Optional[int] = None,
-                        warn: Callable[[str], None] = lambda _msg: None) -> dict:
-    """Load a checkpoint on any backend and evaluate it on its (or another) data set's test split."""
-    return evaluate_with_data(checkpoint, dataset, data_dir, backend, device, batch_size, threads, warn)[0]
+                        warn: Callable[[str], None] = lambda _msg: None, limit: Optional[int] = None,
+                        seed: int = 0) -> dict:
+    """Load a checkpoint on any backend and evaluate it on its (or another) data set's test split
+    (``limit``: a seeded, class-stratified subset of that many images)."""
+    return evaluate_with_data(checkpoint, dataset, data_dir, backend, device, batch_size, threads, warn, limit, seed)[0]
 
 
 def evaluate_with_data(checkpoint: str, dataset: Optional[str], data_dir: Optional[str], backend: str,
                        device: Optional[str], batch_size: int, threads: Optional[int] = None,
-                       warn: Callable[[str], None] = lambda _msg: None):
-    """``evaluate_checkpoint``'s result, the data set and the logits (for plots of single images)."""
+                       warn: Callable[[str], None] = lambda _msg: None, limit: Optional[int] = None,
+                       seed: int = 0):
+    """``evaluate_checkpoint``'s result, and the images, labels and logits it evaluated (for plots)."""
     from cifarbench.backends import resolve
-    from cifarbench.data import load_dataset
+    from cifarbench.data import load_dataset, stratified_subset
     from cifarbench.models.registry import check_runs_on
 
     ck = load_checkpoint(checkpoint)  # a run directory gives its newest complete generation
@@ -48,14 +51,15 @@ def evaluate_with_data(checkpoint: str, dataset: Optional[str], data_dir: Option
     check_compatible(ck.state, spec, f"checkpoint {checkpoint} (model {meta['model']}, {meta['num_classes']} classes)")
     be = eval_backend(backend, device, spec, ck.state, meta.get("mean", ds.mean()), meta.get("std", ds.std()),
                       threads=threads)
-    be.set_data("test", ds.x_test, ds.y_test)
+    x_test, y_test = stratified_subset(ds.x_test, ds.y_test, limit, seed)
+    be.set_data("test", x_test, y_test)
     t0 = time.perf_counter()
     logits = be.predict("test", batch_size)
     seconds = time.perf_counter() - t0
-    result = evaluate_logits(logits, ds.y_test, ds.class_names)
+    result = evaluate_logits(logits, y_test, ds.class_names)
     result.update(
         checkpoint=str(checkpoint), model=meta["model"], dataset=ds_name, backend=be.name, device=be.device,
         device_name=be.describe(), class_names=list(ds.class_names), test_time_s=seconds,
-        trained_on=meta.get("backend"), total_parameters=spec.num_params(),
+        trained_on=meta.get("backend"), total_parameters=spec.num_params(), limit_eval=limit,
     )
-    return result, ds, logits
+    return result, x_test, y_test, logits

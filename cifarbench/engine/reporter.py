@@ -6,7 +6,17 @@ from typing import Any
 
 
 class Reporter:
-    """Default: silent. The CLI passes a rich or plain-text implementation."""
+    """Default: silent. The CLI passes a rich or plain-text implementation.
+
+    In-epoch progress costs a device synchronisation per event, so the trainer sends
+    ``step_progress`` only to a reporter that asks for it, at most every ``progress_every_s``
+    seconds or ``progress_every_steps`` steps (None/0: never). Its dict: epoch, epochs, step, steps
+    (of this epoch), images_per_s, loss, acc (running, this epoch; None if the backend cannot read
+    them), lr, elapsed_s, epoch_eta_s, run_eta_s, eta_includes_eval.
+    """
+
+    progress_every_s: float | None = None
+    progress_every_steps: int | None = None
 
     def message(self, text: str) -> None: ...
 
@@ -15,6 +25,8 @@ class Reporter:
     def start(self, info: dict[str, Any]) -> None: ...
 
     def epoch_begin(self, epoch: int, steps: int) -> None: ...
+
+    def step_progress(self, progress: dict[str, Any]) -> None: ...
 
     def epoch_end(self, record: dict[str, Any]) -> None: ...
 

@@ -146,9 +146,10 @@ class DropoutSchedule:
         return (f"DynamicDropout({self.strategy}, initial={self.initial}, min={self.min_rate}, max={self.max_rate})")
 
 
-def make_schedule(cfg, steps_per_epoch: int) -> Schedule:
-    """Build the schedule of a RunConfig (cifarbench.config) for this many steps per epoch."""
-    total = cfg.epochs * steps_per_epoch
+def make_schedule(cfg, steps_per_epoch: int, total_steps: int | None = None) -> Schedule:
+    """Build the schedule of a RunConfig (cifarbench.config) for this many steps per epoch;
+    ``total_steps`` (a run capped by max_steps) replaces epochs x steps_per_epoch as its length."""
+    total = total_steps if total_steps is not None else cfg.epochs * steps_per_epoch
     from cifarbench.backends.base import initial_momentum
 
     momentum = initial_momentum(cfg.opt, cfg.momentum, cfg.betas)

@@ -31,6 +31,7 @@ from cifarbench.config import RunConfig, dump_config
 from cifarbench.engine import distributed, rundir, tta
 from cifarbench.engine.interrupts import StopRequests
 from cifarbench.engine.metrics import evaluate_logits
+from cifarbench.engine.progress import RunPlan, StepProgress
 from cifarbench.engine.reporter import Reporter
 from cifarbench.engine.schedules import DropoutSchedule, make_schedule
 from cifarbench.engine.session import normalization, train_options, training_backend
@@ -124,7 +125,7 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.cfg
         self._validate_names()
-        from cifarbench.data import load_dataset, split_validation
+        from cifarbench.data import load_dataset, split_validation, stratified_subset
 
         self.ds = load_dataset(cfg.dataset, cfg.data_dir, progress=self.rep.download_progress)
         for w in getattr(self.ds, "warnings", []) or []:
@@ -138,6 +139,7 @@ class Trainer:
             self.splits = Splits(xt, yt, xv, yv, "val")
         else:
             self.splits = Splits(self.ds.x_train, self.ds.y_train, self.ds.x_test, self.ds.y_test, "test")
+        self._apply_limits(stratified_subset)
         self.spec = create_spec(cfg.model, self.ds.channels, self.ds.image_size, self.ds.num_classes)
         self.mean, self.std = normalization(cfg, self.ds)
         self.options = train_options(cfg, self.mean, self.std)
@@ -146,13 +148,16 @@ class Trainer:
         self.backend.set_data("train", self.splits.x_train, self.splits.y_train)
         self.backend.set_data(self.splits.eval_name, self.splits.x_eval, self.splits.y_eval)
         if self.splits.eval_name == "val":
-            self.backend.set_data("test", self.ds.x_test, self.ds.y_test)
-        self.tta_plan = tta.upload(self.backend, "test", self.ds.x_test, self.ds.y_test, cfg.tta)
+            self.backend.set_data("test", self.x_test, self.y_test)
+        self.tta_plan = tta.upload(self.backend, "test", self.x_test, self.y_test, cfg.tta)
         if cfg.lookahead_every:
             self.backend.lookahead(None)  # the slow weights start here (a resumed run restarts them)
         n = len(self.splits.y_train)
         self.steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
-        self.schedule = make_schedule(cfg, self.steps_per_epoch)
+        # --max-steps caps the run: the schedule spans the capped length, the last epoch may be partial
+        self.total_steps = min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or 10**18)
+        self.epochs = -(-self.total_steps // self.steps_per_epoch)
+        self.schedule = make_schedule(cfg, self.steps_per_epoch, self.total_steps)
         self._seen_batches: set[int] = set()  # batch sizes stepped already (a new one compiles/autotunes)
         self.dropout_plan = self._dropout_plan()
         self.dropout_now: float | None = None  # the rate set on the backend (None: the spec's own)
@@ -183,6 +188,16 @@ class Trainer:
         self.backend.set_dropout(rate)
         self.dropout_now = rate
         self._seen_batches.clear()  # a compiled step traces again on the new rate: time it apart
+
+    def _apply_limits(self, subset) -> None:
+        """--limit-train / --limit-eval: seeded, class-stratified subsets (the final test's too)."""
+        cfg, s = self.cfg, self.splits
+        s.x_train, s.y_train = subset(s.x_train, s.y_train, cfg.limit_train, cfg.seed)
+        s.x_eval, s.y_eval = subset(s.x_eval, s.y_eval, cfg.limit_eval, cfg.seed)
+        if s.eval_name == "test":
+            self.x_test, self.y_test = s.x_eval, s.y_eval
+        else:
+            self.x_test, self.y_test = subset(self.ds.x_test, self.ds.y_test, cfg.limit_eval, cfg.seed)
 
     def _validate_names(self) -> None:
         """Fail on a bad model or backend name before spending time on the data."""
@@ -254,7 +269,7 @@ class Trainer:
         self._next_step = self.start_step_in_epoch  # the interrupt point: the step about to run
         self._partial: EpochTrain | None = None  # the epoch trained so far, when interrupted
         try:
-            for epoch in range(self.start_epoch, cfg.epochs):
+            for epoch in range(self.start_epoch, self.epochs):
                 first = self.start_step_in_epoch if epoch == self.start_epoch else 0
                 self._next_step, self._partial = first, None
                 self._apply_dropout(epoch)
@@ -267,7 +282,7 @@ class Trainer:
                 self.records.append(rec)
                 self.rep.epoch_end(rec)
                 best = self._is_best(rec)
-                last = epoch + 1 == cfg.epochs
+                last = epoch + 1 == self.epochs
                 with self.stop.deferred():  # a stop waits for the commit
                     if self.write and ((epoch + 1) % cfg.save_every == 0 or last or best):
                         self._save(epoch + 1, 0, best=best)
@@ -323,14 +338,18 @@ class Trainer:
         order, offsets, flips = draw_epoch(rng, n, self.options.crop_pad, self.options.flip)
         if flips is not None and cfg.flip_mode == "alternate":
             flips = alternate_flips(cfg.seed, order, epoch, n)
-        self.rep.epoch_begin(epoch + 1, self.steps_per_epoch)
+        base = epoch * self.steps_per_epoch
+        last_step = min(self.steps_per_epoch, self.total_steps - base)
+        self.rep.epoch_begin(epoch + 1, last_step)
         b.synchronize()
         t0 = time.perf_counter()
         b.begin_epoch(order, offsets, flips, epoch_seed(cfg.seed + 1, epoch))
         base = epoch * self.steps_per_epoch
         before = self.resumed_partial if epoch == self.start_epoch else None
+        progress = StepProgress(self.rep, b, epoch + 1, self.epochs, first_step, last_step, cfg.batch_size,
+                                self._plan(epoch))
         lr = mom = 0.0
-        warm_s, warm_images = 0.0, 0
+        warm_s, warm_images, warm_steps = 0.0, 0, 0
 
         def so_far(stats) -> EpochTrain:
             images = min(self._next_step * cfg.batch_size, n) - min(first_step * cfg.batch_size, n)
@@ -340,7 +359,7 @@ class Trainer:
 
         try:
             with self.stop.deferred():
-                for i in range(first_step, self.steps_per_epoch):
+                for i in range(first_step, last_step):
                     self._next_step = i
                     lr, mom = self.schedule(base + i)
                     start, stop = i * cfg.batch_size, min((i + 1) * cfg.batch_size, n)
@@ -349,20 +368,27 @@ class Trainer:
                     else:  # first step of this batch shape: compile/JIT/autotune run here, timed apart
                         warm_s += self._timed_step(start, stop, lr, mom)
                         warm_images += stop - start
-                    decay = lookahead_decay(base + i + 1, cfg.epochs * self.steps_per_epoch, cfg.lookahead_every,
-                                            cfg.lookahead_decay)
+                        warm_steps += 1
+                    decay = lookahead_decay(base + i + 1, self.total_steps, cfg.lookahead_every, cfg.lookahead_decay)
                     if decay is not None:
                         b.lookahead(decay)
                     self._next_step = i + 1
+                    progress.tick(i + 1, lr, warm_s, warm_steps)  # reads the device sums only when an event is due
                     atomic.kill_point("step")
                     self.stop.check()
-                self._next_step = self.steps_per_epoch
+                self._next_step = last_step
                 stats = b.end_epoch()  # synchronises
         except KeyboardInterrupt:
             if self.dist is None:  # (under torchrun end_epoch is a collective: the sums are not saved)
                 self._partial = so_far(b.end_epoch())
             raise
         return so_far(stats)
+
+    def _plan(self, epoch: int) -> RunPlan:
+        """The rest of the run after this epoch, for the run's ETA."""
+        after = max(self.total_steps - (epoch + 1) * self.steps_per_epoch, 0)
+        eval_s = self.records[-1]["eval_time_s"] if self.records else None
+        return RunPlan(steps_after=after, evals_left=self.epochs - epoch + 1, eval_s=eval_s)
 
     def _timed_step(self, start: int, stop: int, lr: float, mom: float) -> float:
         """One synchronised, timed step (the warm-up of a new batch shape)."""
@@ -410,8 +436,8 @@ class Trainer:
         """One checkpoint generation: weights, optimizer, position, the rows so far, a partial epoch."""
         side = {
             "epoch": epoch, "step_in_epoch": step_in_epoch,
-            "global_step": epoch * self.steps_per_epoch + step_in_epoch, "epochs": self.cfg.epochs,
-            "finished": epoch >= self.cfg.epochs, "config": self.cfg.model_dump(mode="json"),
+            "global_step": min(epoch * self.steps_per_epoch + step_in_epoch, self.total_steps), "epochs": self.cfg.epochs,
+            "finished": epoch >= self.epochs, "config": self.cfg.model_dump(mode="json"),
             "saved_at": datetime.now().isoformat(timespec="seconds"),
             "records": self.records, "partial_epoch": asdict(partial) if partial is not None else None,
             "best": self.best,
@@ -436,17 +462,17 @@ class Trainer:
         return {
             "model": cfg.model, "params": self.spec.num_params(), "dataset": cfg.dataset,
             "train_images": len(self.splits.y_train), "eval_split": self.splits.eval_name,
-            "eval_images": len(self.splits.y_eval), "test_images": len(self.ds.y_test),
+            "eval_images": len(self.splits.y_eval), "test_images": len(self.y_test),
             "backend": cfg.backend, "device": self.backend.device, "device_name": self.backend.describe(),
-            "precision": cfg.precision, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-            "steps_per_epoch": self.steps_per_epoch, "start_epoch": self.start_epoch, "run_dir": str(self.run_dir),
-            "recipe": self.recipe,
+            "precision": cfg.precision, "epochs": self.epochs, "batch_size": cfg.batch_size,
+            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, "start_epoch": self.start_epoch,
+            "run_dir": str(self.run_dir), "writes": self.write, "recipe": self.recipe,
         }
 
     def _final(self, total_time: float) -> dict[str, Any]:
         t0 = time.perf_counter()
         logits = tta.predict(self.backend, self.tta_plan, self.cfg.eval_batch_size)  # tta 0: plain "test"
-        test = evaluate_logits(logits, self.ds.y_test, self.ds.class_names)
+        test = evaluate_logits(logits, self.y_test, self.ds.class_names)
         test_time = time.perf_counter() - t0
         last = self.records[-1] if self.records else {}
         ips = [r["images_per_s"] for r in self.records]

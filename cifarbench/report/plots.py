@@ -74,10 +74,25 @@ def accuracy_vs_time(curves: Sequence[tuple[str, Sequence[float], Sequence[float
     return _save(fig, path)
 
 
-def training_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: str | Path) -> Path:
-    """Loss and accuracy per epoch for each run (records as in metrics.jsonl)."""
+def run_title(label: str, recs: Sequence[dict[str, Any]], config: dict[str, Any] | None) -> str:
+    """'name: model on dataset, val 91.23%' (the final epoch's evaluation)."""
+    cfg = config or {}
+    what = " on ".join(str(cfg[k]) for k in ("model", "dataset") if cfg.get(k))
+    last = recs[-1] if recs else {}
+    acc = f"{_split(recs)} {100 * last['eval_acc']:.2f}%" if last.get("eval_acc") is not None else ""
+    return f"{label}: " + ", ".join(p for p in (what, acc) if p)
+
+
+def training_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: str | Path,
+                    configs: Sequence[dict[str, Any] | None] | None = None) -> Path:
+    """Loss, accuracy and learning rate per epoch for each run (records as in metrics.jsonl); the title
+    names each run's model, data set and final accuracy; legends sit below the panels, off the curves."""
     plt = _plt()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4.6))
+    configs = list(configs or [None] * len(runs))
+    fig.suptitle("\n".join(run_title(label, recs, cfg) for (label, recs), cfg in zip(runs, configs)), fontsize=10)
     for label, recs in runs:
         ep = [r["epoch"] for r in recs]
         line = ax_loss.plot(ep, [r.get("train_loss") for r in recs], marker="o", markersize=3, label=f"{label} train")
@@ -87,11 +102,20 @@ def training_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: 
                     label=f"{label} train")
         ax_acc.plot(ep, [100 * r.get("eval_acc", math.nan) for r in recs], linestyle="--", color=color,
                     label=f"{label} {_split(recs)}")
-    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy (%)")):
+        ax_lr.plot(ep, [r.get("lr", math.nan) for r in recs], marker="o", markersize=3, color=color, label=label)
+    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy (%)"), (ax_lr, "learning rate (last step of the epoch)")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    handles, labels = ax_loss.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    # room in inches for the title lines (one per run) and the legend rows, around 3.6 in of panels
+    title_in, legend_in = 0.2 * len(runs) + 0.15, 0.2 * -(-len(labels) // 4) + 0.15
+    height = 3.6 + title_in + legend_in
+    fig.set_size_inches(15, height)
+    fig.tight_layout(rect=(0, legend_in / height, 1, 1))  # tight_layout leaves room for the suptitle itself
     return _save(fig, path)
 
 

@@ -19,15 +19,33 @@ def _num(x: Any, digits: int = 1) -> str:
     return f"{x:,.{digits}f}"
 
 
+def sig(x: Any, figures: int = 3) -> str:
+    """``figures`` significant figures, thousands separated: 12,300 / 7.04 / 0.0123 (never '7–7')."""
+    if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
+        return "-"
+    if x == 0:
+        return "0"
+    digits = figures - 1 - int(math.floor(math.log10(abs(x))))
+    rounded = round(x, digits)
+    if rounded and int(math.floor(math.log10(abs(rounded)))) > figures - 1 - digits:  # 999.6 -> 1,000: one digit fewer
+        digits -= 1
+    return f"{round(x, digits):,.{max(digits, 0)}f}"
+
+
 def _stat(row: dict[str, Any], key: str, field: str = "median", digits: int = 1) -> str:
     return _num((row.get(key) or {}).get(field), digits)
 
 
-def _range(row: dict[str, Any], key: str) -> str:
+def _median(row: dict[str, Any], key: str) -> str:
+    return sig((row.get(key) or {}).get("median"))
+
+
+def _std(row: dict[str, Any], key: str) -> str:
+    """± the sample standard deviation of the repeats (3 significant figures), with n."""
     s = row.get(key) or {}
     if not s.get("n"):
         return "-"
-    return f"{_num(s['min'], 0)}–{_num(s['max'], 0)}"
+    return f"± {sig(s['std'])} (n={s['n']})" if s["n"] > 1 else "(n=1)"
 
 
 def _pm(row: dict[str, Any], key: str, scale: float = 1.0, digits: int = 2) -> str:
@@ -39,10 +57,15 @@ def _pm(row: dict[str, Any], key: str, scale: float = 1.0, digits: int = 2) -> s
 
 
 def _relative(row: dict[str, Any]) -> str:
+    """hyperfine style: the baseline row reads 1.00, the others 'N x faster' or 'N x slower' than it."""
     rel = row.get("relative")
     if rel is None:
         return "-"
-    return f"{rel:.2f}x" + (" (base)" if row.get("baseline") else "")
+    if row.get("baseline"):
+        return "1.00 (base)"
+    if rel >= 1:
+        return f"{sig(rel)}x faster"
+    return f"{sig(1 / rel)}x slower" if rel > 0 else "-"
 
 
 def _target(row: dict[str, Any]) -> str:
@@ -63,11 +86,11 @@ COMMON: list[Column] = [
 ]
 
 THROUGHPUT: list[Column] = COMMON + [
-    ("train img/s", lambda r: _stat(r, "train_ips")),
-    ("train min–max", lambda r: _range(r, "train_ips")),
-    ("eval img/s", lambda r: _stat(r, "eval_ips")),
-    ("eval min–max", lambda r: _range(r, "eval_ips")),
-    ("warm-up s", lambda r: _num(r.get("warmup_s"), 2)),
+    ("train img/s", lambda r: _median(r, "train_ips")),
+    ("train ± std", lambda r: _std(r, "train_ips")),
+    ("eval img/s", lambda r: _median(r, "eval_ips")),
+    ("eval ± std", lambda r: _std(r, "eval_ips")),
+    ("warm-up s", lambda r: sig(r.get("warmup_s"))),
     ("relative", _relative),
 ]
 

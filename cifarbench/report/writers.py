@@ -68,7 +68,7 @@ def _conditions(result: dict[str, Any]) -> str:
     what = (f"{s.get('epochs')} epochs on {s.get('dataset')}" if result.get("mode") == "training"
             else f"{s.get('warmup_steps')} warm-up steps, {s.get('repeats')} windows of {s.get('steps')} steps, "
                  f"data: {'synthetic' if s.get('synthetic') else s.get('dataset')}")
-    return (f"{hw.get('cpu_model') or hw.get('architecture')} ({hw.get('logical_cores')} cores, {hw.get('memory_gb')} GB), "
+    return (f"{hw.get('cpu_model') or hw.get('architecture')} ({hw.get('logical_cores')} cores, {hw.get('memory_gb')} GiB), "
             f"{gpus}; {hw.get('os')} {hw.get('os_release')}; {what}; fingerprint {result.get('fingerprint_id')}.")
 
 

@@ -115,7 +115,9 @@ def from_run_log(log: dict[str, Any], source: str) -> list[dict[str, Any]]:
     steady = [_num(h.get("images_per_s")) for h in (log.get("history") or [])[1:]] or \
              [_num(h.get("images_per_s")) for h in (log.get("history") or [])]
     steady = [v for v in steady if v]
-    acc = _num(res.get("overall_accuracy_pct"))
+    acc = _num(res.get("overall_accuracy"))  # a fraction; run logs before 0.1 held a percent
+    if acc is None and _num(res.get("overall_accuracy_pct")) is not None:
+        acc = _num(res.get("overall_accuracy_pct")) / 100.0
     hw = log.get("hardware") or {}
     return [{
         "content_hash": content_hash(log), "kind": "train", "created": utc(fp.get("created") or log.get("timestamp")),
@@ -125,7 +127,7 @@ def from_run_log(log: dict[str, Any], source: str) -> list[dict[str, Any]]:
         "dataset": tr.get("dataset"), "epochs": tr.get("epochs"), "seeds": 1,
         "images_per_s": _num(res.get("images_per_s")),
         "images_per_s_min": min(steady) if steady else None, "images_per_s_max": max(steady) if steady else None,
-        "accuracy": None if acc is None else acc / 100.0, "accuracy_std": 0.0 if acc is not None else None,
+        "accuracy": acc, "accuracy_std": 0.0 if acc is not None else None,
         "total_time_s": _num(tr.get("training_time_seconds")), "time_to_target_s": None, "target_acc": None,
         "fingerprint_id": log["fingerprint_id"], **_code(fp), "config": cfg,
         "data": {k: v for k, v in log.items() if k not in ("fingerprint", "config")},

@@ -197,6 +197,9 @@ class JaxBackend(Backend):
         self._count += stop - start
 
     def end_epoch(self) -> EpochStats:
+        return self.running_stats()  # begin_epoch resets the sums
+
+    def running_stats(self) -> EpochStats:
         loss, correct = float(self._state["loss"]), int(self._state["correct"])  # these block
         return EpochStats(loss, correct, self._count)
 

@@ -207,6 +207,9 @@ class MLXBackend(base.Backend):
         mx.async_eval(self._state_tree())
 
     def end_epoch(self) -> EpochStats:
+        return self.running_stats()  # begin_epoch resets the sums
+
+    def running_stats(self) -> EpochStats:
         mx.eval(self.acc)
         return EpochStats(float(self.acc["loss"].item()), int(self.acc["correct"].item()), int(self.acc["count"].item()))
 

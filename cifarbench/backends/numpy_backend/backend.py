@@ -108,6 +108,9 @@ class NumpyBackend(Backend):
         self._epoch["count"] += int(stop - start)
 
     def end_epoch(self) -> EpochStats:
+        return self.running_stats()  # begin_epoch resets the sums
+
+    def running_stats(self) -> EpochStats:
         self.synchronize()
         e = self._epoch or {"loss": 0.0, "correct": 0, "count": 0}
         return EpochStats(float(e["loss"]), int(e["correct"]), int(e["count"]))

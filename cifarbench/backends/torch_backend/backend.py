@@ -238,10 +238,14 @@ class TorchBackend(Backend):
         self._steps += 1
 
     def end_epoch(self) -> EpochStats:
-        self.synchronize()
-        stats = EpochStats(loss_sum=float(self._loss_sum.item()), correct=int(self._correct.item()), count=self._count)
+        stats = self.running_stats()
         self._reset_stats()
         return stats
+
+    def running_stats(self) -> EpochStats:
+        """This process's sums so far (under torchrun: this rank's shard; end_epoch all-reduces)."""
+        self.synchronize()
+        return EpochStats(loss_sum=float(self._loss_sum.item()), correct=int(self._correct.item()), count=self._count)
 
     def _predict(self, split: str, batch_size: int) -> np.ndarray:
         n = self._data.size(split)
