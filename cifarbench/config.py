@@ -44,13 +44,15 @@ class RunConfig(BaseModel):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
-    opt: Literal["sgd", "adam", "adamw"] = "adamw"
+    opt: Literal["sgd", "adam", "adamw", "muon"] = Field(
+        "adamw", description="muon: Muon for the conv filters, nesterov SGD for the other parameters")
     lr: float = Field(3e-4, gt=0, description="base lr; the peak lr for onecycle")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (the top momentum when cycling)")
     nesterov: bool = False
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    sched: Literal["constant", "step", "cosine", "onecycle", "triangle"] = "constant"
+    sched: Literal["constant", "step", "cosine", "onecycle", "triangle", "linear"] = Field(
+        "constant", description="linear: lr * (1 - step / total steps), after any warm-up")
     warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from warmup_start_factor*lr (not onecycle)")
     warmup_start_factor: float = Field(0.0, ge=0, le=1)
     min_lr: float = Field(0.0, ge=0, description="floor of cosine/step")
@@ -66,6 +68,16 @@ class RunConfig(BaseModel):
     bn_bias_lr_scale: float = Field(
         1.0, gt=0, description="lr multiplier for BatchNorm biases; their weight decay is divided by it, so the "
         "decay per step is unchanged (airbench's 64)"
+    )
+    head_lr_scale: float = Field(
+        1.0, gt=0, description="lr multiplier for the Linear layers' weights; their weight decay is divided by it"
+    )
+    muon_lr: float = Field(0.24, gt=0, description="opt muon: the conv filters' lr where the schedule is at lr "
+                           "(it follows the schedule: filter lr = muon_lr * scheduled lr / lr)")
+    muon_momentum: float = Field(0.6, ge=0, lt=1, description="opt muon: the filters' nesterov momentum (fixed)")
+    whiten_bias_epochs: float = Field(
+        0.0, ge=0, description="the patch-whitening conv's bias: its lr decays linearly to 0 over these epochs, "
+        "then it is frozen; 0 = it trains for the whole run"
     )
     lookahead_every: int = Field(0, ge=0, description="lookahead: every N steps pull toward slow weights; 0 = off")
     lookahead_decay: float = Field(

@@ -126,6 +126,12 @@ def make_schedule(cfg, steps_per_epoch: int) -> Schedule:
         def after(step: int) -> float:
             span = max(total - warm, 1)
             return floor + (base - floor) * (1 + math.cos(math.pi * min(step - warm, span) / span)) / 2
+    elif cfg.sched == "linear":
+        text = f"Linear(lr={cfg.lr} -> 0, warmup_epochs={cfg.warmup_epochs})"
+
+        def after(step: int) -> float:
+            span = max(total - warm, 1)
+            return base * max(1.0 - (step - warm) / span, 0.0)
     elif cfg.sched == "step":
         milestones = sorted(cfg.step_epochs)
         text = f"Step(lr={cfg.lr}, epochs={list(cfg.step_epochs)}, gamma={cfg.step_gamma})"
