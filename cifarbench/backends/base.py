@@ -91,11 +91,11 @@ class OptimConfig:
 
 
 def initial_momentum(opt: str, momentum: float, betas: Sequence[float]) -> float:
-    """The one rule for what the engine's per-step "momentum" means: SGD momentum, or Adam's beta1.
+    """The one rule for what the engine's per-step "momentum" means: SGD momentum (Muon: its SGD groups'), or Adam's beta1.
 
     ``OptimConfig.momentum``/``betas[0]`` only seed it: every ``train_step`` passes the scheduled value.
     """
-    return momentum if opt == "sgd" else betas[0]
+    return momentum if opt in ("sgd", "muon") else betas[0]
 
 
 # Optimizer state slots per optimizer, canonical key "<param>.<slot>" (torch.optim's own names).

@@ -15,7 +15,7 @@ OVERRIDES = (
     "model", "dataset", "data_dir", "epochs", "batch_size", "eval_batch_size", "lr", "opt", "momentum", "nesterov",
     "weight_decay", "sched", "warmup_epochs", "min_lr", "label_smoothing", "precision", "seed", "output", "backend",
     "device", "val_split", "augment", "normalize", "compile", "compile_mode", "loader", "memory_limit",
-    "threads",
+    "threads", "muon_lr", "muon_momentum", "head_lr_scale", "whiten_bias_epochs",
 )
 
 
@@ -29,11 +29,11 @@ def train(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
     eval_batch_size: Optional[int] = typer.Option(None, "--eval-batch-size"),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (the peak for onecycle)."),
-    opt: Optional[str] = typer.Option(None, "--opt", help="sgd, adam, adamw."),
+    opt: Optional[str] = typer.Option(None, "--opt", help="sgd, adam, adamw, muon (Muon for conv filters, SGD for the rest)."),
     momentum: Optional[float] = typer.Option(None, "--momentum"),
     nesterov: Optional[bool] = typer.Option(None, "--nesterov/--no-nesterov"),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
-    sched: Optional[str] = typer.Option(None, "--sched", "--scheduler", help="constant, step, cosine, onecycle."),
+    sched: Optional[str] = typer.Option(None, "--sched", "--scheduler", help="constant, step, cosine, onecycle, triangle, linear."),
     warmup_epochs: Optional[float] = typer.Option(None, "--warmup-epochs"),
     min_lr: Optional[float] = typer.Option(None, "--min-lr"),
     label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing"),
@@ -52,6 +52,11 @@ def train(
     memory_limit: Optional[float] = typer.Option(None, "--memory-limit", help="MLX memory limit in GB."),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="CPU threads for torch/NumPy (default: the framework's; 1 is often fastest on a busy machine)."),
+    muon_lr: Optional[float] = typer.Option(None, "--muon-lr", help="--opt muon: the filters' lr where the schedule is at --lr."),
+    muon_momentum: Optional[float] = typer.Option(None, "--muon-momentum", help="--opt muon: the filters' nesterov momentum."),
+    head_lr_scale: Optional[float] = typer.Option(None, "--head-lr-scale", help="lr factor of the Linear weights (decay / factor)."),
+    whiten_bias_epochs: Optional[float] = typer.Option(
+        None, "--whiten-bias-epochs", help="Whitening conv bias: lr decays to 0 over N epochs, then frozen (0: never)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
     list_configs: bool = typer.Option(False, "--list-configs", help="List the bundled recipes and exit."),
