@@ -5,7 +5,8 @@
     python benchmarks/gpu_kit.py decode SRC.npz DST.npz [--limit N --test-limit M]
 
 `benchmarks/gpu_h200.sh` (call 1: torch) and `benchmarks/gpu_h200_call2.sh` (call 2: MLX, CuPy, nccl)
-are the entry points; benchmarks/GPU_RUNBOOK.md has the exact device calls.
+are the entry points, and `benchmarks/gpu_h200_muon.sh` (call 3: speedrun-muon next to the record, the
+optimizer's profile; issue 21); benchmarks/GPU_RUNBOOK.md has the exact device calls.
 
 Each part is one subprocess in its own process group, run in priority order. Its timeout is its
 cap, cut to the time left before the deadline minus the floors of the core parts still to come
@@ -209,6 +210,47 @@ def call2_parts(s: Sizes, work: Path) -> list[Part]:
 
 
 # ----- the scheduler --------------------------------------------------------------------------------------------
+def call3_parts(s: Sizes, work: Path) -> list[Part]:
+    """Issue 21: speedrun-muon next to the record (10 runs each, same call) and its optimizer's share of a step."""
+    dev = s.device
+    npz_src = find_first(os.environ.get("CIFAR10_JPEG", ".gpu/cifar10-jpeg.npz"), ".gpu/cifar10-jpeg.npz",
+                         "../shared/data/cifar10-jpeg.npz")
+    anchors = find_first(".gpu/anchors/run_airbench.sh", "../shared/anchors/run_airbench.sh")
+    decoded = work / "data" / ("cifar10-jpeg-tiny.npz" if s.tiny else "cifar10-jpeg-decoded.npz")
+    limits = ["--limit", "512", "--test-limit", "128"] if s.tiny else []
+    parts = [
+        Part("env", [PY, str(HERE / "gpu_kit.py"), "env", "--out", str(work / "env.json")], 40, 5),
+        Part("data", [PY, str(HERE / "gpu_kit.py"), "decode", str(npz_src), str(decoded), *limits]
+             if npz_src else None, s.scale(60, 120), s.scale(10, 10),
+             reason="cifar10-jpeg.npz not found (.gpu/ or ../shared/data/)"),
+    ]
+    prof = [PY, str(HERE / "gpu_muon_profile.py"), "--npz", str(decoded), "--device", dev, "--precision", s.low()]
+    prof += ["--batch-size", "64", "--steps", "2", "--warmup", "1"] if s.tiny else ["--steps", "20", "--warmup", "5"]
+    parts.append(Part("muon-profile", [*prof, "--out", str(work / "muon-profile.json")], s.scale(90, 300),
+                      s.scale(30, 60), stdout="muon-profile.log", after=("data",)))
+    speed = [PY, str(HERE / "gpu_speedrun.py"), "--npz", str(decoded), "--device", dev, "--precision", s.low()]
+    if s.tiny:
+        speed += ["--runs", "2", "--warmup-runs", "1", "--epochs", "1", "--batch-size", "256", "--eval-batch-size", "64"]
+    else:
+        speed += ["--runs", "10", "--warmup-runs", "1"]
+    parts.append(Part("speedrun-muon", [*speed, "--recipe", "speedrun-muon", "--out", str(work / "speedrun-muon.json")],
+                      s.scale(150, 400), s.scale(60, 60), after=("data",)))
+    air, reason = None, ""
+    if not s.cuda:
+        reason = "airbench needs CUDA (torch.compile max-autotune on a GPU)"
+    elif anchors is None or npz_src is None:
+        reason = "anchors/run_airbench.sh or cifar10-jpeg.npz not found (.gpu/ or ../shared/)"
+    else:
+        air = ["bash", str(anchors), str(npz_src), "10"]
+    parts.append(Part("airbench", air, 170, 90, stdout="airbench.log", reason=reason))
+    parts.append(Part("muon-profile-compiled", [*prof, "--compile-ns", "--out", str(work / "muon-profile-compiled.json")]
+                      if s.cuda else None, 150, 45, core=False, stdout="muon-profile-compiled.log", after=("data",),
+                      reason="compiled Newton-Schulz: CUDA only"))
+    parts.append(Part("speedrun", [*speed, "--out", str(work / "speedrun.json")], s.scale(170, 400), s.scale(60, 60),
+                      core=False, after=("data",)))
+    return parts
+
+
 def timeout_for(part: Part, remaining: float, later: list[Part]) -> float:
     """Seconds this part may run; under its floor means skip.
 
@@ -402,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("run", "list"):
         p = sub.add_parser(name)
-        p.add_argument("--call", type=int, choices=(1, 2), default=1)
+        p.add_argument("--call", type=int, choices=(1, 2, 3), default=1)
         p.add_argument("--size", choices=("full", "tiny"), default=os.environ.get("SIZE", "full"))
         p.add_argument("--device", default=os.environ.get("DEVICE", "cuda"))
         p.add_argument("--out", default=os.environ.get("OUT") or "")
@@ -426,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = Sizes(args.size == "tiny", args.device)
     out = Path(args.out or f"runs/gpu-kit-{args.size}-{args.device}").resolve()
     work = Path(args.work or (f"/tmp/gpu-kit-call{args.call}" if not sizes.tiny else out / f"work-call{args.call}"))
-    parts = (call1_parts if args.call == 1 else call2_parts)(sizes, work)
+    parts = {1: call1_parts, 2: call2_parts, 3: call3_parts}[args.call](sizes, work)
     if args.parts:
         wanted = [w.strip() for w in args.parts.split(",") if w.strip()]
         unknown = [w for w in wanted if w not in {p.name for p in parts}]
@@ -447,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(HERE))
     import gpu_summary
 
-    text = gpu_summary.summarise([out / f"raw-call{c}.tar.gz" for c in (1, 2) if (out / f"raw-call{c}.tar.gz").exists()])
+    text = gpu_summary.summarise([out / f"raw-call{c}.tar.gz" for c in (1, 2, 3) if (out / f"raw-call{c}.tar.gz").exists()])
     (out / "summary.md").write_text(text)
     print(text)
     return 0

@@ -3,7 +3,7 @@
     python benchmarks/gpu_speedrun.py --npz DECODED.npz [--runs 10] [--warmup-runs 1] [--device cuda]
                                       [--precision bf16] [--compile-mode default] --out speedrun.json
 
-Each run is a fresh Trainer on the `speedrun` recipe (seed = base + index; the warm-up runs come
+Each run is a fresh Trainer on the `speedrun` recipe (or ``--recipe speedrun-muon``) (seed = base + index; the warm-up runs come
 first and are reported apart). Per run it records the trainer's own clocks:
 
 - ``timed_s``: training steps (less the first step of each batch shape, where compilation and
@@ -39,7 +39,7 @@ def one_run(args, seed: int) -> dict:
             overrides[key] = getattr(args, key)
     if args.compile_mode:
         overrides["compile_mode"] = args.compile_mode
-    cfg = build_config("speedrun", overrides)
+    cfg = build_config(args.recipe, overrides)
     cfg.save_every = cfg.epochs
     rec = RecordingReporter()
     t0 = time.perf_counter()
@@ -67,6 +67,7 @@ def stats(values: list[float]) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--npz", required=True, help="decoded npz (x_train, y_train, x_test, y_test)")
+    ap.add_argument("--recipe", default="speedrun", help="speedrun or speedrun-muon (issue 21)")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--warmup-runs", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -86,7 +87,7 @@ def main() -> int:
             if hasattr(torch._dynamo.config, knob):
                 setattr(torch._dynamo.config, knob, max(64, getattr(torch._dynamo.config, knob)))
     out = Path(args.out)
-    result = {"recipe": "speedrun", "dataset": Path(args.npz).name, "device": args.device, "precision": args.precision,
+    result = {"recipe": args.recipe, "dataset": Path(args.npz).name, "device": args.device, "precision": args.precision,
               "compile_mode": args.compile_mode or "off", "warmup_runs": [], "runs": []}
     for i in range(args.warmup_runs + args.runs):
         row = one_run(args, args.seed + i)

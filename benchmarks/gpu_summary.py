@@ -222,12 +222,12 @@ def section_throughput(files: dict[str, bytes], parts: dict[str, dict]) -> list[
 
 def section_speedrun(files: dict[str, bytes], parts: dict[str, dict]) -> list[str]:
     rows, ours = [], []
-    for name in ("speedrun", "speedrun-compiled"):
+    for name in ("speedrun-muon", "speedrun", "speedrun-compiled"):
         sr = _json(files, f"{name}.json")
         if not sr or not sr.get("runs"):
             if name in parts:
                 p = parts[name]
-                rows.append([f"cifarbench `speedrun` ({name})", "0", "–", "–", "–", "–",
+                rows.append([f"cifarbench `{name.removesuffix('-compiled')}` ({name})", "0", "–", "–", "–", "–",
                              f"{p.get('status')}: {p.get('reason', '')}"])
             continue
         acc = mean_std([r["test_accuracy"] for r in sr["runs"]])
@@ -235,7 +235,7 @@ def section_speedrun(files: dict[str, bytes], parts: dict[str, dict]) -> list[st
         warm = [r["warmup_s"] for r in sr["warmup_runs"]] + [r["warmup_s"] for r in sr["runs"]]
         ev = mean_std([r["eval_s"] for r in sr["runs"]])[0]
         setup = mean_std([r["setup_s"] for r in sr["runs"]])[0]
-        label = f"cifarbench `speedrun` {sr['precision']}, compile {sr['compile_mode']}"
+        label = f"cifarbench `{sr.get('recipe', 'speedrun')}` {sr['precision']}, compile {sr['compile_mode']}"
         ours.append((label, acc, tim))
         first = sr["warmup_runs"][0]["warmup_s"] if sr["warmup_runs"] else None
         rows.append([label, str(len(sr["runs"])), f"{pct(acc[0])} ± {pct(acc[1])}", f"{num(tim[0], 2)} ± {num(tim[1], 2)}",
@@ -348,6 +348,23 @@ def section_call2(files: dict[str, bytes], parts: dict[str, dict]) -> list[str]:
     return out
 
 
+def section_muon_profile(files: dict[str, bytes], parts: dict[str, dict]) -> list[str]:
+    """Issue 21, point 4: the optimizer's share of a speedrun-muon step (goal < 15%)."""
+    rows = []
+    for name in ("muon-profile", "muon-profile-compiled"):
+        r = _json(files, f"{name}.json")
+        if not r:
+            p = parts.get(name, {})
+            rows.append([name, "–", "–", "–", "–", "–", f"{p.get('status', 'absent')}: {p.get('reason', '')}"])
+            continue
+        prof = r.get("optimizer_share_profiler")
+        rows.append([name, f"{r['batch_size']} {r['precision']}", num(r["step_ms"], 2), num(r["optimizer_ms"], 2),
+                     pct(r["optimizer_share_clock"]), pct(prof) if prof is not None else "–",
+                     f"{verdict(r['goal_met'])} (NS {r.get('ns_dtype', '')})"])
+    return [table(["part", "batch, precision", "step ms", "optimizer ms", "share (clocks)", "share (profiler)",
+                   "goal < 15%"], rows)]
+
+
 def summarise(sources: list[Path]) -> str:
     calls: dict[int, dict] = {}
     metas: dict[int, dict] = {}
@@ -375,6 +392,9 @@ def summarise(sources: list[Path]) -> str:
         lines += ["", "## 4. `-c resnet18-onecycle` on cifar10-jpeg", ""] + section_onecycle(f1, p1)
     if 2 in calls:
         lines += ["", "## 5. MLX, CuPy and nccl (call 2)", ""] + section_call2(calls[2], parts[2])
+    if 3 in calls:
+        lines += ["", "## 6. `speedrun-muon` next to airbench, and Muon's share of a step (call 3, issue 21)", ""]
+        lines += section_speedrun(calls[3], parts[3]) + [""] + section_muon_profile(calls[3], parts[3])
     pending = [f"call {c}: {p['part']} ({p['status']})" for c, m in sorted(metas.items()) for p in m.get("parts", [])
                if p["status"] != "ok"]
     lines += ["", "## Not measured", ""]

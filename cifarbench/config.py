@@ -46,7 +46,8 @@ class RunConfig(BaseModel):
     epochs: int = Field(30, ge=1, description="passes over the training set")
     batch_size: int = Field(64, ge=1, description="training images per optimizer step")
     eval_batch_size: int = Field(1000, ge=1, description="images per evaluation batch (no effect on results)")
-    opt: Literal["sgd", "adam", "adamw"] = Field("adamw", description="optimizer (torch.optim semantics)")
+    opt: Literal["sgd", "adam", "adamw", "muon"] = Field(
+        "adamw", description="optimizer (torch.optim semantics); muon: Muon for the conv filters, nesterov SGD for the rest")
     lr: float = Field(3e-4, gt=0, description="base lr; the peak lr for onecycle")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (onecycle cycles it: see max_momentum)")
     nesterov: bool = Field(False, description="Nesterov momentum (SGD)")
@@ -70,6 +71,16 @@ class RunConfig(BaseModel):
     bn_bias_lr_scale: float = Field(
         1.0, gt=0, description="lr multiplier for BatchNorm biases; their weight decay is divided by it, so the "
         "decay per step is unchanged (airbench's 64)"
+    )
+    head_lr_scale: float = Field(
+        1.0, gt=0, description="lr multiplier for the Linear layers' weights; their weight decay is divided by it"
+    )
+    muon_lr: float = Field(0.24, gt=0, description="opt muon: the conv filters' lr where the schedule is at lr "
+                           "(it follows the schedule: filter lr = muon_lr * scheduled lr / lr)")
+    muon_momentum: float = Field(0.6, ge=0, lt=1, description="opt muon: the filters' nesterov momentum (fixed)")
+    whiten_bias_epochs: float = Field(
+        0.0, ge=0, description="the patch-whitening conv's bias: its lr decays linearly to 0 over these epochs, "
+        "then it is frozen; 0 = it trains for the whole run"
     )
     lookahead_every: int = Field(0, ge=0, description="lookahead: every N steps pull toward slow weights; 0 = off")
     lookahead_decay: float = Field(

@@ -280,3 +280,80 @@ def lockstep(ours, ref, spec, steps, step) -> np.ndarray:
             assert rel(so[k], sr[k]) < CONTRACT, (i, k)
         gaps.append((abs(lo - lr_) / abs(lr_), rel(flat(so, names), flat(sr, names)), rel(flat(oo, slots), flat(orf, slots))))
     return np.array(gaps)
+
+
+# ----- Muon (issue 21): a float64 NumPy referee, written from the published description -------------
+
+NS_ABC = (3.4445, -4.7750, 2.0315)
+
+
+def ns_reference(g, steps: int = 3) -> np.ndarray:
+    """The quintic Newton-Schulz iteration in float64 on one matrix (rows, cols): normalised to unit
+    Frobenius norm (+1e-7), iterated on the wide orientation."""
+    a, b, c = NS_ABC
+    x = np.asarray(g, np.float64)
+    x = x / (np.sqrt((x * x).sum()) + 1e-7)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        s = x @ x.T
+        x = a * x + (b * s + c * s @ s) @ x
+    return x.T if tall else x
+
+
+def ns_scalar(sigma, steps: int = 3):
+    """What the iteration does to each singular value of the normalised input (exact arithmetic)."""
+    a, b, c = NS_ABC
+    s = np.asarray(sigma, np.float64)
+    for _ in range(steps):
+        s = a * s + b * s**3 + c * s**5
+    return s
+
+
+def muon_reference(p, g, buf, lr, mu, nesterov=True, steps=3):
+    """One Muon step on an OIHW filter in float64: (new p, new buffer)."""
+    p, g, buf = (np.asarray(v, np.float64) for v in (p, g, buf))
+    buf = mu * buf + g
+    u = g + mu * buf if nesterov else buf
+    p = p * np.sqrt(p.shape[0]) / np.sqrt((p * p).sum())
+    return p - lr * ns_reference(u.reshape(p.shape[0], -1), steps).reshape(p.shape), buf
+
+
+def sgd_reference(p, g, buf, lr, mu, wd, nesterov=True, first=False):
+    """torch.optim.SGD's step in float64 (first: the buffer starts as the gradient)."""
+    p, g = np.asarray(p, np.float64), np.asarray(g, np.float64)
+    g = g + wd * p
+    buf = g if first else mu * np.asarray(buf, np.float64) + g
+    return p - lr * (g + mu * buf if nesterov else buf), buf
+
+
+def ns_lipschitz(sigma_max: float, steps: int = 3) -> float:
+    """A bound on how much the iteration can grow a perturbation (Frobenius, relative to ||G||_F).
+
+    The step X -> a X + b X X^T X + c (X X^T)^2 X acts on singular values as f(s) = a s + b s^3 + c s^5;
+    its Frechet derivative's norm is bounded by the divided differences of f over the singular values,
+    i.e. by max(|f'(s)|, f(s)/s) over [0, sigma_max] (sigma_max: the largest singular value any iterate
+    reaches, <= 1.21 for this f). The whole iteration: that bound to the power ``steps``."""
+    a, b, c = NS_ABC
+    s = np.linspace(1e-6, sigma_max, 200_001)
+    step = max(np.abs(a + 3 * b * s**2 + 5 * c * s**4).max(), ((a * s + b * s**3 + c * s**5) / s).max())
+    return float(step**steps)
+
+
+def ns_tolerance(rows: int, cols: int, steps: int = 3, grad_rel: float = 0.0) -> float:
+    """Relative (Frobenius) distance a float32 Newton-Schulz may have from the float64 one.
+
+    Rounding: each step is three matrix products whose dot products run over cols (X X^T), then rows
+    twice (A A, B X), plus 4 elementwise ops; a dot product of length n rounds by at most n * u relative
+    to |x|.|y| (u = eps/2), counted here as n * eps per step (eps, not u, for the |x|.|y| >= |x.y| slack).
+    A step's rounding is grown by the remaining steps (L per step, ns_lipschitz), the normalisation's
+    (a sum over rows*cols, pairwise or blocked: log2(n) + 2 roundings) by all of them. ``grad_rel``: the
+    input's own relative error (a float32 gradient), grown by the whole iteration."""
+    eps = float(np.finfo(np.float32).eps)
+    m, k = min(rows, cols), max(rows, cols)
+    per_step = (k + 2 * m + 4) * eps
+    step_l = ns_lipschitz(1.21, 1)
+    rounding = sum(per_step * step_l**j for j in range(steps))
+    norm = (np.log2(rows * cols) + 2) * eps
+    return rounding + (norm + grad_rel) * step_l**steps

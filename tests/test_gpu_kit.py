@@ -239,3 +239,35 @@ def test_call1_plan_measures_what_the_issue_asks_and_its_core_fits_the_deadline(
     assert names.index("speedrun") < names.index("onecycle") < names.index("bench-resnet18-max-autotune")
     core = [p for p in parts.values() if p.core and (p.cmd is not None or p.name == "airbench")]
     assert sum(p.floor_s for p in core) <= 545 - 60
+
+
+def test_call3_runs_speedrun_muon_next_to_airbench_and_profiles_the_optimizer(tmp_path):
+    """Issue 21: 10 speedrun-muon runs and the record's 10 in one call, the profile first; core fits 545 s."""
+    parts = {p.name: p for p in gpu_kit.call3_parts(gpu_kit.Sizes(tiny=False, device="cuda"), tmp_path)}
+    sr = parts["speedrun-muon"].cmd
+    assert sr[sr.index("--recipe") + 1] == "speedrun-muon" and sr[sr.index("--runs") + 1] == "10"
+    prof = parts["muon-profile"].cmd
+    assert prof[prof.index("--precision") + 1] == "bf16" and "--batch-size" not in prof  # the script's 2000
+    names = list(parts)
+    assert names.index("muon-profile") < names.index("speedrun-muon") < names.index("airbench")
+    core = [p for p in parts.values() if p.core]
+    assert sum(p.floor_s for p in core) <= 545 - 60
+
+
+def test_summary_section_for_call3(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    parts = [{"part": n, "status": "ok", "wall_s": 10, "timeout_s": 100} for n in ("env", "muon-profile", "speedrun-muon")]
+    (work / "parts.json").write_text(json.dumps({"call": 3, "size": "full", "device": "cuda", "parts": parts}))
+    (work / "speedrun-muon.json").write_text(json.dumps(json.loads(_speedrun([0.905, 0.909], [2.0, 2.2])) | {"recipe": "speedrun-muon"}))
+    (work / "muon-profile.json").write_text(json.dumps({
+        "batch_size": 2000, "precision": "bf16", "step_ms": 80.0, "optimizer_ms": 8.0, "optimizer_share_clock": 0.1,
+        "optimizer_share_profiler": 0.12, "goal_met": True, "ns_dtype": "torch.bfloat16"}))
+    out.mkdir()
+    gpu_kit.pack(work, out, 3)
+    md = gpu_summary.summarise([out])
+    assert "## 6. `speedrun-muon` next to airbench" in md
+    (ours,) = rows_of(md, "cifarbench `speedrun-muon` bf16, compile off")
+    assert ours[1] == "2" and ours[2].startswith("90.70%")
+    (prof,) = rows_of(md, "muon-profile")
+    assert prof[2:6] == ["80.00", "8.00", "10.00%", "12.00%"] and prof[6].startswith("met")

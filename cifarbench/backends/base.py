@@ -30,6 +30,23 @@ update, bias-corrected). Weight decay applies to every parameter. The engine pas
 momentum (SGD momentum, or beta1 for Adam/AdamW) to every ``train_step``. ``OptimConfig.scales``
 gives named parameters their own lr and weight-decay factors (torch param groups: lr * f_lr,
 weight_decay * f_wd). Tensors the spec freezes (``buffer_shapes()``) are never optimised.
+``OptimConfig.frozen_after`` ((param, N) pairs, any optimizer) multiplies that parameter's lr
+by ``max(0, 1 - t / N)``, t = optimizer steps taken before this one: its lr decays to 0 over the
+first N steps, and from then on it does not move (speedrun's whitening bias, 3 epochs).
+
+Muon (``name="muon"``, see ``backends/muon.py``): every trainable 4-D parameter (a conv filter)
+takes a Muon step, every other parameter the SGD step above (nesterov as ``nesterov`` says,
+the engine's momentum, L2 decay). For a filter p of shape (out, ...) with gradient g, buffer
+``momentum_buffer`` (initially 0) and mu = ``muon_momentum`` (fixed, not the engine's)::
+
+    buf = mu * buf + g;   u = g + mu * buf (nesterov) else buf
+    p = p * sqrt(out) / ||p||_F                   (renormalised before the step)
+    p -= lr * f_lr * NS(u reshaped to (out, in*k*k)), reshaped back
+
+NS: ``ns_steps`` quintic Newton-Schulz steps on u / (||u||_F + 1e-7), iterated on the shorter
+side: X <- a X + (b A + c A A) X, A = X X^T, (a, b, c) = (3.4445, -4.7750, 2.0315). Filters
+take no weight decay (their norm is reset every step). The column order of the reshape does
+not matter (NS commutes with permuting columns), so OHWI backends reshape their own layout.
 """
 
 from __future__ import annotations
@@ -57,6 +74,14 @@ class OptimConfig:
     eps: float = 1e-8
     # (param name, lr factor, weight-decay factor): torch-style param groups; unnamed params use 1, 1
     scales: tuple[tuple[str, float, float], ...] = ()
+    # (param name, N steps): lr also x max(0, 1 - t/N), t = steps taken before; frozen from step N on
+    frozen_after: tuple[tuple[str, int], ...] = ()
+    muon_momentum: float = 0.6  # Muon: the filters' (fixed) nesterov momentum
+    ns_steps: int = 3  # Muon: Newton-Schulz steps
+
+    def ramp_of(self, name: str) -> int:
+        """N of ``frozen_after`` for this parameter, 0 when it has none."""
+        return next((int(n) for k, n in self.frozen_after if k == name), 0)
 
     def scale_of(self, name: str) -> tuple[float, float]:
         return next(((lr, wd) for n, lr, wd in self.scales if n == name), (1.0, 1.0))
@@ -67,16 +92,17 @@ class OptimConfig:
 
 
 def initial_momentum(opt: str, momentum: float, betas: Sequence[float]) -> float:
-    """The one rule for what the engine's per-step "momentum" means: SGD momentum, or Adam's beta1.
+    """The one rule for what the engine's per-step "momentum" means: SGD momentum (Muon: its SGD groups'), or Adam's beta1.
 
     ``OptimConfig.momentum``/``betas[0]`` only seed it: every ``train_step`` passes the scheduled value.
     """
-    return momentum if opt == "sgd" else betas[0]
+    return momentum if opt in ("sgd", "muon") else betas[0]
 
 
 # Optimizer state slots per optimizer, canonical key "<param>.<slot>" (torch.optim's own names).
 OPT_SLOTS: dict[str, tuple[str, ...]] = {
     "sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq"), "adamw": ("exp_avg", "exp_avg_sq"),
+    "muon": ("momentum_buffer",),  # filters' Muon buffer and the other parameters' SGD buffer alike
 }
 
 

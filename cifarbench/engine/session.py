@@ -14,7 +14,7 @@ import numpy as np
 from cifarbench.backends import create_backend, resolve
 from cifarbench.backends.base import Backend, OptimConfig, TrainOptions
 from cifarbench.config import RunConfig
-from cifarbench.engine.tricks import bn_bias_scales
+from cifarbench.engine.tricks import bn_bias_scales, head_scales, muon_scales, whiten_bias_freeze
 from cifarbench.engine.whiten import data_init
 from cifarbench.models import init_params
 from cifarbench.models.registry import check_runs_on
@@ -48,9 +48,17 @@ def train_options(cfg: RunConfig, mean, std, precision: str | None = None) -> Tr
     )
 
 
-def optim_config(cfg: RunConfig, spec: ModelSpec) -> OptimConfig:
+def optim_config(cfg: RunConfig, spec: ModelSpec, train_images: int | None = None) -> OptimConfig:
+    """The recipe's optimizer: param groups (BN biases, head, Muon filters) and, given the training
+    set size, the whitening bias's freeze (it needs the steps per epoch)."""
+    scales = bn_bias_scales(spec, cfg.bn_bias_lr_scale) + head_scales(spec, cfg.head_lr_scale)
+    if cfg.opt == "muon":
+        scales += muon_scales(spec, cfg.muon_lr, cfg.lr)
+    frozen = ()
+    if train_images:
+        frozen = whiten_bias_freeze(spec, cfg.whiten_bias_epochs, -(-train_images // cfg.batch_size))
     return OptimConfig(cfg.opt, cfg.momentum, cfg.nesterov, cfg.weight_decay, tuple(cfg.betas),
-                       scales=bn_bias_scales(spec, cfg.bn_bias_lr_scale))
+                       scales=scales, frozen_after=frozen, muon_momentum=cfg.muon_momentum)
 
 
 def initial_state(cfg: RunConfig, spec: ModelSpec, x_train: np.ndarray, mean: Sequence[float],
@@ -85,7 +93,7 @@ def training_backend(cfg: RunConfig, spec: ModelSpec, options: TrainOptions, x_t
     """A backend ready to train ``cfg`` (fresh weights from the data unless ``state`` resumes a run)."""
     if state is None:
         state = initial_state(cfg, spec, x_train, options.mean, options.std)
-    return open_backend(cfg.backend, cfg.device, options, cfg.seed, spec, state, optim_config(cfg, spec),
+    return open_backend(cfg.backend, cfg.device, options, cfg.seed, spec, state, optim_config(cfg, spec, len(x_train)),
                         opt_state, dist)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from cifarbench.backends.base import OPT_SLOTS, Backend, EpochStats, OptimConfig, TrainOptions
 from cifarbench.backends.jax_backend import model as M
+from cifarbench.backends.muon import muon_params, newton_schulz
 from cifarbench.errors import UsageError
 from cifarbench.models.spec import ModelSpec
 
@@ -32,17 +33,34 @@ def _platform_reason(platform: str) -> str | None:
     return None
 
 
+def _fro(x):
+    return jnp.sqrt(jnp.sum(x * x, axis=(-2, -1), keepdims=True))
+
+
 def _optimizer_update(opt: OptimConfig, params: dict, grads: dict, slots: dict, step, lr, mom):
-    """torch.optim's SGD / Adam / AdamW (see base.py); lr and momentum (beta1) are traced scalars."""
+    """torch.optim's SGD / Adam / AdamW and Muon (see base.py); lr and momentum (beta1) are traced scalars."""
     new_params, new_slots = {}, {name: dict(v) for name, v in slots.items()}
-    if opt.name != "sgd":
+    filters = set(muon_params({k: v.shape for k, v in params.items()})) if opt.name == "muon" else set()
+    if opt.name in ("adam", "adamw"):
         step_size = lr / (1 - mom**step)
         bc2_sqrt = jnp.sqrt(1 - opt.betas[1] ** step)
     for k, p in params.items():
         g = grads[k]
         f_lr, f_wd = opt.scale_of(k)  # Python floats: fixed per compiled graph, like the optimizer kind
         wd = opt.weight_decay * f_wd
-        if opt.name == "sgd":
+        n_ramp = opt.ramp_of(k)
+        if n_ramp:  # frozen_after: x max(0, 1 - t/N), t = steps taken before this one
+            f_lr = f_lr * jnp.maximum(1.0 - (step - 1) / n_ramp, 0.0)
+        if k in filters:  # Muon (base.py): nesterov momentum, renormalised filter, orthogonalised update
+            mu = opt.muon_momentum
+            buf = mu * slots["momentum_buffer"][k] + g
+            new_slots["momentum_buffer"][k] = buf
+            u = g + mu * buf if opt.nesterov else buf
+            p = p * (np.sqrt(p.shape[0]) / jnp.sqrt(jnp.sum(p * p)))
+            ortho = newton_schulz(u.reshape(p.shape[0], -1), opt.ns_steps, _fro).reshape(p.shape)
+            new_params[k] = p - (lr * f_lr) * ortho
+            continue
+        if opt.name in ("sgd", "muon"):
             if wd:
                 g = g + wd * p
             buf = mom * slots["momentum_buffer"][k] + g  # a zero buffer makes the first one g, as torch

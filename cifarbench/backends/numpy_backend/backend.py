@@ -10,7 +10,8 @@ from cifarbench.backends.numpy_backend.arrays import blas_threads, to_numpy
 from cifarbench.backends.numpy_backend.augment import make_batch, normalise
 from cifarbench.backends.numpy_backend.loss import cross_entropy
 from cifarbench.backends.numpy_backend.network import Net
-from cifarbench.backends.numpy_backend.optim import Optimizer
+from cifarbench.backends.muon import muon_params
+from cifarbench.backends.numpy_backend.optim import Grouped, Optimizer
 from cifarbench.errors import UsageError
 from cifarbench.models import spec as S
 
@@ -66,7 +67,10 @@ class NumpyBackend(Backend):
 
     # ----- optimizer -------------------------------------------------------------------
     def _configure_optimizer(self, opt: OptimConfig) -> None:
-        self.optim = Optimizer(opt.name, opt.nesterov, opt.weight_decay, opt.betas[1], opt.eps, opt.scales)
+        if opt.name == "muon" or opt.frozen_after:
+            self.optim = Grouped(opt, muon_params(self.spec.param_shapes()) if opt.name == "muon" else ())
+        else:
+            self.optim = Optimizer(opt.name, opt.nesterov, opt.weight_decay, opt.betas[1], opt.eps, opt.scales)
 
     def _get_optimizer_state(self) -> tuple[dict[str, np.ndarray], int]:
         return {k: to_numpy(v) for k, v in self.optim.state.items()}, self.optim.step_count

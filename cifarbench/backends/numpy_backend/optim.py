@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+from cifarbench.backends.muon import newton_schulz, ramp
 from cifarbench.backends.numpy_backend.arrays import array_module
 
 
@@ -100,3 +101,69 @@ class Optimizer:
         xp.multiply(m, lr / (1.0 - beta1**t), out=s2)
         s2 /= s1
         p -= s2
+
+
+class Grouped:
+    """What ``Optimizer`` lacks for the fast recipes, added around it (base.py's contract):
+
+    - ``frozen_after`` ramps: those parameters' lr factor is scaled by max(0, 1 - t/N) each step;
+    - ``muon``: every trainable 4-D parameter takes the Muon step (nesterov momentum
+      ``muon_momentum``, renormalised to ||p|| = sqrt(out), Newton-Schulz-orthogonalised update),
+      the others ``Optimizer``'s SGD.
+
+    Slots keep ``Optimizer``'s names (``<param>.momentum_buffer``) and its one ``step_count``.
+    """
+
+    def __init__(self, opt, muon: tuple[str, ...] = ()):
+        self.inner = Optimizer("sgd" if opt.name == "muon" else opt.name, opt.nesterov, opt.weight_decay,
+                               opt.betas[1], opt.eps, opt.scales)
+        self.base_scales = dict(self.inner.scales)
+        self.ramps = {k: int(n) for k, n in opt.frozen_after}
+        self.muon = tuple(muon)
+        self.muon_momentum, self.nesterov, self.ns_steps = opt.muon_momentum, opt.nesterov, opt.ns_steps
+
+    # the backend reads and writes these as it does an Optimizer's
+    @property
+    def state(self) -> dict:
+        return self.inner.state
+
+    @state.setter
+    def state(self, value: dict) -> None:
+        self.inner.state = value
+
+    @property
+    def step_count(self) -> int:
+        return self.inner.step_count
+
+    @step_count.setter
+    def step_count(self, value: int) -> None:
+        self.inner.step_count = value
+
+    def _factor(self, name: str, steps_taken: int) -> tuple[float, float]:
+        f_lr, f_wd = self.base_scales.get(name, (1.0, 1.0))
+        return f_lr * ramp(steps_taken, self.ramps.get(name, 0)), f_wd
+
+    def step(self, params: dict, grads: dict, lr: float, momentum: float) -> None:
+        t = self.inner.step_count
+        self.inner.scales = {**self.base_scales, **{k: self._factor(k, t) for k in self.ramps}}
+        rest = {k: p for k, p in params.items() if k not in self.muon}
+        self.inner.step(rest, grads, lr, momentum)  # counts the step
+        for name in self.muon:
+            if name in params:
+                self._muon(name, params[name], grads[name], lr * self._factor(name, t)[0])
+
+    def _muon(self, name, p, g, lr):
+        xp = array_module(p)
+        mu = self.muon_momentum
+        key = f"{name}.momentum_buffer"
+        buf = self.state.get(key)
+        if buf is None:
+            buf = self.state[key] = xp.zeros_like(p)
+        buf *= mu
+        buf += g
+        u = g + mu * buf if self.nesterov else buf
+        p *= p.dtype.type(math.sqrt(p.shape[0])) / xp.sqrt(xp.sum(p * p))
+        out = p.shape[0]
+        ortho = newton_schulz(u.reshape(out, -1), self.ns_steps,
+                              lambda x: xp.sqrt(xp.sum(x * x, axis=(-2, -1), keepdims=True)))
+        p -= (lr * ortho).astype(p.dtype, copy=False).reshape(p.shape)

@@ -181,7 +181,9 @@ class TorchBackend(Backend):
     def _configure_optimizer(self, opt: OptimConfig) -> None:
         names = list(self.spec.param_shapes())
         params = [self._tensors[name] for name in names]
-        self._optimizer = make_optimizer(params, opt, self._dev, names=names)
+        # Muon's Newton-Schulz through torch.compile where the step is compiled on a GPU (CPU: eager)
+        self._optimizer = make_optimizer(params, opt, self._dev, names=names,
+                                         compile_ns=self._compile and self._dev.type == "cuda")
         self._param_names = {p: name for name, p in zip(names, params)}
         self._params_by_name = dict(zip(names, params))
         self._scaler = torch.amp.GradScaler(self._dev.type) if self._amp_dtype == torch.float16 else None
@@ -218,7 +220,7 @@ class TorchBackend(Backend):
         optimizer = self._optimizer
         lo, hi = self._rows(start, stop)
         x, y = self._data.train_batch(lo, hi)
-        set_hyper(optimizer, self.opt.name, lr, momentum)
+        set_hyper(optimizer, self.opt.name, lr, momentum, self._steps)
         self._set_mode(True)
         optimizer.zero_grad(set_to_none=True)
         self._mark_step()

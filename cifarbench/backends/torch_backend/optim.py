@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from cifarbench.backends.base import OPT_SLOTS, OptimConfig
+from cifarbench.backends.muon import muon_params, newton_schulz, ramp
 
 
 def _groups(params: list[torch.Tensor], names: list[str] | None, opt: OptimConfig):
-    """Plain params, or one param group per (lr factor, wd factor) of ``opt.scales``."""
-    if not opt.scales or names is None:
+    """Plain params, or one param group per (lr factor, wd factor, frozen_after N, Muon or not)."""
+    muon = set(muon_params({n: p.shape for n, p in zip(names, params)})) if opt.name == "muon" and names else set()
+    if not (opt.scales or opt.frozen_after or muon) or names is None:
         return params
-    groups: dict[tuple[float, float], list[torch.Tensor]] = {}
+    groups: dict[tuple, list[torch.Tensor]] = {}
     for name, p in zip(names, params):
-        groups.setdefault(opt.scale_of(name), []).append(p)
-    return [{"params": ps, "lr_factor": f_lr, "weight_decay": opt.weight_decay * f_wd} for (f_lr, f_wd), ps in groups.items()]
+        groups.setdefault((*opt.scale_of(name), opt.ramp_of(name), name in muon), []).append(p)
+    return [{"params": ps, "lr_factor": f_lr, "weight_decay": 0.0 if is_muon else opt.weight_decay * f_wd,
+             "ramp": ramp_n, "muon": is_muon} for (f_lr, f_wd, ramp_n, is_muon), ps in groups.items()]
 
 
 def make_optimizer(
-    params: list[torch.Tensor], opt: OptimConfig, device: torch.device, names: list[str] | None = None
+    params: list[torch.Tensor], opt: OptimConfig, device: torch.device, names: list[str] | None = None,
+    compile_ns: bool = False,
 ) -> torch.optim.Optimizer:
     # foreach batches the per-parameter updates into a few kernels; it pays off on GPUs. On CUDA the
     # fused kernels go further, and only they let GradScaler (fp16) step without a host sync: it hands
@@ -27,6 +33,11 @@ def make_optimizer(
     fused = True if device.type == "cuda" else None
     foreach = None if fused else device.type != "cpu"
     params = _groups(params, names, opt)
+    if opt.name == "muon":
+        # bf16 Newton-Schulz on CUDA only (the published fast path); float32 everywhere else
+        return Muon(params, momentum=opt.momentum, muon_momentum=opt.muon_momentum, nesterov=opt.nesterov,
+                    weight_decay=opt.weight_decay, ns_steps=opt.ns_steps,
+                    ns_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32, compile_ns=compile_ns)
     if opt.name == "sgd":
         return torch.optim.SGD(
             params, lr=0.0, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay, foreach=foreach,
@@ -37,11 +48,90 @@ def make_optimizer(
                fused=fused)
 
 
-def set_hyper(optimizer: torch.optim.Optimizer, name: str, lr: float, momentum: float) -> None:
+def _fro(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
+
+
+_COMPILED_NS = {}
+
+
+def _ns_function(compiled: bool):
+    if not compiled:
+        return newton_schulz
+    if "ns" not in _COMPILED_NS:  # one compiled graph per filter-stack shape (dynamic=False)
+        _COMPILED_NS["ns"] = torch.compile(newton_schulz, dynamic=False)
+    return _COMPILED_NS["ns"]
+
+
+class Muon(torch.optim.Optimizer):
+    """base.py's Muon contract: groups with ``muon=True`` take the Muon step, the others torch's SGD.
+
+    Fast path: per group, the filters of one shape are stacked and orthogonalised in one batched
+    Newton-Schulz call (``ns_dtype``: bf16 on CUDA), optionally through torch.compile; the SGD
+    groups use foreach kernels. lr/momentum come from ``set_hyper`` before every step.
+    """
+
+    def __init__(self, params, momentum: float, muon_momentum: float, nesterov: bool, weight_decay: float,
+                 ns_steps: int = 3, ns_dtype=torch.float32, compile_ns: bool = False):
+        defaults = dict(lr=0.0, lr_factor=1.0, momentum=momentum, weight_decay=weight_decay, ramp=0, muon=False)
+        super().__init__(params, defaults)
+        self.muon_momentum, self.nesterov, self.ns_steps = muon_momentum, nesterov, ns_steps
+        self.ns_dtype, self._ns = ns_dtype, _ns_function(compile_ns)
+
+    def _buffers(self, ps: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        for p in ps:
+            st = self.state[p]
+            if "momentum_buffer" not in st:  # zero: mu * 0 + g = g, torch SGD's first buffer
+                st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            out.append(st["momentum_buffer"])
+        return out
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            ps = [p for p in group["params"] if p.grad is not None]
+            if ps:
+                (self._muon_step if group["muon"] else self._sgd_step)(group, ps)
+        return None
+
+    def _sgd_step(self, group, ps):
+        grads = [p.grad for p in ps]
+        lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+        if wd:
+            grads = torch._foreach_add(grads, ps, alpha=wd)
+        bufs = self._buffers(ps)
+        torch._foreach_mul_(bufs, mom)
+        torch._foreach_add_(bufs, grads)
+        d = torch._foreach_add(grads, bufs, alpha=mom) if self.nesterov else bufs
+        torch._foreach_add_(ps, d, alpha=-lr)
+
+    def _muon_step(self, group, ps):
+        mu, lr = self.muon_momentum, group["lr"]
+        grads = [p.grad for p in ps]
+        bufs = self._buffers(ps)
+        torch._foreach_mul_(bufs, mu)
+        torch._foreach_add_(bufs, grads)
+        updates = torch._foreach_add(grads, bufs, alpha=mu) if self.nesterov else bufs
+        # renormalise each filter to Frobenius norm sqrt(out channels)
+        norms = torch._foreach_norm(ps)
+        torch._foreach_mul_(ps, [math.sqrt(p.shape[0]) / n for p, n in zip(ps, norms)])
+        by_shape: dict[tuple, list[int]] = {}
+        for i, p in enumerate(ps):
+            by_shape.setdefault(tuple(p.shape), []).append(i)
+        for shape, idx in by_shape.items():
+            stack = torch.stack([updates[i].reshape(shape[0], -1) for i in idx]).to(self.ns_dtype)
+            ortho = self._ns(stack, self.ns_steps, _fro).to(ps[idx[0]].dtype)
+            for j, i in enumerate(idx):
+                ps[i].add_(ortho[j].view(shape), alpha=-lr)
+
+
+def set_hyper(optimizer: torch.optim.Optimizer, name: str, lr: float, momentum: float, steps_taken: int = 0) -> None:
+    """lr x the group's factor (x its frozen_after ramp at this step count), and the engine's momentum."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_factor", 1.0)
-        if name == "sgd":
-            group["momentum"] = momentum
+        group["lr"] = lr * group.get("lr_factor", 1.0) * ramp(steps_taken, group.get("ramp", 0))
+        if name in ("sgd", "muon"):
+            group["momentum"] = momentum  # a Muon group keeps its own fixed muon_momentum
         else:
             group["betas"] = (momentum, group["betas"][1])
 
@@ -78,7 +168,7 @@ def import_state(
         # empty_like keeps the parameter's memory format (channels_last) for the buffer
         entry = {key: torch.empty_like(param, memory_format=torch.preserve_format).copy_(
             torch.from_numpy(slots[f"{pname}.{key}"])) for key in OPT_SLOTS[name]}
-        if name != "sgd":
+        if name in ("adam", "adamw"):
             # torch keeps Adam's step as a float32 CPU tensor unless capturable/fused
             entry["step"] = torch.tensor(float(steps), dtype=torch.float32, device=param.device if fused else "cpu")
         optimizer.state[param] = entry
