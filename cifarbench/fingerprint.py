@@ -361,7 +361,8 @@ def training_run_log(cfg, summary: dict[str, Any], backend) -> dict[str, Any]:
             "per_class_accuracy": dict(test.get("per_class_accuracy") or {}),
             "test_loss": summary.get("test_loss"), "final_train_loss": summary.get("final_train_loss"),
             "final_val_acc": summary.get("final_val_acc"), "time_per_epoch_s": summary.get("time_per_epoch_s"),
-            "images_per_s": summary.get("images_per_s"), "confusion_matrix": test.get("confusion_matrix"),
+            "images_per_s": summary.get("images_per_s"), "forward_macs": summary.get("forward_macs"),
+            "train_flops_per_image": summary.get("train_flops_per_image"), "train_pflops": summary.get("train_pflops"), "confusion_matrix": test.get("confusion_matrix"),
         },
         "checkpoint": summary.get("checkpoint"),
         "timestamp": datetime.now().astimezone().isoformat(timespec="seconds"),  # ISO 8601 with the UTC offset

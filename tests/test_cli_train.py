@@ -46,6 +46,14 @@ def test_train_writes_run_directory(tiny_npz, tmp_path):
     ck = load_checkpoint(out)
     assert ck.model == "cnn" and ck.num_classes == 4 and ck.meta["class_names"][0] == "class0"
     assert json.loads((out / "checkpoint.json").read_text())["finished"] is True
+    from cifarbench.models import create_spec
+    from cifarbench.models.summary import summarize
+
+    cost = summarize(create_spec("cnn", 3, 32, 4))
+    assert (summary["forward_macs"], summary["train_flops_per_image"]) == (cost.macs, cost.train_flops_per_image)
+    assert [r["train_images"] for r in rows] == [80, 80]
+    assert summary["train_pflops"] == pytest.approx(cost.train_flops_per_image * 160 / 1e15, rel=1e-12)
+    assert json.loads((out / "run_log.json").read_text())["results"]["train_pflops"] == summary["train_pflops"]
 
 
 def test_learns_and_test_command_agrees_across_backends(tiny_npz, tmp_path):

@@ -420,7 +420,7 @@ class Trainer:
             "epoch": epoch + 1, "train_loss": trained.loss_sum / count, "train_acc": trained.correct / count,
             "eval_split": self.splits.eval_name, "eval_loss": ev["loss"], "eval_acc": ev["accuracy"],
             "lr": lr, "momentum": mom, "dropout": self.dropout_now if self.dropout_plan else _own_rate(self.spec),
-            "images_per_s": steady_images / steady_time if steady_time > 0 else 0.0,
+            "train_images": images, "images_per_s": steady_images / steady_time if steady_time > 0 else 0.0,
             "train_time_s": train_time, "eval_time_s": eval_time, "epoch_time_s": train_time + eval_time,
             "elapsed_s": elapsed + eval_time, "warmup_s": warm_s,
         }
@@ -489,10 +489,24 @@ class Trainer:
             "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test": test,
             "checkpoint": str(self.run_dir / ckpt.WEIGHTS) if self.write else None,
             "class_names": list(self.ds.class_names), "seed": self.cfg.seed,
+            **self._cost(),
         }
         if self.write:
             self._write_run_log(summary)
         return summary
+
+    def _cost(self) -> dict[str, Any]:
+        """What the run computed (models.summary's convention: a training image costs 3 passes x 2
+        FLOPs per MAC): forward MACs and training FLOPs per image, and the training PFLOPs of the
+        run, as airbench reports them; None for another library's modules (tv:)."""
+        from cifarbench.models.summary import summarize
+
+        if isinstance(self.spec, ModuleSpec):
+            return {"forward_macs": None, "train_flops_per_image": None, "train_pflops": None}
+        s = summarize(self.spec)
+        images = sum(int(r.get("train_images") or 0) for r in self.records)  # trained, resumed parts included
+        return {"forward_macs": s.macs, "train_flops_per_image": s.train_flops_per_image,
+                "train_pflops": s.train_flops_per_image * images / 1e15}
 
     def _write_run_log(self, summary: dict[str, Any]) -> None:
         try:
