@@ -36,8 +36,11 @@ class Workspace:
     before asking for the same role again.
     """
 
-    def __init__(self):
+    def __init__(self, chunk_bytes: int | None = None):
         self._flat: dict[tuple[str, object], object] = {}
+        # convolutions work through the batch in chunks of images whose im2col matrix is at most
+        # this big (None: the whole batch at once, as a GPU wants)
+        self.chunk_bytes = chunk_bytes
 
     def get(self, xp, role: str, shape: tuple[int, ...], dtype):
         n = 1
