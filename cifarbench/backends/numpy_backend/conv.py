@@ -98,8 +98,9 @@ def col2im(dcols, x_shape: tuple[int, ...], k: int, stride: int, pad: int, ws: W
 
 
 def _chunks(n: int, per_image: int, ws: Workspace):
-    """Image ranges [s, e) whose im2col matrix stays within ``ws.chunk_bytes`` (whole batch if None)."""
-    step = n if ws.chunk_bytes is None else max(1, min(n, ws.chunk_bytes // max(per_image, 1)))
+    """Image ranges [s, e) whose im2col matrix stays within ``ws.chunk_bytes`` (whole batch if
+    None, or when there is no matrix to gather: per_image 0)."""
+    step = n if ws.chunk_bytes is None or not per_image else max(1, min(n, ws.chunk_bytes // per_image))
     return [(s, min(n, s + step)) for s in range(0, n, step)]
 
 
@@ -116,7 +117,8 @@ def conv2d_forward(x, w, b, stride: int, pad: int, ws: Workspace):
     ho, wo = out_size(h, k, stride, pad), out_size(wd, k, stride, pad)
     w2t = w.reshape(o, -1).T
     y = xp.empty((n * ho * wo, o), dtype=x.dtype)
-    for s, e in _chunks(n, ho * wo * k * k * c * x.itemsize, ws):
+    gathers = not (k == 1 and pad == 0 and stride == 1)
+    for s, e in _chunks(n, gathers * ho * wo * k * k * c * x.itemsize, ws):
         xp.matmul(im2col(x[s:e], k, stride, pad, ws), w2t, out=y[s * ho * wo : e * ho * wo])
     if b is not None:
         y += b
@@ -143,7 +145,7 @@ def conv2d_backward(dy, x, w, stride: int, pad: int, ws: Workspace, need_dx: boo
     part = xp.empty_like(dw)
     hw = x.shape[1] * x.shape[2]
     dx2 = None if dx is None else dx.reshape(n * hw, c)
-    for s, e in _chunks(n, max(m * k * k * c, hw * k * k * o) * dy.itemsize, ws):
+    for s, e in _chunks(n, (not pointwise) * max(m * k * k * c, hw * k * k * o) * dy.itemsize, ws):
         dyc = dy2[s * m : e * m]
         xp.matmul(dyc.T, im2col(x[s:e], k, stride, pad, ws), out=part)
         dw += part

@@ -104,8 +104,8 @@ class ConvNode:
 
 
 class BatchNormNode:
-    def __init__(self, s: S.BatchNorm):
-        self.s = s
+    def __init__(self, s: S.BatchNorm, owned: bool):
+        self.s, self.owned = s, owned
 
     def forward(self, x, net):
         n = self.s.name
@@ -113,7 +113,7 @@ class BatchNormNode:
         rm, rv = net.buffers[f"{n}.running_mean"], net.buffers[f"{n}.running_var"]
         if not net.train:
             return norm.batchnorm_eval_forward(x, gamma, beta, rm, rv, self.s.eps)
-        y, self.cache, mean, var = norm.batchnorm_train_forward(x, gamma, beta, self.s.eps)
+        y, self.cache, mean, var = norm.batchnorm_train_forward(x, gamma, beta, self.s.eps, inplace=self.owned)
         norm.update_running(rm, rv, mean, var, x.size // x.shape[-1], self.s.momentum)
         return y
 
@@ -271,7 +271,7 @@ def make_node(s, need_dx: bool, owned: bool):
     if isinstance(s, S.Conv):
         return ConvNode(s, need_dx)
     if isinstance(s, S.BatchNorm):
-        return BatchNormNode(s)
+        return BatchNormNode(s, owned)
     if isinstance(s, S.ReLU):
         return ReLUNode(s, owned)
     if isinstance(s, S.GELU):
