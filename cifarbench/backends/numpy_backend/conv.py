@@ -26,9 +26,10 @@ col2im: ``dcols = dy @ w2`` (M, K), each tap's slice of dcols added back where i
 from (k*k strided adds).
 
 im2col is one copy out of a strided 6-D view (N, Ho, Wo, k, k, C) of the padded input, so NumPy
-copies runs of k*C contiguous values instead of k*k separate C-value slices. ``cols`` may be
-kept from forward for backward (the network decides, within a memory budget); otherwise backward
-gathers it again into the same workspace buffer.
+copies runs of k*C contiguous values instead of k*k separate C-value slices. Both passes go
+through the batch in chunks of images (``Workspace.chunk_bytes``, about a core's L2 cache on
+NumPy): a chunk's cols is gathered and multiplied while it is still in cache, and backward
+gathers it again instead of keeping a 9x-activation matrix per layer.
 """
 
 from __future__ import annotations
