@@ -87,7 +87,7 @@ class ConvNode:
 
     def forward(self, x, net):
         s = self.s
-        self.x = x
+        self.x = x if net.train else None  # eval keeps nothing for a backward
         return conv.conv2d_forward(x, net.weight(f"{s.name}.weight"), net.params.get(f"{s.name}.bias"), s.stride, s.pad, net.ws)
 
     def backward(self, dy, net):
@@ -131,7 +131,8 @@ class ReLUNode:
         self.slope, self.owned = s.slope, owned
 
     def forward(self, x, net):
-        y, self.mask = layers.relu_forward(x, self.slope, inplace=self.owned)
+        y, mask = layers.relu_forward(x, self.slope, inplace=self.owned)
+        self.mask = mask if net.train else None
         return y
 
     def backward(self, dy, net):
@@ -140,7 +141,8 @@ class ReLUNode:
 
 class GELUNode:
     def forward(self, x, net):
-        y, self.cache = layers.gelu_forward(x)
+        y, cache = layers.gelu_forward(x)
+        self.cache = cache if net.train else None
         return y
 
     def backward(self, dy, net):
@@ -165,7 +167,8 @@ class MaxPoolNode:
         self.k, self.st = s.k, s.stride
 
     def forward(self, x, net):
-        y, self.cache = layers.maxpool_forward(x, self.k, self.st)
+        y, cache = layers.maxpool_forward(x, self.k, self.st)
+        self.cache = cache if net.train else None
         return y
 
     def backward(self, dy, net):
@@ -207,7 +210,7 @@ class LinearNode:
         self.s, self.need_dx = s, need_dx
 
     def forward(self, x, net):
-        self.x = x
+        self.x = x if net.train else None
         return layers.linear_forward(x, net.params[f"{self.s.name}.weight"], net.params.get(f"{self.s.name}.bias"))
 
     def backward(self, dy, net):
