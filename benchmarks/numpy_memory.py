@@ -8,7 +8,7 @@
 Each case runs in a fresh Python process, so its peak resident set (``ru_maxrss``) is that
 case's alone. A child imports its backend, builds the model, takes ``--steps`` train steps
 (SGD, nesterov momentum, weight decay; synthetic 32x32 data, crop + flip) or predicts
-``2 * --eval-batch`` images at ``--eval-batch``, and reports the peak RSS before the model,
+one batch of ``--eval-batch`` images, and reports the peak RSS before the model,
 after the build and at the end, and the current RSS after every step (flat from step to
 step: nothing grows). The peak includes the interpreter and the framework (torch's
 libraries are large), so the "model" column subtracts the peak before the build.
@@ -60,7 +60,7 @@ def child(kind: str, phase: str, cfg: dict) -> None:
     spec = create_spec(cfg["model"])
     rng = np.random.default_rng(0)
     batch = cfg["batch"] if phase == "train" else cfg["eval_batch"]
-    n = batch * (cfg["steps"] if phase == "train" else 2)
+    n = batch * (cfg["steps"] if phase == "train" else 1)
     x = rng.integers(0, 256, (n, spec.image_size, spec.image_size, spec.in_channels), dtype=np.uint8)
     y = rng.integers(0, spec.num_classes, n).astype(np.int64)
     before = peak_rss()
@@ -104,6 +104,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--baseline", default=None, help="a directory holding another cifarbench package to compare")
+    ap.add_argument("--phases", nargs="+", default=["train", "eval"], choices=["train", "eval"])
+    ap.add_argument("--backends", nargs="+", default=["numpy", "torch"], choices=["numpy", "torch"])
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -115,8 +117,10 @@ def main() -> None:
     print(f"{args.model}, train batch {args.batch} ({args.steps} steps), eval batch {args.eval_batch}, "
           f"{args.threads} thread(s); load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"{'case':>22} {'peak RSS MB':>12} {'model MB':>9} {'s/step':>7}  current RSS after each step (MB)")
-    cases = [("numpy", None), ("torch", None)] + ([("baseline numpy", args.baseline)] if args.baseline else [])
+    cases = [(k, None) for k in args.backends] + ([("baseline numpy", args.baseline)] if args.baseline else [])
     for phase, b in (("train", args.batch), ("eval", args.eval_batch)):
+        if phase not in args.phases:
+            continue
         for name, path in cases:
             r = run("torch" if name == "torch" else "numpy", phase, cfg, path)
             secs = sorted(s for s, _ in r["steps"])[len(r["steps"]) // 2]
