@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -111,8 +112,11 @@ class Worker:
         self.p.stdin.flush()
         return self._read()["rate"]
 
-    def close(self) -> None:
-        self.p.stdin.close()
+    def close(self, kill: bool = False) -> None:
+        if kill:  # interrupted: do not wait for a window or a warm-up to finish
+            self.p.kill()
+        else:
+            self.p.stdin.close()
         self.p.wait()
 
 
@@ -128,13 +132,15 @@ def run_case(model: str, batch: int, opt: str, threads: int, repeats: int, secon
     workers = {k: Worker("torch" if k == "torch" else "numpy", cfg, path) for k, path in kinds.items()}
     rates: dict[str, list[float]] = {k: [] for k in workers}
     order = list(workers)
+    done = False
     try:
         for r in range(repeats):
             for k in (order if r % 2 == 0 else order[::-1]):
                 rates[k].append(workers[k].window())
+        done = True
     finally:
         for w in workers.values():
-            w.close()
+            w.close(kill=not done)
     out = {"rates": rates, "ratio": [a / b for a, b in zip(rates["numpy"], rates["torch"])]}
     if baseline:
         out["base_ratio"] = [a / b for a, b in zip(rates["base"], rates["torch"])]
@@ -158,6 +164,7 @@ def main() -> None:
     import numpy as np
     import torch
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the workers are stopped too
     t_start = time.perf_counter()
     cpu = "?"
     try:
