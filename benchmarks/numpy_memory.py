@@ -1,29 +1,28 @@
-"""Peak memory of the NumPy backend training ResNet-18 at batch 128 (issue #4: "keep memory bounded").
+"""Peak memory of training and evaluation, NumPy backend next to torch: one child process per case.
 
-    OMP_NUM_THREADS=1 python benchmarks/numpy_memory.py [--model resnet18] [--batch 128] [--steps 4]
+    python benchmarks/numpy_memory.py          # resnet18: train b128 + eval b1000, numpy and torch; ~3-5 min
 
-Synthetic 32x32 data, SGD with nesterov momentum. After every step it reads the peak resident
-set (``resource.getrusage(...).ru_maxrss``) and the current one (/proc/self/statm), so growth
-from step to step shows; no tracemalloc (it slows NumPy down and misses BLAS buffers). Next to
-them, what the step needs in theory: parameters + gradients + momentum, the activations a
-backward pass must keep (every layer's output, float32), and the largest single im2col matrix.
+    options: --model resnet18 --batch 128 --eval-batch 1000 --steps 3 --threads 1
+             --baseline /path/to/an/old/checkout   (adds that checkout's NumPy backend as a case)
+
+Each case runs in a fresh Python process, so its peak resident set (``ru_maxrss``) is that
+case's alone. A child imports its backend, builds the model, takes ``--steps`` train steps
+(SGD, nesterov momentum, weight decay; synthetic 32x32 data, crop + flip) or predicts
+one batch of ``--eval-batch`` images, and reports the peak RSS before the model,
+after the build and at the end, and the current RSS after every step (flat from step to
+step: nothing grows). The peak includes the interpreter and the framework (torch's
+libraries are large), so the "model" column subtracts the peak before the build.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
+import subprocess
 import sys
 import time
-
-import numpy as np
-
-from cifarbench.backends.base import OptimConfig, TrainOptions
-from cifarbench.backends.numpy_backend import NumpyBackend
-from cifarbench.models import create_spec, init_params
-from cifarbench.models import spec as S
-from cifarbench.models.shapes import input_shape, layer_shape
 
 MB = 1 << 20
 
@@ -42,68 +41,93 @@ def current_rss() -> int:
         return 0  # not Linux: only the peak is reported
 
 
-def activation_elements(layers, shape, counts: dict) -> tuple:
-    """Walk the spec: per-sample elements of every layer output (what backward must keep), and
-    the largest im2col matrix (k*k*C x Ho*Wo) per sample."""
-    for layer in layers:
-        if isinstance(layer, S.Group):
-            shape = activation_elements(layer.layers, shape, counts)
-        elif isinstance(layer, S.Residual):
-            out = activation_elements(layer.body, shape, counts)
-            if layer.shortcut:
-                activation_elements(layer.shortcut, shape, counts)
-            counts["acts"] += int(np.prod(out))  # the sum (and its ReLU)
-            shape = out
-        else:
-            out = layer_shape(layer, shape)
-            counts["acts"] += int(np.prod(out))
-            if isinstance(layer, S.Conv):
-                counts["cols"] = max(counts["cols"], layer.k * layer.k * layer.cin * out[1] * out[2])
-            shape = out
-    return shape
+def child(kind: str, phase: str, cfg: dict) -> None:
+    import numpy as np
+
+    from cifarbench.backends.base import OptimConfig, TrainOptions
+    from cifarbench.models import create_spec, init_params
+
+    options = TrainOptions(mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26), crop_pad=4, flip=True,
+                           extra={"threads": cfg["threads"]})
+    if kind == "torch":
+        from cifarbench.backends.torch_backend import TorchBackend
+
+        be = TorchBackend("cpu", options)
+    else:
+        from cifarbench.backends.numpy_backend import NumpyBackend
+
+        be = NumpyBackend("cpu", options)
+    spec = create_spec(cfg["model"])
+    rng = np.random.default_rng(0)
+    batch = cfg["batch"] if phase == "train" else cfg["eval_batch"]
+    n = batch * (cfg["steps"] if phase == "train" else 1)
+    x = rng.integers(0, 256, (n, spec.image_size, spec.image_size, spec.in_channels), dtype=np.uint8)
+    y = rng.integers(0, spec.num_classes, n).astype(np.int64)
+    before = peak_rss()
+    be.build(spec, init_params(spec, 0))
+    be.set_data(phase, x, y)
+    built = peak_rss()
+    steps = []
+    if phase == "train":
+        be.configure_optimizer(OptimConfig("sgd", momentum=0.9, nesterov=True, weight_decay=5e-4))
+        be.begin_epoch(rng.permutation(n), rng.integers(0, 9, (n, 2)), rng.random(n) < 0.5, 0)
+        for i in range(cfg["steps"]):
+            t0 = time.perf_counter()
+            be.train_step(i * batch, (i + 1) * batch, 0.05, 0.9)
+            be.synchronize()
+            steps.append((time.perf_counter() - t0, current_rss()))
+        be.end_epoch()
+    else:
+        t0 = time.perf_counter()
+        be.predict(phase, batch)
+        steps.append((time.perf_counter() - t0, current_rss()))
+    print(json.dumps({"before": before, "built": built, "peak": peak_rss(), "steps": steps}))
 
 
-def theory(spec, batch: int) -> dict[str, float]:
-    counts = {"acts": 0, "cols": 0}
-    activation_elements(spec.layers, input_shape(spec), counts)
-    params = spec.num_params() * 4
-    return {
-        "params+grads+momentum MB": 3 * params / MB,
-        "activations (all layer outputs) MB": counts["acts"] * batch * 4 / MB,
-        "largest im2col matrix MB": counts["cols"] * batch * 4 / MB,
-    }
+def run(kind: str, phase: str, cfg: dict, path: str | None) -> dict:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(cfg["threads"]), OPENBLAS_NUM_THREADS=str(cfg["threads"]))
+    if path:
+        env["PYTHONPATH"] = path + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", kind, phase, json.dumps(cfg)],
+                         capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise SystemExit(f"{kind} {phase} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet18")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--eval-batch", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--baseline", default=None, help="a directory holding another cifarbench package to compare")
+    ap.add_argument("--phases", nargs="+", default=["train", "eval"], choices=["train", "eval"])
+    ap.add_argument("--backends", nargs="+", default=["numpy", "torch"], choices=["numpy", "torch"])
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
-
-    spec = create_spec(args.model, image_size=args.image_size)
-    base = peak_rss()
-    be = NumpyBackend("cpu", TrainOptions(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
-    be.build(spec, init_params(spec, 0))
-    be.configure_optimizer(OptimConfig("sgd", momentum=0.9, nesterov=True, weight_decay=5e-4))
-    rng = np.random.default_rng(0)
-    n = args.batch * args.steps
-    s, c = spec.image_size, spec.in_channels
-    be.set_data("train", rng.integers(0, 256, (n, s, s, c), dtype=np.uint8), rng.integers(0, spec.num_classes, n))
-    be.begin_epoch(np.arange(n), None, None, seed=0)
-    print(f"{args.model} on numpy, batch {args.batch}, {s}x{s}; before the model: peak RSS {base / MB:.0f} MB")
-    print(f"after build + data: peak RSS {peak_rss() / MB:.0f} MB, current {current_rss() / MB:.0f} MB")
-    for i in range(args.steps):
-        t0 = time.perf_counter()
-        be.train_step(i * args.batch, (i + 1) * args.batch, lr=0.05, momentum=0.9)
-        dt = time.perf_counter() - t0
-        print(f"step {i + 1}: {dt:5.1f} s, peak RSS {peak_rss() / MB:6.0f} MB, current {current_rss() / MB:6.0f} MB")
-    net = be.net
-    print(f"kept im2col buffers: {net.cols_used / MB:.0f} MB (budget {net.cols_budget / MB:.0f} MB)")
-    print(f"workspace buffers: {sum(a.nbytes for a in net.ws._flat.values()) / MB:.0f} MB")
-    for k, v in theory(spec, args.batch).items():
-        print(f"theory: {k:38s} {v:8.0f}")
+    if args.child:
+        child(args.child[0], args.child[1], json.loads(args.child[2]))
+        return
+    cfg = {"model": args.model, "batch": args.batch, "eval_batch": args.eval_batch, "steps": args.steps,
+           "threads": args.threads}
+    t_start = time.perf_counter()
+    print(f"{args.model}, train batch {args.batch} ({args.steps} steps), eval batch {args.eval_batch}, "
+          f"{args.threads} thread(s); load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"{'case':>22} {'peak RSS MB':>12} {'model MB':>9} {'s/step':>7}  current RSS after each step (MB)")
+    cases = [(k, None) for k in args.backends] + ([("baseline numpy", args.baseline)] if args.baseline else [])
+    for phase, b in (("train", args.batch), ("eval", args.eval_batch)):
+        if phase not in args.phases:
+            continue
+        for name, path in cases:
+            r = run("torch" if name == "torch" else "numpy", phase, cfg, path)
+            secs = sorted(s for s, _ in r["steps"])[len(r["steps"]) // 2]
+            cur = " ".join(f"{c / MB:.0f}" for _, c in r["steps"])
+            print(f"{name + ' ' + phase + ' b' + str(b):>22} {r['peak'] / MB:12.0f} {(r['peak'] - r['before']) / MB:9.0f} "
+                  f"{secs:7.2f}  {cur}", flush=True)
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; run took {time.perf_counter() - t_start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -1,94 +1,199 @@
-"""Train-step throughput of the NumPy backend next to the PyTorch CPU backend, in one run.
+"""Train-step throughput of the NumPy backend next to the PyTorch CPU backend: interleaved A/B pairs.
 
-    python benchmarks/numpy_vs_torch.py [--model cnn] [--batch-sizes 64 128] [--windows 5] [--steps 8]
+    python benchmarks/numpy_vs_torch.py                       # the full table, ~6-8 min on 2 cores
 
-Both backends get the same model, weights, data, augmentation draws and optimizer (SGD,
-nesterov momentum, weight decay; crop 4 + flip, as the CIFAR recipes). Warm-up steps are run
-and excluded; then several timed windows of whole steps (synchronised before each clock
-read); the table gives the median images/s with the min-max range, and the NumPy/PyTorch
-ratio. Both backends run in turn in the same process, on the same cores.
+    options: --cases cnn:64 resnet20:128  --opts sgd adamw  --threads 1 2  --repeats 5  --seconds 1.5
+             --baseline /path/to/an/old/checkout   (adds a column: that checkout's NumPy backend, same pairs)
+
+Every (model, batch, optimizer, threads) case starts one worker process per backend (so the
+two BLAS/OpenMP thread pools never share a process), builds the same model from the same
+weights, feeds the same synthetic uint8 data with crop 4 + flip and label smoothing 0.1, and
+runs warm-up steps. Then it times ``--repeats`` windows of whole train steps per backend,
+alternating the order (A B, B A, ...) so that a change of machine load hits both sides of a
+pair alike; each pair gives one NumPy/torch ratio. The table gives each side's median
+images/s, the median of the pair ratios and their range (min-max). SGD is nesterov momentum
+0.9 with weight decay 5e-4; AdamW is lr 1e-3, weight decay 5e-2.
+
+The machine's load average is printed before and after: other processes on these cores make
+every figure noisy, the pair ratios less so.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import statistics
+import subprocess
+import sys
 import time
 
-import numpy as np
-
-from cifarbench.backends.base import OptimConfig, TrainOptions
-from cifarbench.models import create_spec, init_params
-
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+WARMUP_STEPS = 3
 
 
-def make_backend(kind: str, options: TrainOptions):
-    if kind.startswith("numpy"):
+# ----- worker: one backend, driven by lines on stdin ------------------------------------------
+
+
+def worker(kind: str, cfg: dict) -> None:
+    import numpy as np
+
+    from cifarbench.backends.base import OptimConfig, TrainOptions
+    from cifarbench.models import create_spec, init_params
+
+    threads, batch = cfg["threads"], cfg["batch"]
+    options = TrainOptions(mean=CIFAR_MEAN, std=CIFAR_STD, label_smoothing=0.1, crop_pad=4, flip=True,
+                           extra={"threads": threads})
+    if kind == "torch":
+        from cifarbench.backends.torch_backend import TorchBackend
+
+        be = TorchBackend("cpu", options)
+    else:
         from cifarbench.backends.numpy_backend import NumpyBackend
 
-        return NumpyBackend("cpu", options)
-    from cifarbench.backends.torch_backend import TorchBackend
+        be = NumpyBackend("cpu", options)
+    spec = create_spec(cfg["model"])
+    be.build(spec, init_params(spec, 0))
+    if cfg["opt"] == "sgd":
+        opt, lr, mom = OptimConfig("sgd", momentum=0.9, nesterov=True, weight_decay=5e-4), 0.05, 0.9
+    else:
+        opt, lr, mom = OptimConfig("adamw", weight_decay=5e-2), 1e-3, 0.9
+    be.configure_optimizer(opt)
+    rng = np.random.default_rng(0)
+    n = batch * 16
+    be.set_data("train", rng.integers(0, 256, (n, spec.image_size, spec.image_size, spec.in_channels), np.uint8),
+                rng.integers(0, spec.num_classes, n).astype(np.int64))
+    pos = [n]
 
-    return TorchBackend("cpu", options)
-
-
-def measure(kind: str, model: str, batch: int, windows: int, steps: int, warmup: int, threads: int | None) -> list[float]:
-    """images/s of each timed window."""
-    seed = 0
-    spec = create_spec(model)
-    extra = {"threads": threads} if threads and kind.startswith("numpy") else {}
-    options = TrainOptions(mean=CIFAR_MEAN, std=CIFAR_STD, label_smoothing=0.1, crop_pad=4, flip=True, extra=extra)
-    be = make_backend(kind, options)
-    be.build(spec, init_params(spec, seed))
-    be.configure_optimizer(OptimConfig("sgd", momentum=0.9, nesterov=True, weight_decay=5e-4))
-    rng = np.random.default_rng(seed)
-    n = batch * (warmup + windows * steps)
-    x = rng.integers(0, 256, (n, spec.image_size, spec.image_size, spec.in_channels), dtype=np.uint8)
-    y = rng.integers(0, spec.num_classes, n).astype(np.int64)
-    be.set_data("train", x, y)
-    be.begin_epoch(rng.permutation(n), rng.integers(0, 9, (n, 2)), rng.random(n) < 0.5, seed)
-    pos = 0
-    for _ in range(warmup):
-        be.train_step(pos, pos + batch, 0.05, 0.9)
-        pos += batch
-    be.synchronize()
-    rates = []
-    for _ in range(windows):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            be.train_step(pos, pos + batch, 0.05, 0.9)
-            pos += batch
+    def steps(k: int) -> None:
+        for _ in range(k):
+            if pos[0] + batch > n:
+                be.begin_epoch(rng.permutation(n), rng.integers(0, 9, (n, 2)), rng.random(n) < 0.5, 0)
+                pos[0] = 0
+            be.train_step(pos[0], pos[0] + batch, lr, mom)
+            pos[0] += batch
         be.synchronize()
-        rates.append(batch * steps / (time.perf_counter() - t0))
-    be.end_epoch()
-    return rates
+
+    steps(WARMUP_STEPS - 1)
+    t0 = time.perf_counter()
+    steps(1)
+    per_step = time.perf_counter() - t0
+    k = max(1, round(cfg["seconds"] / per_step))
+    print(json.dumps({"ready": be.describe(), "steps": k}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "go":
+            break
+        t0 = time.perf_counter()
+        steps(k)
+        print(json.dumps({"rate": batch * k / (time.perf_counter() - t0)}), flush=True)
+
+
+class Worker:
+    def __init__(self, kind: str, cfg: dict, path: str | None = None):
+        env = dict(os.environ)
+        # one thread each for the pools we do not set, so no pool oversubscribes the cores
+        env.update(OMP_NUM_THREADS=str(cfg["threads"]), OPENBLAS_NUM_THREADS=str(cfg["threads"]),
+                   MKL_NUM_THREADS=str(cfg["threads"]))
+        if path:
+            env["PYTHONPATH"] = path + os.pathsep + env.get("PYTHONPATH", "")
+        self.p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", kind, json.dumps(cfg)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.ready = self._read()
+
+    def _read(self) -> dict:
+        line = self.p.stdout.readline()
+        if not line:
+            raise SystemExit(f"worker failed (exit {self.p.wait()})")
+        return json.loads(line)
+
+    def window(self) -> float:
+        self.p.stdin.write("go\n")
+        self.p.stdin.flush()
+        return self._read()["rate"]
+
+    def close(self, kill: bool = False) -> None:
+        if kill:  # interrupted: do not wait for a window or a warm-up to finish
+            self.p.kill()
+        else:
+            self.p.stdin.close()
+        self.p.wait()
+
+
+# ----- driver --------------------------------------------------------------------------------
+
+
+def run_case(model: str, batch: int, opt: str, threads: int, repeats: int, seconds: float,
+             baseline: str | None) -> dict:
+    cfg = {"model": model, "batch": batch, "opt": opt, "threads": threads, "seconds": seconds}
+    kinds = {"numpy": None, "torch": None}
+    if baseline:
+        kinds["base"] = baseline
+    workers = {k: Worker("torch" if k == "torch" else "numpy", cfg, path) for k, path in kinds.items()}
+    rates: dict[str, list[float]] = {k: [] for k in workers}
+    order = list(workers)
+    done = False
+    try:
+        for r in range(repeats):
+            for k in (order if r % 2 == 0 else order[::-1]):
+                rates[k].append(workers[k].window())
+        done = True
+    finally:
+        for w in workers.values():
+            w.close(kill=not done)
+    out = {"rates": rates, "ratio": [a / b for a, b in zip(rates["numpy"], rates["torch"])]}
+    if baseline:
+        out["base_ratio"] = [a / b for a, b in zip(rates["base"], rates["torch"])]
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="cnn")
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128])
-    ap.add_argument("--windows", type=int, default=5, help="timed windows per backend and batch size")
-    ap.add_argument("--steps", type=int, default=8, help="train steps per timed window")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    ap.add_argument("--numpy-threads", type=int, default=None, help="OpenBLAS threads for NumPy (default: its own, all cores)")
+    ap.add_argument("--cases", nargs="+", default=["cnn:64", "resnet20:128"], help="model:batch")
+    ap.add_argument("--opts", nargs="+", default=["sgd", "adamw"], choices=["sgd", "adamw"])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeats", type=int, default=5, help="A/B pairs per case")
+    ap.add_argument("--seconds", type=float, default=1.5, help="length of one timed window")
+    ap.add_argument("--baseline", default=None, help="a directory holding another cifarbench package to compare")
+    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        worker(args.worker[0], json.loads(args.worker[1]))
+        return
 
+    import numpy as np
     import torch
 
-    from cifarbench.backends.numpy_backend.arrays import blas_threads
-
-    print(f"model {args.model}; {os.cpu_count()} CPUs; OpenBLAS threads {args.numpy_threads or blas_threads()}; load average {os.getloadavg()[0]:.2f}; "
-          f"numpy {np.__version__}; torch {torch.__version__} ({torch.get_num_threads()} threads)")
-    print(f"{'batch':>5}  {'numpy img/s (min-max)':>24}  {'torch img/s (min-max)':>24}  {'numpy/torch':>11}")
-    for batch in args.batch_sizes:
-        res = {k: measure(k, args.model, batch, args.windows, args.steps, args.warmup, args.numpy_threads) for k in ("numpy", "torch")}
-        med = {k: statistics.median(v) for k, v in res.items()}
-        cells = [f"{med[k]:8.1f} ({min(v):7.1f}-{max(v):7.1f})" for k, v in res.items()]
-        print(f"{batch:>5}  {cells[0]:>24}  {cells[1]:>24}  {med['numpy'] / med['torch']:>10.1%}")
-    print(f"load average after: {os.getloadavg()[0]:.2f} (other processes on these cores skew both columns)")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the workers are stopped too
+    t_start = time.perf_counter()
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print(f"{cpu}; {os.cpu_count()} CPUs; numpy {np.__version__}; torch {torch.__version__}")
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"{args.repeats} interleaved pairs of ~{args.seconds:g} s windows per case; images/s = median over windows")
+    head = f"{'model':>9} {'batch':>5} {'opt':>5} {'thr':>3}  {'numpy img/s':>11} {'torch img/s':>11}  {'numpy/torch median (range)':>27}"
+    if args.baseline:
+        head += f"  {'baseline/torch median (range)':>30}"
+    print(head)
+    for threads in args.threads:
+        for case in args.cases:
+            model, batch = case.split(":")
+            for opt in args.opts:
+                res = run_case(model, int(batch), opt, threads, args.repeats, args.seconds, args.baseline)
+                med = {k: statistics.median(v) for k, v in res["rates"].items()}
+                r = res["ratio"]
+                line = (f"{model:>9} {batch:>5} {opt:>5} {threads:>3}  {med['numpy']:11.1f} {med['torch']:11.1f}  "
+                        f"{statistics.median(r):>12.2f} ({min(r):.2f}-{max(r):.2f})")
+                if args.baseline:
+                    b = res["base_ratio"]
+                    line += f"  {statistics.median(b):>15.2f} ({min(b):.2f}-{max(b):.2f})"
+                print(line, flush=True)
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
+          f"run took {time.perf_counter() - t_start:.0f} s")
 
 
 if __name__ == "__main__":

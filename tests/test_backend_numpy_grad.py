@@ -23,16 +23,19 @@ def rng():
     return np.random.default_rng(0)
 
 
-@pytest.mark.parametrize("k,stride,pad,bias", [(3, 1, 1, True), (3, 2, 1, False), (1, 2, 0, False), (1, 1, 0, True), (3, 1, 0, True)])
-def test_conv2d_gradients(rng, k, stride, pad, bias):
+# stride 1 with pad <= k - 1 takes the transposed-convolution path, the others col2im
+@pytest.mark.parametrize("k,stride,pad,bias", [(3, 1, 1, True), (3, 2, 1, False), (1, 2, 0, False), (1, 1, 0, True), (3, 1, 0, True),
+                                           (3, 1, 2, False), (2, 1, 1, True), (1, 1, 1, False), (3, 3, 1, True)])
+@pytest.mark.parametrize("chunk_bytes", [None, 1])  # the whole batch at once; one image per chunk
+def test_conv2d_gradients(rng, k, stride, pad, bias, chunk_bytes):
     x = rng.standard_normal((2, 5, 6, 3))
     w = rng.standard_normal((4, k, k, 3))
     b = rng.standard_normal(4) if bias else None
-    ws = Workspace()
+    ws = Workspace(chunk_bytes)
     g = rng.standard_normal(conv.conv2d_forward(x, w, b, stride, pad, ws).shape)
 
     def f():
-        return float((conv.conv2d_forward(x, w, b, stride, pad, Workspace()) * g).sum())
+        return float((conv.conv2d_forward(x, w, b, stride, pad, Workspace(chunk_bytes)) * g).sum())
 
     dx, dw, db = conv.conv2d_backward(g, x, w, stride, pad, ws, need_dx=True, has_bias=bias)
     close(dx, numgrad(f, x))

@@ -82,3 +82,29 @@ def test_numpy_backend_sets_blas_threads():
     if res.stdout.strip() == "none":
         pytest.skip("OpenBLAS's thread control is not reachable here")
     assert res.stdout.strip() == "1"
+
+
+@pytest.mark.parametrize("cpus,load,expected", [(2, 0.3, 2), (2, 1.2, 1), (2, 9.6, 1), (4, 0.9, 3), (4, 1.6, 2)])
+def test_idle_threads_leaves_the_loaded_cpus_out(monkeypatch, cpus, load, expected):
+    from cifarbench.backends.numpy_backend import arrays
+
+    monkeypatch.setattr(arrays.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.setattr(arrays.os, "getloadavg", lambda: (load, load, load))
+    assert arrays.idle_threads() == expected
+
+
+def test_numpy_backend_default_threads_follow_the_load():
+    code = (
+        "import os\n"
+        "from cifarbench.backends.numpy_backend import arrays\n"
+        "if arrays.blas_threads() is None: print('none'); raise SystemExit\n"
+        "os.getloadavg = lambda: (50.0, 50.0, 50.0)\n"
+        "from cifarbench.backends.base import TrainOptions\n"
+        "from cifarbench.backends.numpy_backend import NumpyBackend\n"
+        "be = NumpyBackend('cpu', TrainOptions())\n"
+        "print(arrays.blas_threads(), be.threads)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    if res.stdout.strip() == "none":
+        pytest.skip("no BLAS thread control reachable here")
+    assert res.stdout.split() == ["1", "1"]

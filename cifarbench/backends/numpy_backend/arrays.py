@@ -7,6 +7,8 @@ code runs on NumPy (CPU) and CuPy (NVIDIA GPU), in whatever float dtype it is gi
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
@@ -36,8 +38,11 @@ class Workspace:
     before asking for the same role again.
     """
 
-    def __init__(self):
+    def __init__(self, chunk_bytes: int | None = None):
         self._flat: dict[tuple[str, object], object] = {}
+        # convolutions work through the batch in chunks of images whose im2col matrix is at most
+        # this big (None: the whole batch at once, as a GPU wants)
+        self.chunk_bytes = chunk_bytes
 
     def get(self, xp, role: str, shape: tuple[int, ...], dtype):
         n = 1
@@ -54,41 +59,35 @@ class Workspace:
         self._flat.clear()
 
 
-_BLAS_PREFIXES = ("scipy_openblas", "openblas")
-_BLAS_SUFFIXES = ("64_", "")
-
-
-def _openblas():
-    """NumPy's bundled OpenBLAS as a ctypes library, or None (other BLAS, not Linux, ...)."""
-    import ctypes
-
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line})
-    except OSError:
-        return None
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for pre in _BLAS_PREFIXES:
-            for suf in _BLAS_SUFFIXES:
-                if hasattr(lib, f"{pre}_set_num_threads{suf}"):
-                    return lib, f"{pre}_set_num_threads{suf}", f"{pre}_get_num_threads{suf}"
-    return None
-
-
 def blas_threads(n: int | None = None) -> int | None:
-    """Set (when n is given) and return OpenBLAS's thread count; None when it cannot be reached.
+    """Set (when n is given) and return the thread count of NumPy's BLAS (OpenBLAS, MKL, BLIS,
+    Accelerate: whatever threadpoolctl finds loaded); None when it finds none.
 
     Why: on a busy 2-core machine a 2-thread GEMM waits a scheduler time slice for its
-    second thread, which can make small GEMMs 100x slower; one thread is then faster.
+    second thread, which can make small GEMMs many times slower; one thread is then faster.
     """
-    found = _openblas()
-    if found is None:
-        return None
-    lib, setter, getter = found
+    from threadpoolctl import threadpool_info, threadpool_limits
+
     if n is not None:
-        getattr(lib, setter)(int(n))
-    return int(getattr(lib, getter)())
+        threadpool_limits(limits=int(n), user_api="blas")
+    counts = [int(i["num_threads"]) for i in threadpool_info() if i.get("user_api") == "blas"]
+    return max(counts) if counts else None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's cpuset), else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def idle_threads() -> int:
+    """Threads for the BLAS when none are asked for: the usable CPUs that the 1-minute load
+    average leaves idle, at least 1 (on an idle machine, every usable CPU)."""
+    cpus = usable_cpus()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return cpus
+    return max(1, min(cpus, int(cpus - load + 0.5)))

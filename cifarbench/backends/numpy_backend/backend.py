@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from cifarbench.backends.base import Backend, EpochStats, OptimConfig, TrainOptions
-from cifarbench.backends.numpy_backend.arrays import blas_threads, to_numpy
+from cifarbench.backends.numpy_backend.arrays import blas_threads, idle_threads, to_numpy
 from cifarbench.backends.numpy_backend.augment import make_batch, normalise
 from cifarbench.backends.numpy_backend.loss import cross_entropy
 from cifarbench.backends.numpy_backend.network import Net
@@ -37,8 +37,9 @@ class NumpyBackend(Backend):
     def __init__(self, device: str, options: TrainOptions, seed: int = 0):
         super().__init__(device, options, seed)
         self.xp = self._array_module()
-        if "threads" in options.extra and self.xp is np:  # BLAS threads (default: OpenBLAS's own)
-            blas_threads(int(options.extra["threads"]))
+        if self.xp is np:  # BLAS threads: as asked, else the CPUs the load average leaves idle
+            asked = options.extra.get("threads")
+            self.threads = blas_threads(int(asked) if asked else idle_threads())
         self.net: Net | None = None
         self.optim: Optimizer | None = None
         self.data: dict[str, tuple[object, object]] = {}
@@ -134,7 +135,8 @@ class NumpyBackend(Backend):
         pass
 
     def describe(self) -> str:
-        return f"numpy cpu (NumPy {np.__version__}, float32 im2col + BLAS GEMM)"
+        threads = "" if getattr(self, "threads", None) is None else f", {self.threads} BLAS threads"
+        return f"numpy cpu (NumPy {np.__version__}, float32 im2col + BLAS GEMM{threads})"
 
 
 class CupyBackend(NumpyBackend):

@@ -17,11 +17,19 @@ Backward, with ``dy`` reshaped to (M, O)::
 
     dw2   = dy.T @ cols            (O, K)
     db    = sum over rows of dy    (O,)
-    dcols = dy @ w2                (M, K)
-    dx    = col2im(dcols): each tap's slice of dcols added back where it was gathered from
+    dx    = the adjoint of the forward, applied to dy
 
-``cols`` is not kept between forward and backward (it would cost 9x an activation per
-3x3 layer); backward gathers it again into the same workspace buffer.
+For stride 1 the adjoint is itself a convolution: ``dx = conv(dy, w')`` with pad ``k - 1 - pad``
+and ``w'[c, i, j, o] = w[o, k-1-i, k-1-j, c]`` (the kernel flipped, in and out channels swapped):
+one more im2col (of dy) and one GEMM, so it is gathers all the way. For stride > 1 it is
+col2im: ``dcols = dy @ w2`` (M, K), each tap's slice of dcols added back where it was gathered
+from (k*k strided adds).
+
+im2col is one copy out of a strided 6-D view (N, Ho, Wo, k, k, C) of the padded input, so NumPy
+copies runs of k*C contiguous values instead of k*k separate C-value slices. Both passes go
+through the batch in chunks of images (``Workspace.chunk_bytes``, about a core's L2 cache on
+NumPy): a chunk's cols is gathered and multiplied while it is still in cache, and backward
+gathers it again instead of keeping a 9x-activation matrix per layer.
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ def cols_shape(x_shape, k: int, stride: int, pad: int) -> tuple[int, int]:
     return n * out_size(h, k, stride, pad) * out_size(w, k, stride, pad), k * k * c
 
 
-def im2col(x, k: int, stride: int, pad: int, ws: Workspace, out=None):
+def im2col(x, k: int, stride: int, pad: int, ws: Workspace, out=None, role: str = "cols"):
     """(N, H, W, C) -> cols (N*Ho*Wo, k*k*C), in ``out`` (flat, large enough) or a workspace
     buffer; for a 1x1 stride-1 conv, x itself."""
     n, h, w, c = x.shape
@@ -62,14 +70,12 @@ def im2col(x, k: int, stride: int, pad: int, ws: Workspace, out=None):
     if k == 1 and pad == 0 and stride == 1:
         return x.reshape(n * ho * wo, c)
     shape6 = (n, ho, wo, k, k, c)
-    cols = ws.get(xp, "cols", shape6, x.dtype) if out is None else out[: n * ho * wo * k * k * c].reshape(shape6)
-    if k == 1 and pad == 0:
-        cols[:, :, :, 0, 0, :] = x[:, ::stride, ::stride]
-        return cols.reshape(n * ho * wo, c)
-    xpad = _padded(x, pad, ws, "xpad")
-    for i in range(k):
-        for j in range(k):
-            cols[:, :, :, i, j, :] = xpad[:, i : i + stride * ho : stride, j : j + stride * wo : stride, :]
+    cols = ws.get(xp, role, shape6, x.dtype) if out is None else out[: n * ho * wo * k * k * c].reshape(shape6)
+    src = _padded(x, pad, ws, "xpad")
+    s0, s1, s2, s3 = src.strides
+    # window (p, q), tap (i, j) reads src[:, s*p + i, s*q + j]: a view, copied once
+    view = xp.lib.stride_tricks.as_strided(src, shape6, (s0, stride * s1, stride * s2, s1, s2, s3))
+    cols[...] = view
     return cols.reshape(n * ho * wo, k * k * c)
 
 
@@ -92,42 +98,66 @@ def col2im(dcols, x_shape: tuple[int, ...], k: int, stride: int, pad: int, ws: W
     return xp.ascontiguousarray(dxpad[:, pad : pad + h, pad : pad + w])
 
 
-def conv2d_forward(x, w, b, stride: int, pad: int, ws: Workspace, cols_out=None):
+def _chunks(n: int, per_image: int, ws: Workspace):
+    """Image ranges [s, e) whose im2col matrix stays within ``ws.chunk_bytes`` (whole batch if
+    None, or when there is no matrix to gather: per_image 0)."""
+    step = n if ws.chunk_bytes is None or not per_image else max(1, min(n, ws.chunk_bytes // per_image))
+    return [(s, min(n, s + step)) for s in range(0, n, step)]
+
+
+def conv2d_forward(x, w, b, stride: int, pad: int, ws: Workspace):
     """y (N, Ho, Wo, O) = conv(x (N, H, W, C), w (O, k, k, C)) + b.
 
-    cols_out: a flat buffer to leave the im2col matrix in, for backward to reuse.
+    The batch is cut into chunks of images (see ``Workspace.chunk_bytes``): each chunk's cols is
+    gathered and multiplied while it is still in cache, instead of streaming one huge matrix
+    through memory twice.
     """
     xp = array_module(x)
-    n, h, wd, _ = x.shape
+    n, h, wd, c = x.shape
     o, k = w.shape[0], w.shape[1]
     ho, wo = out_size(h, k, stride, pad), out_size(wd, k, stride, pad)
-    cols = im2col(x, k, stride, pad, ws, out=cols_out)
+    w2t = w.reshape(o, -1).T
     y = xp.empty((n * ho * wo, o), dtype=x.dtype)
-    xp.matmul(cols, w.reshape(o, -1).T, out=y)
+    gathers = not (k == 1 and pad == 0 and stride == 1)
+    for s, e in _chunks(n, gathers * ho * wo * k * k * c * x.itemsize, ws):
+        xp.matmul(im2col(x[s:e], k, stride, pad, ws), w2t, out=y[s * ho * wo : e * ho * wo])
     if b is not None:
         y += b
     return y.reshape(n, ho, wo, o)
 
 
-def conv2d_backward(
-    dy, x, w, stride: int, pad: int, ws: Workspace, need_dx: bool = True, has_bias: bool = True, cols=None
-):
-    """Gradients (dx or None, dw, db or None) of conv2d_forward for upstream gradient dy.
-
-    cols: the forward's im2col matrix when it was kept, else it is gathered again.
-    """
+def conv2d_backward(dy, x, w, stride: int, pad: int, ws: Workspace, need_dx: bool = True, has_bias: bool = True):
+    """Gradients (dx or None, dw, db or None) of conv2d_forward for upstream gradient dy,
+    chunk by chunk of images like the forward (cols is gathered again, never kept)."""
     xp = array_module(dy)
     n, ho, wo, o = dy.shape
     k = w.shape[1]
-    dy2 = dy.reshape(n * ho * wo, o)
+    c = x.shape[-1]
+    m = ho * wo  # output pixels per image
+    dy2 = dy.reshape(n * m, o)
     db = dy2.sum(axis=0) if has_bias else None
-    if cols is None:
-        cols = im2col(x, k, stride, pad, ws)
-    dw = xp.matmul(dy2.T, cols).reshape(w.shape)
-    if not need_dx:
-        return None, dw, db
-    if k == 1 and pad == 0 and stride == 1:
-        return xp.matmul(dy2, w.reshape(o, -1)).reshape(x.shape), dw, db
-    dcols = ws.get(xp, "dcols", cols.shape, dy.dtype)
-    xp.matmul(dy2, w.reshape(o, -1), out=dcols)
-    return col2im(dcols, x.shape, k, stride, pad, ws), dw, db
+    pointwise = k == 1 and pad == 0 and stride == 1
+    transposed = not pointwise and stride == 1 and pad <= k - 1  # dx = conv(dy, flipped w): gathers only
+    w2 = w.reshape(o, -1)
+    if transposed:
+        wtt = xp.ascontiguousarray(w[:, ::-1, ::-1, :].transpose(3, 1, 2, 0)).reshape(c, k * k * o).T
+    dx = xp.empty(x.shape, dtype=dy.dtype) if need_dx else None
+    dw = xp.zeros((o, k * k * c), dtype=dy.dtype)
+    part = xp.empty_like(dw)
+    hw = x.shape[1] * x.shape[2]
+    dx2 = None if dx is None else dx.reshape(n * hw, c)
+    for s, e in _chunks(n, (not pointwise) * max(m * k * k * c, hw * k * k * o) * dy.itemsize, ws):
+        dyc = dy2[s * m : e * m]
+        xp.matmul(dyc.T, im2col(x[s:e], k, stride, pad, ws), out=part)
+        dw += part
+        if dx is None:
+            continue
+        if pointwise:
+            xp.matmul(dyc, w2, out=dx2[s * hw : e * hw])
+        elif transposed:
+            xp.matmul(im2col(dy[s:e], k, 1, k - 1 - pad, ws), wtt, out=dx2[s * hw : e * hw])
+        else:
+            dcols = ws.get(xp, "dcols", (dyc.shape[0], k * k * c), dy.dtype)
+            xp.matmul(dyc, w2, out=dcols)
+            dx[s:e] = col2im(dcols, (e - s,) + x.shape[1:], k, stride, pad, ws)
+    return dx, dw.reshape(w.shape), db

@@ -50,12 +50,13 @@ def maxpool_forward(x, k: int, s: int):
     n, h, w, c = x.shape
     ho, wo = _pool_out(h, k, s), _pool_out(w, k, s)
     y = xp.array(_tap(x, 0, 0, ho, wo, s))
-    arg = xp.zeros(y.shape, dtype=xp.uint8)
     for t in range(1, k * k):
-        v = _tap(x, t // k, t % k, ho, wo, s)
-        better = v > y
-        xp.copyto(y, v, where=better)
-        xp.copyto(arg, t, where=better)
+        xp.maximum(y, _tap(x, t // k, t % k, ho, wo, s), out=y)
+    # the first tap that equals the max: written from the last tap back, the first one wins
+    arg = xp.zeros(y.shape, dtype=xp.uint8)
+    for t in range(k * k - 1, 0, -1):
+        xp.copyto(arg, t, where=_tap(x, t // k, t % k, ho, wo, s) == y)
+    xp.copyto(arg, 0, where=_tap(x, 0, 0, ho, wo, s) == y)
     return y, (arg, x.shape)
 
 
@@ -66,7 +67,11 @@ def maxpool_backward(dy, cache, k: int, s: int):
     ho, wo = dy.shape[1], dy.shape[2]
     dx = xp.zeros(x_shape, dtype=dy.dtype)
     for t in range(k * k):
-        _tap(dx, t // k, t % k, ho, wo, s)[...] += dy * (arg == t)
+        tap = _tap(dx, t // k, t % k, ho, wo, s)
+        if k <= s:  # windows do not overlap: each input pixel is written once
+            xp.multiply(dy, arg == t, out=tap)
+        else:
+            tap += dy * (arg == t)
     return dx
 
 

@@ -9,9 +9,15 @@ Activations flow channels-last (NHWC); the network input is converted from NCHW 
 
 from __future__ import annotations
 
+import os
+
 from cifarbench.backends.numpy_backend import conv, layers, norm
 from cifarbench.backends.numpy_backend.arrays import Workspace
 from cifarbench.models import spec as S
+
+# im2col bytes per chunk of images on NumPy: about a core's L2 cache, so a chunk's cols is
+# multiplied while still in cache (measured on an EPYC, 1 MiB L2: see benchmarks/numpy_vs_torch.py)
+CHUNK_BYTES = int(os.environ.get("CIFARBENCH_NUMPY_CHUNK_BYTES", 1 << 20))
 
 
 class Net:
@@ -24,17 +30,14 @@ class Net:
         self.params: dict[str, object] = {}
         self.buffers: dict[str, object] = {}
         self.grads: dict[str, object] = {}
-        self.ws = Workspace()
+        # NumPy: convolutions in cache-sized chunks of images; CuPy: whole batches (see Workspace)
+        self.ws = Workspace(CHUNK_BYTES if xp.__name__ == "numpy" else None)
         self.rng = xp.random.default_rng(0)
         self.train = False
         self.dropout = True
         self.dropout_rate: float | None = None  # set_dropout: every Dropout layer's p, else the spec's
         self.captures: dict[str, object] = {}
         self.capture_names: frozenset[str] = frozenset()
-        # im2col matrices kept from forward for backward, up to this many bytes in all
-        # (the rest are gathered again): bounds memory for big models and batches.
-        self.cols_budget = 1 << 30
-        self.cols_used = 0
         self.root = Seq(None, model_spec.layers, need_dx=False, owned=False)
 
     def forward(self, x_nhwc, train: bool, dropout: bool = True, capture=()):
@@ -82,40 +85,17 @@ class Seq:
 class ConvNode:
     def __init__(self, s: S.Conv, need_dx: bool):
         self.s, self.need_dx = s, need_dx
-        self.cols_buf = None  # this layer's own im2col buffer, when the budget allows
-        self.cols = None
-
-    def _cols_buffer(self, x, net):
-        """A flat buffer for this layer's im2col matrix, or None (1x1 stride 1, or over budget)."""
-        s = self.s
-        if s.k == 1 and s.stride == 1 and s.pad == 0:
-            return None
-        m, kk = conv.cols_shape(x.shape, s.k, s.stride, s.pad)
-        need = m * kk
-        if self.cols_buf is not None and self.cols_buf.size >= need:
-            return self.cols_buf
-        held = 0 if self.cols_buf is None else self.cols_buf.nbytes
-        if net.cols_used - held + need * x.itemsize > net.cols_budget:
-            return None
-        net.cols_used += need * x.itemsize - held
-        self.cols_buf = net.xp.empty(need, dtype=x.dtype)
-        return self.cols_buf
 
     def forward(self, x, net):
         s = self.s
-        self.x = x
-        buf = self._cols_buffer(x, net) if net.train else None
-        y = conv.conv2d_forward(x, net.weight(f"{s.name}.weight"), net.params.get(f"{s.name}.bias"), s.stride, s.pad, net.ws, buf)
-        m, kk = conv.cols_shape(x.shape, s.k, s.stride, s.pad)
-        self.cols = None if buf is None else buf[: m * kk].reshape(m, kk)
-        return y
+        self.x = x if net.train else None  # eval keeps nothing for a backward
+        return conv.conv2d_forward(x, net.weight(f"{s.name}.weight"), net.params.get(f"{s.name}.bias"), s.stride, s.pad, net.ws)
 
     def backward(self, dy, net):
         s = self.s
         dx, dw, db = conv.conv2d_backward(
-            dy, self.x, net.weight(f"{s.name}.weight"), s.stride, s.pad, net.ws, self.need_dx, s.bias, self.cols
+            dy, self.x, net.weight(f"{s.name}.weight"), s.stride, s.pad, net.ws, self.need_dx, s.bias
         )
-        self.cols = None
         if s.trainable_weight:
             net.grads[f"{s.name}.weight"] = dw
         if s.bias:
@@ -125,8 +105,8 @@ class ConvNode:
 
 
 class BatchNormNode:
-    def __init__(self, s: S.BatchNorm):
-        self.s = s
+    def __init__(self, s: S.BatchNorm, owned: bool):
+        self.s, self.owned = s, owned
 
     def forward(self, x, net):
         n = self.s.name
@@ -134,7 +114,7 @@ class BatchNormNode:
         rm, rv = net.buffers[f"{n}.running_mean"], net.buffers[f"{n}.running_var"]
         if not net.train:
             return norm.batchnorm_eval_forward(x, gamma, beta, rm, rv, self.s.eps)
-        y, self.cache, mean, var = norm.batchnorm_train_forward(x, gamma, beta, self.s.eps)
+        y, self.cache, mean, var = norm.batchnorm_train_forward(x, gamma, beta, self.s.eps, inplace=self.owned)
         norm.update_running(rm, rv, mean, var, x.size // x.shape[-1], self.s.momentum)
         return y
 
@@ -152,7 +132,8 @@ class ReLUNode:
         self.slope, self.owned = s.slope, owned
 
     def forward(self, x, net):
-        y, self.mask = layers.relu_forward(x, self.slope, inplace=self.owned)
+        y, mask = layers.relu_forward(x, self.slope, inplace=self.owned)
+        self.mask = mask if net.train else None
         return y
 
     def backward(self, dy, net):
@@ -161,7 +142,8 @@ class ReLUNode:
 
 class GELUNode:
     def forward(self, x, net):
-        y, self.cache = layers.gelu_forward(x)
+        y, cache = layers.gelu_forward(x)
+        self.cache = cache if net.train else None
         return y
 
     def backward(self, dy, net):
@@ -186,7 +168,8 @@ class MaxPoolNode:
         self.k, self.st = s.k, s.stride
 
     def forward(self, x, net):
-        y, self.cache = layers.maxpool_forward(x, self.k, self.st)
+        y, cache = layers.maxpool_forward(x, self.k, self.st)
+        self.cache = cache if net.train else None
         return y
 
     def backward(self, dy, net):
@@ -228,7 +211,7 @@ class LinearNode:
         self.s, self.need_dx = s, need_dx
 
     def forward(self, x, net):
-        self.x = x
+        self.x = x if net.train else None
         return layers.linear_forward(x, net.params[f"{self.s.name}.weight"], net.params.get(f"{self.s.name}.bias"))
 
     def backward(self, dy, net):
@@ -293,7 +276,7 @@ def make_node(s, need_dx: bool, owned: bool):
     if isinstance(s, S.Conv):
         return ConvNode(s, need_dx)
     if isinstance(s, S.BatchNorm):
-        return BatchNormNode(s)
+        return BatchNormNode(s, owned)
     if isinstance(s, S.ReLU):
         return ReLUNode(s, owned)
     if isinstance(s, S.GELU):

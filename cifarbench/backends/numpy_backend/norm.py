@@ -27,13 +27,20 @@ def _rows(x):
     return x.reshape(-1, x.shape[-1])
 
 
-def batchnorm_train_forward(x, gamma, beta, eps: float):
-    """Returns y and the cache (xhat, invstd) backward needs, plus (mean, biased var)."""
+def batchnorm_train_forward(x, gamma, beta, eps: float, inplace: bool = False):
+    """Returns y and the cache (xhat, invstd) backward needs, plus (mean, biased var).
+
+    inplace: x may be overwritten (it becomes xhat), saving an activation-sized array.
+    """
     xp = array_module(x)
     x2 = _rows(x)
     m = x2.shape[0]
     mean = x2.sum(axis=0) / m
-    xhat = x2 - mean  # becomes xhat in place below
+    if inplace:
+        x2 -= mean
+        xhat = x2
+    else:
+        xhat = x2 - mean  # becomes xhat in place below
     var = xp.einsum("ij,ij->j", xhat, xhat) / m  # sum of squares without a temporary
     invstd = 1.0 / xp.sqrt(var + eps)
     xhat *= invstd
@@ -60,16 +67,17 @@ def batchnorm_eval_forward(x, gamma, beta, running_mean, running_var, eps: float
 
 
 def batchnorm_backward(dy, cache, gamma):
-    """(dx, dgamma, dbeta) of batchnorm_train_forward; dy is left untouched."""
-    xp = array_module(dy)
+    """(dx, dgamma, dbeta) of batchnorm_train_forward; dy is left untouched, the cache is used up
+    (dx is computed in xhat's buffer: no temporaries)."""
     xhat, invstd = cache
     dy2 = _rows(dy)
     m = dy2.shape[0]
     dbeta = dy2.sum(axis=0)
-    dgamma = xp.einsum("ij,ij->j", dy2, xhat)
-    # dx = (gamma*invstd) * (dy - dbeta/M - xhat*dgamma/M); the caller may still hold dy.
-    tmp = xhat * (dgamma / m)
-    dx = dy2 - tmp
+    dgamma = array_module(dy).einsum("ij,ij->j", dy2, xhat)
+    # dx = (gamma*invstd) * (dy - dbeta/M - xhat*dgamma/M), written over xhat
+    dx = xhat
+    dx *= -dgamma / m
+    dx += dy2
     dx -= dbeta / m
     dx *= gamma * invstd
     return dx.reshape(dy.shape), dgamma, dbeta

@@ -37,18 +37,24 @@ class Optimizer:
         self.eps = eps
         self.step_count = 0
         self.state: dict[str, object] = {}  # "<param>.<buffer>" -> xp array
-        self._scratch: dict[str, tuple[object, object]] = {}  # two work arrays per parameter, reused every step
+        self._scratch = None  # two flat work arrays, as big as the largest parameter, shared by all
 
     def step(self, params: dict, grads: dict, lr: float, momentum: float) -> None:
         self.step_count += 1
         for name, p in params.items():
             f_lr, f_wd = self.scales.get(name, (1.0, 1.0))
-            work = self._scratch.get(name)
-            if work is None or work[0].shape != p.shape:
-                xp = array_module(p)
-                work = self._scratch[name] = (xp.empty_like(p), xp.empty_like(p))
             update = self._sgd if self.name == "sgd" else self._adam
-            update(name, p, grads[name], lr * f_lr, momentum, self.wd * f_wd, *work)
+            update(name, p, grads[name], lr * f_lr, momentum, self.wd * f_wd, *self._work(p))
+
+    def _work(self, p):
+        """Two scratch arrays shaped like p: views of the shared flat buffers (parameters are
+        updated one after the other, so one pair serves them all)."""
+        s = self._scratch
+        if s is None or s[0].size < p.size or s[0].dtype != p.dtype or array_module(s[0]) is not array_module(p):
+            xp = array_module(p)
+            n = max(p.size, 0 if s is None else s[0].size)
+            s = self._scratch = (xp.empty(n, p.dtype), xp.empty(n, p.dtype))
+        return s[0][: p.size].reshape(p.shape), s[1][: p.size].reshape(p.shape)
 
     def _sgd(self, name, p, g, lr, momentum, wd, s1, s2):
         xp = array_module(p)
