@@ -90,14 +90,20 @@ def find_first(*candidates: str) -> Path | None:
 
 
 # ----- the parts ------------------------------------------------------------------------------------------------
-def call1_parts(s: Sizes, work: Path) -> list[Part]:
-    dev, win = s.device, s.window()
-    common = ["--synthetic", "--backend", "torch", "--device", dev, *win, "--opt", "sgd", "--lr", "0.01", "--json"]
+def data_inputs(s: Sizes, work: Path) -> tuple[Path | None, Path | None, Path, list[str]]:
+    """The JPEG npz to decode, the record's script, where the decoded set goes and the tiny-size limits."""
     npz_src = find_first(os.environ.get("CIFAR10_JPEG", ".gpu/cifar10-jpeg.npz"), ".gpu/cifar10-jpeg.npz",
                          "../shared/data/cifar10-jpeg.npz")
     anchors = find_first(".gpu/anchors/run_airbench.sh", "../shared/anchors/run_airbench.sh")
     decoded = work / "data" / ("cifar10-jpeg-tiny.npz" if s.tiny else "cifar10-jpeg-decoded.npz")
     limits = ["--limit", "512", "--test-limit", "128"] if s.tiny else []
+    return npz_src, anchors, decoded, limits
+
+
+def call1_parts(s: Sizes, work: Path) -> list[Part]:
+    dev, win = s.device, s.window()
+    common = ["--synthetic", "--backend", "torch", "--device", dev, *win, "--opt", "sgd", "--lr", "0.01", "--json"]
+    npz_src, anchors, decoded, limits = data_inputs(s, work)
     parts = [
         Part("env", [PY, str(HERE / "gpu_kit.py"), "env", "--out", str(work / "env.json")], 40, 5),
         Part("sync", [PY, str(HERE / "gpu_sync_check.py"), "--device", dev], 90, 30, stdout="sync.txt"),
@@ -213,11 +219,7 @@ def call2_parts(s: Sizes, work: Path) -> list[Part]:
 def call3_parts(s: Sizes, work: Path) -> list[Part]:
     """Issue 21: speedrun-muon next to the record (10 runs each, same call) and its optimizer's share of a step."""
     dev = s.device
-    npz_src = find_first(os.environ.get("CIFAR10_JPEG", ".gpu/cifar10-jpeg.npz"), ".gpu/cifar10-jpeg.npz",
-                         "../shared/data/cifar10-jpeg.npz")
-    anchors = find_first(".gpu/anchors/run_airbench.sh", "../shared/anchors/run_airbench.sh")
-    decoded = work / "data" / ("cifar10-jpeg-tiny.npz" if s.tiny else "cifar10-jpeg-decoded.npz")
-    limits = ["--limit", "512", "--test-limit", "128"] if s.tiny else []
+    npz_src, anchors, decoded, limits = data_inputs(s, work)
     parts = [
         Part("env", [PY, str(HERE / "gpu_kit.py"), "env", "--out", str(work / "env.json")], 40, 5),
         Part("data", [PY, str(HERE / "gpu_kit.py"), "decode", str(npz_src), str(decoded), *limits]

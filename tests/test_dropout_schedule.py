@@ -88,10 +88,17 @@ def test_compiled_train_step_follows_a_new_rate(backend):
     y = rng.integers(0, 4, 32).astype(np.int64)
     order, offsets, flips = np.arange(32), np.zeros((32, 2), np.int64), np.zeros(32, bool)
     opt = OptimConfig("sgd", momentum=0.9)
-    a = _make(backend)
-    a.build(_spec(0.5), init_params(_spec(0.5), 0))
-    a.configure_optimizer(opt)
-    a.set_data("train", x, y)
+
+    def ready(spec, state, opt_state=None):
+        b = _make(backend)
+        b.build(spec, state)
+        b.configure_optimizer(opt)
+        if opt_state is not None:
+            b.load_optimizer_state(opt_state)
+        b.set_data("train", x, y)
+        return b
+
+    a = ready(_spec(0.5), init_params(_spec(0.5), 0))
     a.begin_epoch(order, offsets, flips, 3)
     a.train_step(0, 16, 0.1, 0.9)
     a.end_epoch()
@@ -101,11 +108,7 @@ def test_compiled_train_step_follows_a_new_rate(backend):
     a.train_step(16, 32, 0.1, 0.9)
     a.end_epoch()
 
-    b = _make(backend)
-    b.build(with_dropout(_spec(0.5), 0.0), state)
-    b.configure_optimizer(opt)
-    b.load_optimizer_state(opt_state)
-    b.set_data("train", x, y)
+    b = ready(with_dropout(_spec(0.5), 0.0), state, opt_state)
     b.begin_epoch(order, offsets, flips, 4)
     b.train_step(16, 32, 0.1, 0.9)
     b.end_epoch()
