@@ -100,6 +100,18 @@ def data_inputs(s: Sizes, work: Path) -> tuple[Path | None, Path | None, Path, l
     return npz_src, anchors, decoded, limits
 
 
+def airbench_part(s: Sizes, anchors: Path | None, npz_src: Path | None) -> Part:
+    """The record's own script, 10 runs, in the same call (CUDA only)."""
+    air, reason = None, ""
+    if not s.cuda:
+        reason = "airbench needs CUDA (torch.compile max-autotune on a GPU)"
+    elif anchors is None or npz_src is None:
+        reason = "anchors/run_airbench.sh or cifar10-jpeg.npz not found (.gpu/ or ../shared/)"
+    else:
+        air = ["bash", str(anchors), str(npz_src), "10"]
+    return Part("airbench", air, 170, 90, stdout="airbench.log", reason=reason)
+
+
 def call1_parts(s: Sizes, work: Path) -> list[Part]:
     dev, win = s.device, s.window()
     common = ["--synthetic", "--backend", "torch", "--device", dev, *win, "--opt", "sgd", "--lr", "0.01", "--json"]
@@ -125,15 +137,7 @@ def call1_parts(s: Sizes, work: Path) -> list[Part]:
         speed += ["--runs", "10", "--warmup-runs", "1"]
     parts.append(Part("speedrun", [*speed, "--out", str(work / "speedrun.json")], s.scale(170, 400),
                       s.scale(60, 60), after=("data",)))
-    air = None
-    reason = ""
-    if not s.cuda:
-        reason = "airbench needs CUDA (torch.compile max-autotune on a GPU)"
-    elif anchors is None or npz_src is None:
-        reason = "anchors/run_airbench.sh or cifar10-jpeg.npz not found (.gpu/ or ../shared/)"
-    else:
-        air = ["bash", str(anchors), str(npz_src), "10"]
-    parts.append(Part("airbench", air, 170, 90, stdout="airbench.log", reason=reason))
+    parts.append(airbench_part(s, anchors, npz_src))
     parts.append(_onecycle(s, work, decoded, s.low(), "onecycle", core=True))
     # extras, while time is left: the other compile modes, a compiled speedrun, the fp32 reference run
     parts.append(_compiled_r18(s, work, common, "reduce-overhead", 100, 45, False))
@@ -237,14 +241,7 @@ def call3_parts(s: Sizes, work: Path) -> list[Part]:
         speed += ["--runs", "10", "--warmup-runs", "1"]
     parts.append(Part("speedrun-muon", [*speed, "--recipe", "speedrun-muon", "--out", str(work / "speedrun-muon.json")],
                       s.scale(150, 400), s.scale(60, 60), after=("data",)))
-    air, reason = None, ""
-    if not s.cuda:
-        reason = "airbench needs CUDA (torch.compile max-autotune on a GPU)"
-    elif anchors is None or npz_src is None:
-        reason = "anchors/run_airbench.sh or cifar10-jpeg.npz not found (.gpu/ or ../shared/)"
-    else:
-        air = ["bash", str(anchors), str(npz_src), "10"]
-    parts.append(Part("airbench", air, 170, 90, stdout="airbench.log", reason=reason))
+    parts.append(airbench_part(s, anchors, npz_src))
     parts.append(Part("muon-profile-compiled", [*prof, "--compile-ns", "--out", str(work / "muon-profile-compiled.json")]
                       if s.cuda else None, 150, 45, core=False, stdout="muon-profile-compiled.log", after=("data",),
                       reason="compiled Newton-Schulz: CUDA only"))
