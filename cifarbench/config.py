@@ -334,7 +334,7 @@ def recipe_line(cfg: RunConfig, sources: dict[str, str]) -> str:
     if cfg.opt == "sgd":
         opt += f" momentum {cfg.momentum:g}" + (" nesterov" if cfg.nesterov else "")
     parts = [f"{cfg.model} on {cfg.dataset}", opt, f"wd {cfg.weight_decay:g}", f"{cfg.sched} schedule",
-             f"{cfg.epochs} epochs of batch {cfg.batch_size}", f"augment {'+'.join(cfg.augment) or 'none'}",
+             f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} of batch {cfg.batch_size}", f"augment {'+'.join(cfg.augment) or 'none'}",
              f"normalize {cfg.normalize}"]
     return "recipe: " + ", ".join(parts) + f" ({origin}; flags override)"
 

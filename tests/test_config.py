@@ -101,5 +101,5 @@ def test_a_run_prints_its_recipe_in_one_line(tiny_npz, tmp_path):
     res = invoke(["train", "cnn", "--dataset", tiny_npz, "--epochs", "1", "--batch-size", "48", "-o", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     line = next(ln for ln in res.output.splitlines() if ln.startswith("recipe:"))
-    assert "adamw lr 0.0003" in line and "1 epochs of batch 48" in line and "augment flip" in line
+    assert "adamw lr 0.0003" in line and "1 epoch of batch 48" in line and "augment flip" in line
     assert "model default (cnn-adamw)" in line
