@@ -59,18 +59,21 @@ def test_print_config_round_trips_through_flags_and_a_file(tmp_path):
         final_lr_factor=0.07, bn_bias_lr_scale=64.0, lookahead_every=5, lookahead_decay=0.9, tta=2,
         cycle_momentum=False, base_momentum=0.8, label_smoothing=0.2, augment=["crop", "flip"], crop_pad=2,
         flip_mode="alternate", normalize="half", seed=11, output=str(tmp_path / "o"), save_every=3, max_steps=50,
-        limit_train=500, limit_eval=200,
+        limit_train=500, limit_eval=200, max_momentum=0.9, dropout_rate=0.3, dropout_schedule="adaptive",
+        min_dropout=0.05, max_dropout=0.6, dropout_patience=3, keep_checkpoints=2, head_lr_scale=2.0, muon_lr=0.1,
+        muon_momentum=0.5, whiten_bias_epochs=1.5,
     )
     untouched = [f for f, info in RunConfig.model_fields.items()
                  if getattr(cfg, f) == info.get_default(call_default_factory=True)]
     assert untouched == ["loader"]  # loader has one other value, valid only with mlx
     res = invoke(["train", *_flags_for(cfg), "--print-config"])
     assert res.exit_code == 0, res.output
-    assert res.stdout == dump_config(cfg)
+    assert yaml.safe_load(res.stdout) == yaml.safe_load(dump_config(cfg))
+    assert all(ln.endswith("# flag") for ln in res.stdout.splitlines() if ln and not ln.startswith((" ", "-")))
     path = tmp_path / "c.yaml"
-    path.write_text(res.stdout)
+    path.write_text(res.stdout)  # the source comments are YAML comments: it loads back as the same recipe
     again = invoke(["train", "-c", str(path), "--print-config"])
-    assert again.exit_code == 0 and again.stdout == res.stdout
+    assert again.exit_code == 0 and yaml.safe_load(again.stdout) == yaml.safe_load(res.stdout)
     # a flag beats the file; the file beats the defaults
     over = invoke(["train", "-c", str(path), "--lr", "0.5", "--print-config"])
     assert yaml.safe_load(over.stdout)["lr"] == 0.5 and yaml.safe_load(over.stdout)["epochs"] == 7
@@ -81,9 +84,11 @@ def test_help_shows_defaults_and_plain_metavars():
     text = res.output
     for flag, default in (("--epochs", "30"), ("--batch-size", "64"), ("--lr", "0.0003"), ("--opt", "adamw"),
                           ("--sched", "constant")):
-        line = next(ln for ln in text.splitlines() if f"{flag} " in ln or f"{flag}," in ln)
-        assert f"[default: {default}]" in line, line
-    assert "constant|step|cosine|onecycle|triangle" in text  # from RunConfig's Literal, triangle included
+        lines = text.splitlines()
+        at = next(i for i, ln in enumerate(lines) if f"{flag} " in ln or f"{flag}," in ln)
+        block = " ".join(lines[at:at + 3])  # a long description wraps the default onto the next lines
+        assert f"[default: {default}]" in block, block
+    assert "constant|step|cosine|linear|onecycle|triangle" in text  # from RunConfig's Literal, triangle included
     assert not re.search(r"<(bool|str|int|float|list\[\w+\]|path)>|\[\[|\{\w+\}", text), text
     for cmd in (["test", "--help"], ["plot", "--help"], ["bench", "--help"], ["--help"]):
         out = invoke(cmd, env={"COLUMNS": "200"}).output
@@ -98,7 +103,7 @@ def test_shell_completion_is_enabled():
     (["--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
     (["--batch-size", "x"], "--batch-size: must be a whole number, got 'x'"),
     (["--lr", "-1"], "--lr: must be greater than 0, got -1"),
-    (["--opt", "sgdd"], "--opt: must be one of sgd, adam, adamw, got 'sgdd' (did you mean 'sgd'?)"),
+    (["--opt", "sgdd"], "--opt: must be one of sgd, adam, adamw, muon, got 'sgdd' (did you mean 'sgd'?)"),
     (["--augment", "crap"], "--augment: must be one of crop, flip, got 'crap' (did you mean 'crop'?)"),
     (["--betas", "0.9"], "--betas: has too few values"),
 ])
