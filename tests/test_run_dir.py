@@ -210,7 +210,7 @@ def test_mid_epoch_resume_records_the_uninterrupted_epoch_row(data, tmp_path, mo
 
 def test_divergence_exits_1_in_one_line_and_saves_nothing_non_finite(data, tmp_path):
     out = tmp_path / "run"
-    res = train(data, out, "--epochs", "2", "--lr", "inf", code=1)
+    res = train(data, out, "--epochs", "2", "--lr", "1e30", code=1)  # (inf itself is refused up front)
     assert one_line_error(res).startswith("error: diverged at epoch 1 (loss nan): lower --lr")
     assert not ckpt.has_checkpoint(out)
 

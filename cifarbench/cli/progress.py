@@ -81,7 +81,7 @@ def header_lines(i: dict[str, Any]) -> list[str]:
     total = i.get("total_steps")
     if total is not None and total != i["epochs"] * i["steps_per_epoch"]:
         steps += f", capped at {total} steps"
-    return [i["recipe"]] * bool(i.get("recipe")) + [
+    return ([i["recipe"]] if i.get("recipe") else []) + [
         f"model {i['model']} ({i['params']:,} parameters) on {i['dataset']}: "
         f"{i['train_images']:,} train / {i['eval_images']:,} {i['eval_split']} images",
         f"backend {i['device_name']}, {i['precision']}, batch {i['batch_size']}, {steps} -> "

@@ -121,10 +121,13 @@ def _run(cfg, resume: Optional[Path], json_out: bool, record_to: Optional[str] =
     from cifarbench.engine import distributed
     from cifarbench.engine.reporter import Reporter
     from cifarbench.engine.trainer import Trainer, default_run_dir
+    from cifarbench import checkpoint as ckpt
     from cifarbench.paths import need_writable_folder
 
-    if write and distributed.is_main_process():  # fail before any work when the run folder cannot be written
-        need_writable_folder(resume or cfg.output or default_run_dir(cfg), "--resume" if resume else "-o")
+    target = Path(resume or cfg.output or default_run_dir(cfg))
+    refused = resume is None and not overwrite and target.is_dir() and ckpt.has_checkpoint(target)
+    if write and not refused and distributed.is_main_process():  # fail before any work when it cannot be written
+        need_writable_folder(target, "--resume" if resume else "-o")  # (an existing run is refused untouched)
 
     main_rank = distributed.is_main_process()  # under torchrun, ranks > 0 print nothing
     rep = make_reporter(quiet, log_interval) if main_rank else Reporter()
