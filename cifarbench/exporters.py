@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from cifarbench import atomic
 from cifarbench.errors import CheckpointError, UsageError, unknown_name
 from cifarbench.importers import NORMALISATION
 from cifarbench.importers.layouts import flatten_inputs
@@ -204,24 +205,18 @@ def _definfo_simplecnn(state: dict[str, np.ndarray]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- writers (atomic)
 
-def _atomic(path: Path, write) -> None:
-    from cifarbench import atomic
-
-    atomic.write_with(path, write)
-
-
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    _atomic(path, lambda fh: np.savez(fh, **arrays))
+    atomic.write_with(path, lambda fh: np.savez(fh, **arrays))
 
 
 def _write_pth(path: Path, state: "OrderedDict[str, Any]") -> None:
     import torch
 
-    _atomic(path, lambda fh: torch.save(state, fh))
+    atomic.write_with(path, lambda fh: torch.save(state, fh))
 
 
 def _write_pkl(path: Path, obj: dict[str, Any]) -> None:
-    _atomic(path, lambda fh: pickle.dump(obj, fh, protocol=4))
+    atomic.write_with(path, lambda fh: pickle.dump(obj, fh, protocol=4))
 
 
 def _write_onnx(path: Path, ck) -> None:
@@ -261,7 +256,7 @@ def _write_onnx(path: Path, ck) -> None:
                 input_names=["images"], output_names=["logits"],
                 dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
             )
-        _atomic(path, lambda fh: fh.write(tmp.read_bytes()))
+        atomic.write_with(path, lambda fh: fh.write(tmp.read_bytes()))
     finally:
         tmp.unlink(missing_ok=True)
         tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)

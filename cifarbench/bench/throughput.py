@@ -21,6 +21,7 @@ from cifarbench.bench.matrix import Case
 from cifarbench.bench.timing import Clock, timed
 from cifarbench.config import RunConfig
 from cifarbench.engine.metrics import summarize
+from cifarbench.models.summary import cost_per_image
 from cifarbench.engine.session import optim_config, training_backend, train_options
 from cifarbench.errors import UsageError
 from cifarbench.models import create_spec
@@ -146,16 +147,4 @@ def run_case(case: Case, cfg: RunConfig, data: BenchData, win: Windows, clock: C
     backend = training_backend(case_cfg, spec, options, data.x_train)
     momentum = optim_config(cfg, spec).initial_momentum
     result = measure(backend, data, case.batch_size, win, cfg.lr, momentum, cfg.seed, clock, progress)
-    return {**case.as_dict(), "device_name": backend.describe(), "params": spec.num_params(), **_cost(spec), **result}
-
-
-def _cost(spec: Any) -> dict[str, Any]:
-    """Forward MACs and training FLOPs per image (cifarbench.models.summary's convention); None for tv: models."""
-    from cifarbench.models.spec import ModuleSpec
-    from cifarbench.models.summary import summarize
-
-    if isinstance(spec, ModuleSpec):  # another library's module, not layers of ours: nothing to count from
-        return {"forward_macs": None, "train_flops_per_image": None}
-
-    s = summarize(spec)
-    return {"forward_macs": s.macs, "train_flops_per_image": s.train_flops_per_image}
+    return {**case.as_dict(), "device_name": backend.describe(), "params": spec.num_params(), **cost_per_image(spec), **result}

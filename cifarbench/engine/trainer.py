@@ -496,17 +496,14 @@ class Trainer:
         return summary
 
     def _cost(self) -> dict[str, Any]:
-        """What the run computed (models.summary's convention: a training image costs 3 passes x 2
-        FLOPs per MAC): forward MACs and training FLOPs per image, and the training PFLOPs of the
+        """Forward MACs and training FLOPs per image (models.summary), and the training PFLOPs of the
         run, as airbench reports them; None for another library's modules (tv:)."""
-        from cifarbench.models.summary import summarize
+        from cifarbench.models.summary import cost_per_image
 
-        if isinstance(self.spec, ModuleSpec):
-            return {"forward_macs": None, "train_flops_per_image": None, "train_pflops": None}
-        s = summarize(self.spec)
+        cost = cost_per_image(self.spec)
         images = sum(int(r.get("train_images") or 0) for r in self.records)  # trained, resumed parts included
-        return {"forward_macs": s.macs, "train_flops_per_image": s.train_flops_per_image,
-                "train_pflops": s.train_flops_per_image * images / 1e15}
+        per_image = cost["train_flops_per_image"]
+        return {**cost, "train_pflops": None if per_image is None else per_image * images / 1e15}
 
     def _write_run_log(self, summary: dict[str, Any]) -> None:
         try:

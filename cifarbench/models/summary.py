@@ -172,3 +172,14 @@ def render(summary: Summary, dataset: str) -> str:
         line,
     ]
     return "\n".join(out)
+
+
+def cost_per_image(spec: ModelSpec) -> dict:
+    """``forward_macs`` and ``train_flops_per_image`` of a spec (this module's convention), or None
+    for both when another library builds the model (a ``ModuleSpec``: no layers of ours to count)."""
+    from cifarbench.models.spec import ModuleSpec
+
+    if isinstance(spec, ModuleSpec):
+        return {"forward_macs": None, "train_flops_per_image": None}
+    s = summarize(spec)
+    return {"forward_macs": s.macs, "train_flops_per_image": s.train_flops_per_image}
