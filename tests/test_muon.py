@@ -366,7 +366,7 @@ def test_recipe_groups():
     assert (cfg.opt, cfg.batch_size, cfg.epochs, cfg.sched, cfg.label_smoothing, cfg.crop_pad, cfg.flip_mode, cfg.tta) == (
         "muon", 2000, 8, "linear", 0.2, 2, "alternate", 2)
     assert (cfg.muon_lr, cfg.muon_momentum, cfg.momentum, cfg.nesterov, cfg.whiten_bias_epochs) == (0.24, 0.6, 0.85, True, 3)
-    spec = create_spec("speedrun", 3, 32, 10)
+    spec = create_spec(cfg.model, 3, 32, 10)
     opt = optim_config(cfg, spec, 50_000)
     assert opt.name == "muon" and opt.frozen_after == (("whiten.conv.bias", 75),)  # 3 epochs x 25 steps
     # per-step lrs (mean loss) = the record's (summed loss) x batch 2000; Muon's as published
@@ -383,6 +383,16 @@ def test_recipe_groups():
 
     bns = [l for l in iter_layers(spec.layers) if isinstance(l, BatchNorm)]
     assert bns and all((l.momentum, l.eps) == (0.4, 1e-12) for l in bns)
+
+
+def test_speedrun_muon_net_is_speedrun_with_the_records_logit_scale():
+    """The record divides the head's output by its 256 input features; everything else is the speedrun net."""
+    from cifarbench.models.spec import Scale
+
+    muon, plain = create_spec("speedrun-muon", 3, 32, 10), create_spec("speedrun", 3, 32, 10)
+    assert muon.layers[:-1] == plain.layers[:-1]
+    assert (muon.layers[-1], plain.layers[-1]) == (Scale(1 / 256), Scale(1 / 9))
+    assert build_config("speedrun-muon").model == "speedrun-muon" and build_config("speedrun").model == "speedrun"
 
 
 def test_linear_schedule():

@@ -41,7 +41,8 @@ def _block(idx: int, cin: int, cout: int) -> Group:
     ))
 
 
-def speedrun_spec(in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
+def speedrun_spec(in_channels: int, image_size: int, num_classes: int, *, name: str = "speedrun",
+                  logit_scale: float = LOGIT_SCALE) -> ModelSpec:
     white = 2 * in_channels * 2 * 2  # every 2x2xC patch direction, with both signs
     layers = [Group("whiten", (Conv("whiten.conv", in_channels, white, 2, bias=True, trainable_weight=False, init="whiten"),
                                GELU()))]
@@ -52,8 +53,8 @@ def speedrun_spec(in_channels: int, image_size: int, num_classes: int) -> ModelS
     # The papers' max-pool 3 covers the whole 3x3 map left at 28 and 32 px; sizing the window
     # to the map keeps it global at other sizes (16 px leaves 1x1).
     side = walk(layers, (in_channels, image_size, image_size))[1]
-    layers += [MaxPool(side, side), Flatten(), Linear("head", cin, num_classes, bias=False), Scale(LOGIT_SCALE)]
-    return ModelSpec("speedrun", tuple(layers), in_channels, image_size, num_classes,
+    layers += [MaxPool(side, side), Flatten(), Linear("head", cin, num_classes, bias=False), Scale(logit_scale)]
+    return ModelSpec(name, tuple(layers), in_channels, image_size, num_classes,
                      capture_points=("whiten", "block1", "block2", "block3"))
 
 
@@ -61,3 +62,11 @@ def speedrun_spec(in_channels: int, image_size: int, num_classes: int) -> ModelS
                 "frozen-scale BN (after Keller Jordan's airbench94 and hlb-cifar10)", recipes={"default": "speedrun"})
 def speedrun(in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
     return speedrun_spec(in_channels, image_size, num_classes)
+
+
+@register_model("speedrun-muon", "the speedrun net with the Muon record's head: logits divided by the 256 features "
+                "instead of 9 (after Keller Jordan's airbench94_muon)", recipes={"default": "speedrun-muon"})
+def speedrun_muon(in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
+    # The record divides the head's output by its input width (256). With the engine's 1/9 the head's
+    # effective step (lr x scale^2) would be (256/9)^2 = 809x the record's at its head lr of 0.67.
+    return speedrun_spec(in_channels, image_size, num_classes, name="speedrun-muon", logit_scale=1 / WIDTHS[-1])
