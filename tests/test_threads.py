@@ -111,3 +111,38 @@ def test_numpy_backend_default_threads_follow_the_load():
         "print(arrays.blas_threads(), be.threads)\n"
     )
     assert _blas_child(code) == ["1", "1"]
+
+
+def _numpy_steps(threads: int, model: str = "resnet20", steps: int = 2):
+    """Weights after a few SGD steps of the NumPy backend with ``threads`` conv threads."""
+    import numpy as np
+
+    from cifarbench.backends.base import OptimConfig, TrainOptions
+    from cifarbench.backends.numpy_backend import NumpyBackend
+    from cifarbench.models import create_spec, init_params
+
+    be = NumpyBackend("cpu", TrainOptions(mean=(0.5,) * 3, std=(0.25,) * 3, extra={"threads": threads}))
+    spec = create_spec(model, 3, 8, 10)
+    be.build(spec, init_params(spec, 0))
+    be.configure_optimizer(OptimConfig("sgd", momentum=0.9, nesterov=True, weight_decay=5e-4))
+    rng = np.random.default_rng(0)
+    n = 24
+    be.set_data("train", rng.integers(0, 256, (n, 8, 8, 3), np.uint8), rng.integers(0, 10, n).astype(np.int64))
+    be.begin_epoch(np.arange(n), None, None, 0)
+    for s in range(steps):
+        be.train_step(s * 12, s * 12 + 12, 0.05, 0.9)
+    return be.conv_threads, be.state_dict()
+
+
+def test_numpy_conv_threads_change_nothing_but_speed():
+    """The batch's lanes do not depend on the thread count (Workspace.lanes): 1, 2 and 3 threads
+    give bit-identical weights, so a run resumed with another thread count continues exactly."""
+    import numpy as np
+
+    runs = {t: _numpy_steps(t) for t in (1, 2, 3)}
+    assert [runs[t][0] for t in (1, 2, 3)] == [1, 2, 3]
+    ref = runs[1][1]
+    for t in (2, 3):
+        assert runs[t][1].keys() == ref.keys()
+        for k, v in ref.items():
+            assert np.array_equal(runs[t][1][k], v), (t, k)

@@ -29,6 +29,11 @@ def to_numpy(a) -> np.ndarray:
     return np.array(a, copy=True)
 
 
+# The batch of a convolution is cut into this many lanes whatever the thread count (see
+# Workspace.lanes): up to 4 threads share the chunks out, and results never depend on how many.
+LANES = 4
+
+
 class Workspace:
     """Scratch buffers reused across layers and steps, one flat allocation per role.
 
@@ -38,11 +43,54 @@ class Workspace:
     before asking for the same role again.
     """
 
-    def __init__(self, chunk_bytes: int | None = None):
+    def __init__(self, chunk_bytes: int | None = None, threads: int = 1):
         self._flat: dict[tuple[str, object], object] = {}
         # convolutions work through the batch in chunks of images whose im2col matrix is at most
         # this big (None: the whole batch at once, as a GPU wants)
         self.chunk_bytes = chunk_bytes
+        self._pool = None
+        self._subs: list[Workspace] = []
+        self.threads = 1
+        self.set_threads(threads)
+
+    def set_threads(self, threads: int) -> None:
+        """Run the chunks of a convolution on ``threads`` Python threads, each on its own part of
+        the batch with its own scratch (NumPy's copies and GEMMs release the GIL; the BLAS should
+        then run 1 thread each). 1: every chunk on the calling thread."""
+        threads = max(1, min(LANES, int(threads)))
+        if threads == self.threads and (threads == 1 or self._pool is not None):
+            return
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self.threads = threads
+        self._subs = [Workspace(self.chunk_bytes) for _ in range(threads - 1)]
+        if threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="cifarbench-conv")
+
+    def lanes(self, n: int, fn):
+        """``fn(start, end, workspace)`` over ``LANES`` contiguous parts ("lanes") of range(n), in
+        order, the lanes shared out over ``threads`` threads (the first group on the calling thread).
+
+        The lanes do not depend on the thread count, and each is computed in the same order
+        whatever thread runs it, so a result (a weight gradient summed lane by lane) is
+        bit-identical for any ``threads``: a run resumed on a busier machine continues exactly.
+        """
+        lanes = 1 if self.chunk_bytes is None else max(1, min(LANES, n))  # None: a GPU's whole batch
+        bounds = [n * i // lanes for i in range(lanes + 1)]
+        workers = min(self.threads, lanes)
+
+        def run(group: int, pws: Workspace):
+            first, last = lanes * group // workers, lanes * (group + 1) // workers
+            return [fn(bounds[i], bounds[i + 1], pws) for i in range(first, last)]
+
+        futures = [self._pool.submit(run, g, self._subs[g - 1]) for g in range(1, workers)]
+        out = run(0, self)
+        for f in futures:
+            out += f.result()
+        return out
 
     def get(self, xp, role: str, shape: tuple[int, ...], dtype):
         n = 1
@@ -57,6 +105,8 @@ class Workspace:
 
     def clear(self) -> None:
         self._flat.clear()
+        for sub in self._subs:
+            sub.clear()
 
 
 def blas_threads(n: int | None = None) -> int | None:

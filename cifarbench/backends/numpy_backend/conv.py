@@ -110,7 +110,8 @@ def conv2d_forward(x, w, b, stride: int, pad: int, ws: Workspace):
 
     The batch is cut into chunks of images (see ``Workspace.chunk_bytes``): each chunk's cols is
     gathered and multiplied while it is still in cache, instead of streaming one huge matrix
-    through memory twice.
+    through memory twice. The chunks are cut within the batch's lanes (``Workspace.lanes``), which
+    ``ws.threads`` threads share out, each writing its own rows of y.
     """
     xp = array_module(x)
     n, h, wd, c = x.shape
@@ -119,8 +120,13 @@ def conv2d_forward(x, w, b, stride: int, pad: int, ws: Workspace):
     w2t = w.reshape(o, -1).T
     y = xp.empty((n * ho * wo, o), dtype=x.dtype)
     gathers = not (k == 1 and pad == 0 and stride == 1)
-    for s, e in _chunks(n, gathers * ho * wo * k * k * c * x.itemsize, ws):
-        xp.matmul(im2col(x[s:e], k, stride, pad, ws), w2t, out=y[s * ho * wo : e * ho * wo])
+
+    def part(s0: int, e0: int, pws: Workspace) -> None:
+        for s, e in _chunks(e0 - s0, gathers * ho * wo * k * k * c * x.itemsize, pws):
+            s, e = s + s0, e + s0
+            xp.matmul(im2col(x[s:e], k, stride, pad, pws), w2t, out=y[s * ho * wo : e * ho * wo])
+
+    ws.lanes(n, part)
     if b is not None:
         y += b
     return y.reshape(n, ho, wo, o)
@@ -128,7 +134,9 @@ def conv2d_forward(x, w, b, stride: int, pad: int, ws: Workspace):
 
 def conv2d_backward(dy, x, w, stride: int, pad: int, ws: Workspace, need_dx: bool = True, has_bias: bool = True):
     """Gradients (dx or None, dw, db or None) of conv2d_forward for upstream gradient dy,
-    chunk by chunk of images like the forward (cols is gathered again, never kept)."""
+    chunk by chunk of images like the forward (cols is gathered again, never kept); dw is summed
+    lane by lane (``Workspace.lanes``), then over the lanes in order, so it does not depend on
+    how many threads ran the lanes."""
     xp = array_module(dy)
     n, ho, wo, o = dy.shape
     k = w.shape[1]
@@ -142,22 +150,32 @@ def conv2d_backward(dy, x, w, stride: int, pad: int, ws: Workspace, need_dx: boo
     if transposed:
         wtt = xp.ascontiguousarray(w[:, ::-1, ::-1, :].transpose(3, 1, 2, 0)).reshape(c, k * k * o).T
     dx = xp.empty(x.shape, dtype=dy.dtype) if need_dx else None
-    dw = xp.zeros((o, k * k * c), dtype=dy.dtype)
-    part = xp.empty_like(dw)
     hw = x.shape[1] * x.shape[2]
     dx2 = None if dx is None else dx.reshape(n * hw, c)
-    for s, e in _chunks(n, (not pointwise) * max(m * k * k * c, hw * k * k * o) * dy.itemsize, ws):
-        dyc = dy2[s * m : e * m]
-        xp.matmul(dyc.T, im2col(x[s:e], k, stride, pad, ws), out=part)
-        dw += part
-        if dx is None:
-            continue
-        if pointwise:
-            xp.matmul(dyc, w2, out=dx2[s * hw : e * hw])
-        elif transposed:
-            xp.matmul(im2col(dy[s:e], k, 1, k - 1 - pad, ws), wtt, out=dx2[s * hw : e * hw])
-        else:
-            dcols = ws.get(xp, "dcols", (dyc.shape[0], k * k * c), dy.dtype)
-            xp.matmul(dyc, w2, out=dcols)
-            dx[s:e] = col2im(dcols, (e - s,) + x.shape[1:], k, stride, pad, ws)
+    per_image = (not pointwise) * max(m * k * k * c, hw * k * k * o) * dy.itemsize
+
+    def part(s0: int, e0: int, pws: Workspace):
+        dw = xp.zeros((o, k * k * c), dtype=dy.dtype)
+        step = pws.get(xp, "dwpart", dw.shape, dy.dtype)
+        for s, e in _chunks(e0 - s0, per_image, pws):
+            s, e = s + s0, e + s0
+            dyc = dy2[s * m : e * m]
+            xp.matmul(dyc.T, im2col(x[s:e], k, stride, pad, pws), out=step)
+            dw += step
+            if dx is None:
+                continue
+            if pointwise:
+                xp.matmul(dyc, w2, out=dx2[s * hw : e * hw])
+            elif transposed:
+                xp.matmul(im2col(dy[s:e], k, 1, k - 1 - pad, pws), wtt, out=dx2[s * hw : e * hw])
+            else:
+                dcols = pws.get(xp, "dcols", (dyc.shape[0], k * k * c), dy.dtype)
+                xp.matmul(dyc, w2, out=dcols)
+                dx[s:e] = col2im(dcols, (e - s,) + x.shape[1:], k, stride, pad, pws)
+        return dw
+
+    parts = ws.lanes(n, part)
+    dw = parts[0]
+    for other in parts[1:]:
+        dw += other
     return dx, dw.reshape(w.shape), db
