@@ -22,10 +22,10 @@ def test_collect_without_importing_frameworks():
     assert data["loaded"] == []
     fp = data["fp"]
     hw, sw = fp["hardware"], fp["software"]
-    for key in ("os", "os_release", "architecture", "cpu_model", "physical_cores", "logical_cores", "memory_gb",
+    for key in ("os", "os_release", "architecture", "cpu_model", "physical_cores", "logical_cores", "memory_gib",
                 "chip", "gpus"):
         assert key in hw
-    assert hw["logical_cores"] >= 1 and hw["memory_gb"] > 0
+    assert hw["logical_cores"] >= 1 and hw["memory_gib"] > 0
     assert sw["python"] == ".".join(map(str, sys.version_info[:3]))
     assert sw["packages"]["numpy"] == np.__version__
     for key in ("torch", "mlx", "mlx-data", "cupy"):
