@@ -49,6 +49,9 @@ class Tracker(Reporter):
     def log(self, scalars: dict[str, float], step: int) -> None:
         raise NotImplementedError
 
+    def flush(self) -> None:
+        """After each epoch: what was logged so far reaches the disk (a killed run keeps it)."""
+
     def end(self, ok: bool) -> None:
         """Flush and close; ``ok`` False: the run failed or was interrupted."""
 
@@ -86,6 +89,7 @@ class Tracker(Reporter):
             "epoch/time_s": r["epoch_time_s"], "epoch/images_per_s": r["images_per_s"], "epoch/lr": r["lr"],
         }
         self.log({k: float(v) for k, v in scalars.items() if v is not None}, self._epoch_step(r["epoch"]))
+        self.flush()
 
     def finish(self, s: dict[str, Any]) -> None:
         scalars = {"test/loss": s["test_loss"], "test/acc": s["test_accuracy"], "run/total_time_s": s["total_time_s"],

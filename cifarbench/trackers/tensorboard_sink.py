@@ -48,5 +48,8 @@ class TensorBoardTracker(Tracker):
                                              for k, v in scalars.items()])
         self.writer.add_event(self.event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
+    def flush(self) -> None:
+        self.writer.flush()
+
     def end(self, ok: bool) -> None:
         self.writer.close()  # flushes
