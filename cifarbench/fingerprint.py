@@ -274,10 +274,18 @@ def collect(with_availability: bool = True) -> dict[str, Any]:
 
 def diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Dotted names of the stable fields that differ between two fingerprints."""
+    def value(fp: dict[str, Any], section: str, k: str) -> Any:
+        entry = fp.get(section) or {}
+        if section == "hardware" and k == "memory_gib":  # an older log's memory_gb is the same figure
+            return memory_gib(entry)
+        if section == "hardware" and k == "gpus" and isinstance(entry.get("gpus"), list):
+            return [_id_memory(g) if isinstance(g, dict) else g for g in entry["gpus"]]
+        return entry.get(k)
+
     out = []
     for section, keys in STABLE_KEYS.items():
         for k in keys:
-            if (a.get(section) or {}).get(k) != (b.get(section) or {}).get(k):
+            if value(a, section, k) != value(b, section, k):
                 out.append(f"{section}.{k}")
     for k in THREAD_VARS:
         if (a.get("threads") or {}).get(k) != (b.get("threads") or {}).get(k):

@@ -46,6 +46,29 @@ def test_fingerprint_id_covers_stable_fields_only():
     assert fp_mod.diff(fp, other) == ["software.packages"]
 
 
+def test_memory_is_memory_gib_and_old_memory_gb_logs_still_read():
+    from cifarbench.report.html import machine_panel
+    from cifarbench.report.writers import _conditions
+
+    fp = fp_mod.collect(with_availability=False)
+    fp["hardware"]["gpus"] = [{"name": "H200", "memory_gib": 139.8, "compute_capability": "9.0"}]
+    fp["fingerprint_id"] = fp_mod.fingerprint_id(fp)
+    old = json.loads(json.dumps(fp))  # as a run log written before the rename
+    hw = old["hardware"]
+    hw["memory_gb"] = hw.pop("memory_gib")
+    hw["gpus"][0]["memory_gb"] = hw["gpus"][0].pop("memory_gib")
+    assert fp_mod.fingerprint_id(old) == fp["fingerprint_id"]  # the rename changed no machine's id
+    assert fp_mod.diff(fp, old) == []
+    gib = fp["hardware"]["memory_gib"]
+    for entry in (fp, old):
+        assert f"{gib} GiB" in _conditions({"fingerprint": entry}) and "None GiB" not in _conditions({"fingerprint": entry})
+        panel = machine_panel(entry["fingerprint_id"], entry, [])
+        assert f"{gib} GiB" in panel and "H200 (139.8 GiB)" in panel
+    bigger = json.loads(json.dumps(fp))
+    bigger["hardware"]["memory_gib"] = gib + 1
+    assert fp_mod.fingerprint_id(bigger) != fp["fingerprint_id"] and fp_mod.diff(old, bigger) == ["hardware.memory_gib"]
+
+
 class _FakeBackend:
     name = "torch"
     device = "cpu"
