@@ -27,11 +27,12 @@ class TensorBoardTracker(Tracker):
         self.event_pb2 = event_pb2
         folder = run_dir / FOLDER
         folder.mkdir(parents=True, exist_ok=True)
+        earlier = any(folder.glob("events.out.tfevents.*"))
         self.writer = EventFileWriter(str(folder), flush_secs=10)
-        if self.resume:  # TensorBoard purges the older points with step >= this one
+        if self.resume and earlier:  # TensorBoard purges the older points with step >= this one
             self.writer.add_event(event_pb2.Event(wall_time=time.time(), step=start_step + 1,
                                                   session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
-        else:
+        else:  # a new run (or a tracker added at --resume)
             self._hparams(params)
 
     def _hparams(self, params: dict[str, Any]) -> None:
