@@ -350,7 +350,8 @@ def test_extracted_files_ignore_the_archive_modes_and_owners(tmp_path):
 
 # ----- train's downloads: the same progress as `data download` ---------------------------------------
 TRAIN = ["train", "lenet", "--dataset", "cifar10", "--backend", "numpy", "--fast-dev-run", "--no-record"]
-BAR = re.compile(r"cifar-10-python\.tar\.gz .*?(\d+\.\d+)/(\d+\.\d+) kB\s+\S+ [kKM]?B/s")  # rich's Download + Speed columns
+# rich's DownloadColumn (done/total kB) and TransferSpeedColumn (a rate)
+BAR = re.compile(r"cifar-10-python\.tar\.gz .*?(\d+\.\d+)/(\d+\.\d+) kB\s+\S+ [kKM]?B/s")
 
 
 def _as_official(monkeypatch, base: str, archive: Path) -> None:
@@ -394,5 +395,6 @@ def test_train_downloads_without_a_terminal_and_quiet(server, tmp_path, monkeypa
     quiet = invoke([*TRAIN, "--data-dir", str(tmp_path / "b"), "--quiet"])
     assert quiet.exit_code == 0, quiet.output
     out = [ln for ln in quiet.output.splitlines() if ln.strip()]
-    assert all(ln.startswith("warning:") for ln in out[:-1]) and "downloading" not in quiet.output and "downloaded" not in quiet.output
+    assert all(ln.startswith("warning:") for ln in out[:-1])
+    assert "downloading" not in quiet.output and "downloaded" not in quiet.output
     assert out[-1].startswith("test accuracy ")

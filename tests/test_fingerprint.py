@@ -61,7 +61,8 @@ def test_memory_is_memory_gib_and_old_memory_gb_logs_still_read():
     assert fp_mod.diff(fp, old) == []
     gib = fp["hardware"]["memory_gib"]
     for entry in (fp, old):
-        assert f"{gib} GiB" in _conditions({"fingerprint": entry}) and "None GiB" not in _conditions({"fingerprint": entry})
+        line = _conditions({"fingerprint": entry})
+        assert f"{gib} GiB" in line and "None GiB" not in line
         panel = machine_panel(entry["fingerprint_id"], entry, [])
         assert f"{gib} GiB" in panel and "H200 (139.8 GiB)" in panel
     bigger = json.loads(json.dumps(fp))

@@ -33,7 +33,8 @@ def _summary(fp: dict) -> None:
 
     hw, sw = fp["hardware"], fp["software"]
     pk = sw["packages"]
-    gpus = "; ".join(f"{g.get('name')} ({memory_gib(g)} GiB, {g.get('compute_capability') or g.get('metal_architecture') or '?'})"
+    gpus = "; ".join(f"{g.get('name')} ({memory_gib(g)} GiB, "
+                     f"{g.get('compute_capability') or g.get('metal_architecture') or '?'})"
                      for g in hw["gpus"]) or "none found"
     lines = [
         ("fingerprint", fp["fingerprint_id"]),

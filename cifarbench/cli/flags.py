@@ -126,8 +126,8 @@ def flag_spec(field: str, info) -> FlagSpec:
             common["help"] += f" Comma-separated {'integers' if elem is int else 'numbers' if elem is float else 'values'}."
         if origin is list:  # repeatable too: --logger tensorboard --logger csv == --logger tensorboard,csv
             common["help"] += " Repeatable."
-            return FlagSpec(field, Optional[list[str]], _repeated(_comma_list(elem, field)),
-                            typer.Option(None, *decls, metavar="LIST", **{**common, "show_default": default}))
+            return FlagSpec(field, Optional[list[str]], _repeated(_comma_list(elem, field)),  # (a default: shown)
+                            typer.Option(default.split(","), *decls, metavar="LIST", **common))
         return FlagSpec(field, Optional[str], _comma_list(elem, field),
                         typer.Option(default, *decls, metavar="LIST", **common))
     if tp in (int, float, str):  # text here; RunConfig converts and checks it (our words, the flag named)
