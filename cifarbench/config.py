@@ -130,13 +130,23 @@ class RunConfig(BaseModel):
     limit_eval: Optional[int] = Field(
         None, ge=1, description="evaluate (each epoch and the final test) on seeded, class-stratified subsets of N images"
     )
+    # experiment trackers (sinks of the progress events; each is an optional extra, see README)
+    logger: list[Literal["tensorboard", "mlflow", "wandb", "csv"]] = Field(
+        default_factory=list, description="experiment trackers: scalars per step and epoch, the config as "
+        "hyper-parameters, written inside the run directory"
+    )
 
-    @field_validator("augment", mode="before")
+    @field_validator("augment", "logger", mode="before")
     @classmethod
     def _split_augment(cls, v: Any) -> Any:
         if isinstance(v, str):
-            return [p for p in v.replace("+", ",").split(",") if p and p != "none"]
+            return [p.strip() for p in v.replace("+", ",").split(",") if p.strip() and p.strip() != "none"]
         return v
+
+    @field_validator("logger")
+    @classmethod
+    def _once_each(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))  # --logger csv --logger csv,tensorboard: each tracker once, in order
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":

@@ -96,7 +96,7 @@ def _nvidia_gpus() -> list[dict[str, Any]]:
     for line in (out or "").splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) >= 4:
-            gpus.append({"name": parts[0], "memory_gb": _safe(lambda: round(float(parts[1]) / 1024, 1)),
+            gpus.append({"name": parts[0], "memory_gib": _safe(lambda: round(float(parts[1]) / 1024, 1)),
                          "compute_capability": parts[2], "driver": parts[3], "source": "nvidia-smi"})
     return gpus
 
@@ -108,7 +108,7 @@ def _torch_gpus() -> list[dict[str, Any]]:
     gpus = []
     for i in range(torch.cuda.device_count()):
         p = torch.cuda.get_device_properties(i)
-        gpus.append({"name": p.name, "memory_gb": round(p.total_memory / 2**30, 1),
+        gpus.append({"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1),
                      "compute_capability": f"{p.major}.{p.minor}", "source": "torch"})
     return gpus
 
@@ -127,7 +127,7 @@ def _apple_gpus() -> list[dict[str, Any]]:
     info = _safe(lambda: mx.metal.device_info(), None) if mx is not None else None
     if info:
         gpu["metal_architecture"] = info.get("architecture")
-        gpu["memory_gb"] = _safe(lambda: round(info["memory_size"] / 2**30, 1))
+        gpu["memory_gib"] = _safe(lambda: round(info["memory_size"] / 2**30, 1))
         gpu["name"] = gpu["name"] or info.get("device_name")
     return [gpu] if gpu.get("name") or gpu.get("metal_architecture") else []
 
@@ -143,7 +143,7 @@ def hardware() -> dict[str, Any]:
         "architecture": platform.machine(), "processor": platform.processor() or None,
         "cpu_model": _safe(_cpu_model), "physical_cores": _safe(_physical_cores), "logical_cores": os.cpu_count(),
         "usable_cores": _safe(lambda: len(os.sched_getaffinity(0)), os.cpu_count()),
-        "memory_gb": round(mem / 2**30, 1) if mem else None,
+        "memory_gib": round(mem / 2**30, 1) if mem else None,
         "chip": _safe(_cpu_model) if sys.platform == "darwin" else None,
         "gpus": gpus(),
     }
@@ -219,10 +219,25 @@ def availability() -> list[dict[str, Any]]:
 
 # ----- the fingerprint ----------------------------------------------------------------
 STABLE_KEYS = {
-    "hardware": ("os", "os_release", "architecture", "cpu_model", "physical_cores", "logical_cores", "memory_gb",
+    "hardware": ("os", "os_release", "architecture", "cpu_model", "physical_cores", "logical_cores", "memory_gib",
                  "chip", "gpus"),
     "software": ("python", "packages", "numpy_blas", "torch_build", "cifarbench"),
 }
+
+
+def memory_gib(entry: dict[str, Any] | None) -> Any:
+    """A hardware or GPU entry's memory in GiB: ``memory_gib``, or ``memory_gb`` as older run logs
+    named it (the value was GiB then too); None when neither is there."""
+    entry = entry or {}
+    return entry.get("memory_gib", entry.get("memory_gb"))
+
+
+def _id_memory(entry: dict[str, Any]) -> dict[str, Any]:
+    """The id hashes memory under its first name, so renaming the key changed no machine's id."""
+    out = {k: v for k, v in entry.items() if k not in ("memory_gib", "memory_gb")}
+    if "memory_gib" in entry or "memory_gb" in entry:
+        out["memory_gb"] = memory_gib(entry)
+    return out
 
 
 def fingerprint_id(fp: dict[str, Any]) -> str:
@@ -230,6 +245,11 @@ def fingerprint_id(fp: dict[str, Any]) -> str:
     stable: dict[str, Any] = {}
     for section, keys in STABLE_KEYS.items():
         stable[section] = {k: fp.get(section, {}).get(k) for k in keys}
+    hw = stable["hardware"]
+    hw.pop("memory_gib")
+    hw["memory_gb"] = memory_gib(fp.get("hardware"))
+    if isinstance(hw.get("gpus"), list):
+        hw["gpus"] = [_id_memory(g) if isinstance(g, dict) else g for g in hw["gpus"]]
     # cuDNN and torch's thread counts are only known once torch is loaded: left out so the id
     # does not depend on what happened to be imported before fingerprinting.
     stable["software"]["torch_build"] = {k: (stable["software"]["torch_build"] or {}).get(k) for k in ("cuda", "hip")}
@@ -254,10 +274,18 @@ def collect(with_availability: bool = True) -> dict[str, Any]:
 
 def diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Dotted names of the stable fields that differ between two fingerprints."""
+    def value(fp: dict[str, Any], section: str, k: str) -> Any:
+        entry = fp.get(section) or {}
+        if section == "hardware" and k == "memory_gib":  # an older log's memory_gb is the same figure
+            return memory_gib(entry)
+        if section == "hardware" and k == "gpus" and isinstance(entry.get("gpus"), list):
+            return [_id_memory(g) if isinstance(g, dict) else g for g in entry["gpus"]]
+        return entry.get(k)
+
     out = []
     for section, keys in STABLE_KEYS.items():
         for k in keys:
-            if (a.get(section) or {}).get(k) != (b.get(section) or {}).get(k):
+            if value(a, section, k) != value(b, section, k):
                 out.append(f"{section}.{k}")
     for k in THREAD_VARS:
         if (a.get("threads") or {}).get(k) != (b.get("threads") or {}).get(k):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import invoke
 
-from cifarbench.cli.bench_cmd import OWN
+from cifarbench.cli.bench_cmd import OWN, TRAIN_ONLY
 from cifarbench.cli.flags import flag_name
 from cifarbench.config import RunConfig, dump_config
 
@@ -29,7 +29,7 @@ def test_every_runconfig_field_is_a_train_flag_and_a_bench_recipe_flag():
     train, bench = _options("train"), _options("bench")
     for field in RunConfig.model_fields:
         assert flag_name(field) in train, field
-        assert flag_name(field) in bench or field in OWN, field
+        assert flag_name(field) in bench or field in OWN + TRAIN_ONLY, field
 
 
 def _flags_for(cfg: RunConfig) -> list[str]:
@@ -61,7 +61,7 @@ def test_print_config_round_trips_through_flags_and_a_file(tmp_path):
         flip_mode="alternate", normalize="half", seed=11, output=str(tmp_path / "o"), save_every=3, max_steps=50,
         limit_train=500, limit_eval=200, max_momentum=0.9, dropout_rate=0.3, dropout_schedule="adaptive",
         min_dropout=0.05, max_dropout=0.6, dropout_patience=3, keep_checkpoints=2, head_lr_scale=2.0, muon_lr=0.1,
-        muon_momentum=0.5, whiten_bias_epochs=1.5,
+        muon_momentum=0.5, whiten_bias_epochs=1.5, logger=["tensorboard", "csv"],
     )
     untouched = [f for f, info in RunConfig.model_fields.items()
                  if getattr(cfg, f) == info.get_default(call_default_factory=True)]

@@ -159,8 +159,9 @@ def test_models_and_backends_commands():
 
 
 def test_python_m_and_no_framework_imports():
-    code = ("import sys, cifarbench, cifarbench.cli, cifarbench.config, cifarbench.engine.trainer; "
-            "print(sorted(m for m in ('torch','mlx','cupy','jax') if m in sys.modules))")
+    code = ("import sys, cifarbench, cifarbench.cli, cifarbench.config, cifarbench.engine.trainer, "
+            "cifarbench.trackers, cifarbench.trackers.base; print(sorted(m for m in ('torch', 'mlx', 'cupy', "
+            "'jax', 'tensorboard', 'mlflow', 'wandb') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     out = subprocess.run([sys.executable, "-m", "cifarbench", "--version"], capture_output=True, text=True)

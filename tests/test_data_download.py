@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import http.server
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -344,3 +346,55 @@ def test_extracted_files_ignore_the_archive_modes_and_owners(tmp_path):
         st = (tmp_path / "out" / "d" / name).stat()
         assert (tmp_path / "out" / "d" / name).read_bytes() == b"abc"
         assert st.st_mode & 0o7777 == 0o666 & ~umask and st.st_uid == os.getuid()
+
+
+# ----- train's downloads: the same progress as `data download` ---------------------------------------
+TRAIN = ["train", "lenet", "--dataset", "cifar10", "--backend", "numpy", "--fast-dev-run", "--no-record"]
+# rich's DownloadColumn (done/total kB) and TransferSpeedColumn (a rate)
+BAR = re.compile(r"cifar-10-python\.tar\.gz .*?(\d+\.\d+)/(\d+\.\d+) kB\s+\S+ [kKM]?B/s")
+
+
+def _as_official(monkeypatch, base: str, archive: Path) -> None:
+    """The test tarball stands in for the official one: its md5 becomes CIFAR-10's, the server its mirror."""
+    from cifarbench.data import sources
+
+    fake = dataclasses.replace(sources.CIFAR10, downloads=((archive.name, md5_file(archive)),))
+    monkeypatch.setitem(sources.SOURCES, "cifar10", fake)
+    monkeypatch.setenv("CIFARBENCH_MIRROR", base)
+
+
+def test_train_downloads_show_the_data_download_bar_on_a_terminal(server, tmp_path, monkeypatch):
+    from conftest import invoke
+    from cifarbench.cli._console import err_console
+
+    base, served, handler = server
+    archive, _ = _cifar10_tarball(tmp_path / "src", served)
+    _as_official(monkeypatch, base, archive)
+    monkeypatch.setattr(err_console, "_force_terminal", True)
+    res = invoke([*TRAIN, "--data-dir", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    size_kb = f"{archive.stat().st_size / 1000:.1f}"
+    done = [m.groups() for m in BAR.finditer(res.output)]
+    assert done and done[-1] == (size_kb, size_kb)  # bytes done / total and a rate, as `data download` shows
+    alone = invoke(["data", "download", "cifar10", "--data-dir", str(tmp_path / "b")])
+    assert alone.exit_code == 0 and [m.groups() for m in BAR.finditer(alone.output)][-1] == (size_kb, size_kb)
+    assert handler.requests == [archive.name] * 2
+
+
+def test_train_downloads_without_a_terminal_and_quiet(server, tmp_path, monkeypatch):
+    from conftest import invoke
+
+    base, served, _ = server
+    archive, _ = _cifar10_tarball(tmp_path / "src", served)
+    _as_official(monkeypatch, base, archive)
+    res = invoke([*TRAIN, "--data-dir", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[:2] == [f"downloading {archive.name} ...",
+                         f"downloaded {archive.name} ({archive.stat().st_size / 1e6:.1f} MB)"]
+    quiet = invoke([*TRAIN, "--data-dir", str(tmp_path / "b"), "--quiet"])
+    assert quiet.exit_code == 0, quiet.output
+    out = [ln for ln in quiet.output.splitlines() if ln.strip()]
+    assert all(ln.startswith("warning:") for ln in out[:-1])
+    assert "downloading" not in quiet.output and "downloaded" not in quiet.output
+    assert out[-1].startswith("test accuracy ")

@@ -22,10 +22,10 @@ def test_collect_without_importing_frameworks():
     assert data["loaded"] == []
     fp = data["fp"]
     hw, sw = fp["hardware"], fp["software"]
-    for key in ("os", "os_release", "architecture", "cpu_model", "physical_cores", "logical_cores", "memory_gb",
+    for key in ("os", "os_release", "architecture", "cpu_model", "physical_cores", "logical_cores", "memory_gib",
                 "chip", "gpus"):
         assert key in hw
-    assert hw["logical_cores"] >= 1 and hw["memory_gb"] > 0
+    assert hw["logical_cores"] >= 1 and hw["memory_gib"] > 0
     assert sw["python"] == ".".join(map(str, sys.version_info[:3]))
     assert sw["packages"]["numpy"] == np.__version__
     for key in ("torch", "mlx", "mlx-data", "cupy"):
@@ -44,6 +44,30 @@ def test_fingerprint_id_covers_stable_fields_only():
     other["software"]["packages"]["numpy"] = "0.0.1"
     assert fp_mod.fingerprint_id(other) != fp["fingerprint_id"]
     assert fp_mod.diff(fp, other) == ["software.packages"]
+
+
+def test_memory_is_memory_gib_and_old_memory_gb_logs_still_read():
+    from cifarbench.report.html import machine_panel
+    from cifarbench.report.writers import _conditions
+
+    fp = fp_mod.collect(with_availability=False)
+    fp["hardware"]["gpus"] = [{"name": "H200", "memory_gib": 139.8, "compute_capability": "9.0"}]
+    fp["fingerprint_id"] = fp_mod.fingerprint_id(fp)
+    old = json.loads(json.dumps(fp))  # as a run log written before the rename
+    hw = old["hardware"]
+    hw["memory_gb"] = hw.pop("memory_gib")
+    hw["gpus"][0]["memory_gb"] = hw["gpus"][0].pop("memory_gib")
+    assert fp_mod.fingerprint_id(old) == fp["fingerprint_id"]  # the rename changed no machine's id
+    assert fp_mod.diff(fp, old) == []
+    gib = fp["hardware"]["memory_gib"]
+    for entry in (fp, old):
+        line = _conditions({"fingerprint": entry})
+        assert f"{gib} GiB" in line and "None GiB" not in line
+        panel = machine_panel(entry["fingerprint_id"], entry, [])
+        assert f"{gib} GiB" in panel and "H200 (139.8 GiB)" in panel
+    bigger = json.loads(json.dumps(fp))
+    bigger["hardware"]["memory_gib"] = gib + 1
+    assert fp_mod.fingerprint_id(bigger) != fp["fingerprint_id"] and fp_mod.diff(old, bigger) == ["hardware.memory_gib"]
 
 
 class _FakeBackend:

@@ -177,12 +177,14 @@ def test_bad_input_is_one_line(tmp_path):
     assert res.exit_code == 2 and "not a bench.json" in res.output
 
 
-def test_help_imports_no_database_or_framework():
+def test_help_imports_no_database_framework_or_tracker():
     import subprocess
     import sys
 
-    code = ("import sys\nfrom cifarbench.cli import main\nfor a in (['--help'], ['results', '--help'], ['report', '--help']):\n"
+    code = ("import sys\nfrom cifarbench.cli import main\n"
+            "for a in (['--help'], ['results', '--help'], ['report', '--help'], ['train', '--help']):\n"
             "    try:\n        main(a)\n    except SystemExit:\n        pass\n"
-            "print(sorted(m for m in ('sqlalchemy', 'torch', 'mlx', 'cupy', 'matplotlib') if m in sys.modules))")
+            "print(sorted(m for m in ('sqlalchemy', 'torch', 'mlx', 'cupy', 'matplotlib', 'tensorboard', 'mlflow', "
+            "'wandb') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -16,6 +16,7 @@ from cifarbench.errors import CifarbenchError, UsageError
 # fields bench sets); every other field is a recipe flag, derived from RunConfig in cli/flags.py.
 OWN = ("backend", "device", "model", "precision", "batch_size", "epochs", "eval_batch_size", "seed", "output",
        "save_every")
+TRAIN_ONLY = ("logger",)  # experiment trackers follow a training run; bench writes its own rows
 
 
 def _split(text: Optional[str]) -> Optional[list[str]]:
@@ -33,7 +34,7 @@ def _ints(text: Optional[str], flag: str) -> Optional[list[int]]:
         raise UsageError(f"{flag} takes comma-separated integers, got '{text}'") from None
 
 
-@with_recipe_flags(exclude=OWN)
+@with_recipe_flags(exclude=OWN + TRAIN_ONLY)
 def bench(
     backend: Optional[str] = typer.Option(None, "--backend", help="Comma list (default: every backend; unavailable ones are listed)."),
     device: Optional[str] = typer.Option(None, "--device", help="Comma list, 'auto' (each backend's best) or 'all'."),

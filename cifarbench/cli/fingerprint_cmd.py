@@ -29,15 +29,18 @@ def fingerprint(
 
 
 def _summary(fp: dict) -> None:
+    from cifarbench.fingerprint import memory_gib
+
     hw, sw = fp["hardware"], fp["software"]
     pk = sw["packages"]
-    gpus = "; ".join(f"{g.get('name')} ({g.get('memory_gb')} GiB, {g.get('compute_capability') or g.get('metal_architecture') or '?'})"
+    gpus = "; ".join(f"{g.get('name')} ({memory_gib(g)} GiB, "
+                     f"{g.get('compute_capability') or g.get('metal_architecture') or '?'})"
                      for g in hw["gpus"]) or "none found"
     lines = [
         ("fingerprint", fp["fingerprint_id"]),
         ("os", f"{hw['os']} {hw['os_release']} ({hw['architecture']})"),
         ("cpu", f"{hw['cpu_model']} ({hw['physical_cores']} cores / {hw['logical_cores']} threads)"),
-        ("memory", f"{hw['memory_gb']} GiB"),
+        ("memory", f"{memory_gib(hw)} GiB"),
         ("chip", hw["chip"] or "-"),
         ("gpus", gpus),
         ("python", sw["python"]),

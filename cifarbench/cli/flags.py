@@ -25,7 +25,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
 PANELS = {  # help sections; a field not named here is part of the recipe
     "Data": ("model", "dataset", "data_dir", "val_split", "augment", "crop_pad", "flip_mode", "normalize"),
     "Device": ("backend", "device", "precision", "compile", "compile_mode", "loader", "memory_limit", "threads"),
-    "Run": ("seed", "output", "save_every", "max_steps", "limit_train", "limit_eval"),
+    "Run": ("seed", "output", "save_every", "max_steps", "limit_train", "limit_eval", "logger"),
 }
 METAVARS = {int: "N", float: "X", str: "TEXT"}
 FIELD_METAVARS = {"output": "DIR", "data_dir": "DIR", "dataset": "NAME", "model": "NAME", "backend": "NAME"}
@@ -65,6 +65,15 @@ def _comma_list(elem: Callable[[str], Any], name: str) -> Callable[[Any], Any]:
         except ValueError:
             raise UsageError(f"{flag_name(name)} takes comma-separated values, got '{text}'") from None
     return parse
+
+
+def _repeated(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A repeatable list flag: every occurrence is a comma list; they add up in order."""
+    def parse_all(values: Any) -> Any:
+        if values is None:
+            return None
+        return [v for text in values for v in parse(text)]
+    return parse_all
 
 
 def _default(info) -> Any:
@@ -115,6 +124,10 @@ def flag_spec(field: str, info) -> FlagSpec:
             common["help"] += f" Comma list of {', '.join(inner)} (or none)."
         else:
             common["help"] += f" Comma-separated {'integers' if elem is int else 'numbers' if elem is float else 'values'}."
+        if origin is list:  # repeatable too: --logger tensorboard --logger csv == --logger tensorboard,csv
+            common["help"] += " Repeatable."
+            return FlagSpec(field, Optional[list[str]], _repeated(_comma_list(elem, field)),  # (a default: shown)
+                            typer.Option(default.split(","), *decls, metavar="LIST", **common))
         return FlagSpec(field, Optional[str], _comma_list(elem, field),
                         typer.Option(default, *decls, metavar="LIST", **common))
     if tp in (int, float, str):  # text here; RunConfig converts and checks it (our words, the flag named)

@@ -14,7 +14,7 @@ from cifarbench.cli.flags import flag_name, with_recipe_flags
 from cifarbench.errors import UsageError
 
 RESUMABLE = ("epochs", "backend", "device", "data_dir", "eval_batch_size", "threads",
-             "keep_checkpoints")  # what --resume may change
+             "keep_checkpoints", "logger")  # what --resume may change
 
 
 @with_recipe_flags()
@@ -119,7 +119,7 @@ def _run(cfg, resume: Optional[Path], json_out: bool, record_to: Optional[str] =
          recipe: Optional[str] = None) -> None:
     from cifarbench.cli.progress import make_reporter
     from cifarbench.engine import distributed
-    from cifarbench.engine.reporter import Reporter
+    from cifarbench.engine.reporter import Reporter, Tee
     from cifarbench.engine.trainer import Trainer, default_run_dir
     from cifarbench import checkpoint as ckpt
     from cifarbench.paths import need_writable_folder
@@ -131,16 +131,20 @@ def _run(cfg, resume: Optional[Path], json_out: bool, record_to: Optional[str] =
 
     main_rank = distributed.is_main_process()  # under torchrun, ranks > 0 print nothing
     rep = make_reporter(quiet, log_interval) if main_rank else Reporter()
+    if cfg.logger and main_rank:
+        rep = _with_trackers(rep, cfg, log_interval, resume is not None, write)
     trainer = Trainer(cfg, rep, run_dir=resume, resume=resume is not None, write=write, overwrite=overwrite,
                       recipe=recipe)
     if resume is not None:
         _check_not_finished(resume, cfg.epochs)
+    failed = True
     try:
         summary = trainer.run()
+        failed = False
     finally:
         close = getattr(rep, "close", None)
         if close:
-            close()
+            close(failed=failed) if isinstance(rep, Tee) else close()
         distributed.shutdown()
     if not main_rank:
         return
@@ -153,6 +157,19 @@ def _run(cfg, resume: Optional[Path], json_out: bool, record_to: Optional[str] =
         print_json(summary)
     elif write and not quiet:
         info(f"run directory: {escape(summary['run_dir'])}")
+
+
+def _with_trackers(rep, cfg, log_interval: Optional[str], resume: bool, write: bool):
+    """The display plus one sink per --logger (a missing extra is exit 3 here, before any work)."""
+    from cifarbench.cli.progress import DEFAULT_LOG_INTERVAL, parse_log_interval
+    from cifarbench.engine.reporter import Tee
+    from cifarbench.trackers import make_trackers
+
+    if not write:  # --fast-dev-run without -o writes nothing, trackers included
+        rep.warning(f"--logger {','.join(cfg.logger)}: off, since --fast-dev-run without -o writes nothing")
+        return rep
+    interval = parse_log_interval(log_interval or DEFAULT_LOG_INTERVAL)
+    return Tee(rep, make_trackers(cfg.logger, cfg.model_dump(mode="json"), interval, resume))
 
 
 def _check_not_finished(run_dir: Path, epochs: int) -> None:

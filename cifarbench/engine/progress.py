@@ -66,6 +66,7 @@ class StepProgress:
             "images_per_s": self.batch_size / per_step if per_step > 0 else 0.0,
             "loss": stats.loss_sum / count if count else None,
             "acc": stats.correct / count if count else None,
+            "samples": count,  # behind loss/acc (trackers take differences: the mean since their last point)
             "lr": lr, "elapsed_s": elapsed, "epoch_eta_s": epoch_eta,
             "run_eta_s": run_eta, "eta_includes_eval": self.plan.eval_s is not None,
         }

@@ -13,6 +13,7 @@ LOCK = ".lock"
 # what a training run writes; --overwrite removes these and nothing else
 RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "run_log.json", ckpt.WEIGHTS, ckpt.OPTIMIZER,
              ckpt.SIDECAR)
+TRACKER_FILES = ("tb", "csv", "mlruns", "wandb", "mlflow.json", "wandb.json")  # what --logger writes (trackers/)
 
 
 class RunDirLock:
@@ -76,5 +77,9 @@ def prepare(run_dir: Path, resume: bool, overwrite: bool) -> list[str]:
 def _remove_run(run_dir: Path) -> None:
     (run_dir / ckpt.BEST).unlink(missing_ok=True)
     shutil.rmtree(run_dir / ckpt.GENERATIONS, ignore_errors=True)
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
+    for name in RUN_FILES + TRACKER_FILES:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

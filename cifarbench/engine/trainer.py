@@ -466,6 +466,7 @@ class Trainer:
             "backend": cfg.backend, "device": self.backend.device, "device_name": self.backend.describe(),
             "precision": cfg.precision, "epochs": self.epochs, "batch_size": cfg.batch_size,
             "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, "start_epoch": self.start_epoch,
+            "start_step": self.start_epoch * self.steps_per_epoch + self.start_step_in_epoch,  # where a resume goes on
             "run_dir": str(self.run_dir), "writes": self.write, "recipe": self.recipe,
         }
 

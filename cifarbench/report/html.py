@@ -175,9 +175,11 @@ def leaderboard(gs: Sequence[dict[str, Any]], hosts: dict[str, str]) -> str:
 
 
 def machine_panel(fid: str, fp: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
+    from cifarbench.fingerprint import memory_gib
+
     hw, sw = fp.get("hardware") or {}, fp.get("software") or {}
     pk = sw.get("packages") or {}
-    gpus = ", ".join(f"{g.get('name')} ({g.get('memory_gb')} GiB)" if g.get("memory_gb") else str(g.get("name"))
+    gpus = ", ".join(f"{g.get('name')} ({memory_gib(g)} GiB)" if memory_gib(g) else str(g.get("name"))
                      for g in hw.get("gpus") or []) or "none"
     threads = ", ".join(f"{k}={v}" for k, v in (fp.get("threads") or {}).items() if v is not None) or "defaults"
     mine = [r for r in rows if r["fingerprint_id"] == fid]
@@ -186,7 +188,7 @@ def machine_panel(fid: str, fp: dict[str, Any], rows: Sequence[dict[str, Any]]) 
     items = [
         ("hosts", ", ".join(hosts)), ("CPU", f"{hw.get('cpu_model')} — {hw.get('physical_cores')} physical / "
                                              f"{hw.get('logical_cores')} logical cores"),
-        ("memory", f"{hw.get('memory_gb')} GiB"), ("GPUs", gpus),
+        ("memory", f"{memory_gib(hw)} GiB"), ("GPUs", gpus),
         ("OS", f"{hw.get('os')} {hw.get('os_release')} ({hw.get('architecture')})"),
         ("Python", sw.get("python")),
         ("frameworks", ", ".join(f"{k} {v}" for k, v in pk.items() if v and k in ("torch", "mlx", "numpy", "cupy",

@@ -61,6 +61,8 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 
 def _conditions(result: dict[str, Any]) -> str:
+    from cifarbench.fingerprint import memory_gib
+
     fp = result.get("fingerprint") or {}
     hw = fp.get("hardware") or {}
     gpus = ", ".join(g.get("name") or "?" for g in hw.get("gpus") or []) or "no GPU"
@@ -68,7 +70,7 @@ def _conditions(result: dict[str, Any]) -> str:
     what = (f"{s.get('epochs')} epochs on {s.get('dataset')}" if result.get("mode") == "training"
             else f"{s.get('warmup_steps')} warm-up steps, {s.get('repeats')} windows of {s.get('steps')} steps, "
                  f"data: {'synthetic' if s.get('synthetic') else s.get('dataset')}")
-    return (f"{hw.get('cpu_model') or hw.get('architecture')} ({hw.get('logical_cores')} cores, {hw.get('memory_gb')} GiB), "
+    return (f"{hw.get('cpu_model') or hw.get('architecture')} ({hw.get('logical_cores')} cores, {memory_gib(hw)} GiB), "
             f"{gpus}; {hw.get('os')} {hw.get('os_release')}; {what}; fingerprint {result.get('fingerprint_id')}.")
 
 
