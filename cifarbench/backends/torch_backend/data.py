@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from cifarbench.backends.base import TrainOptions
+from cifarbench.backends.resize import resize_matrix
 from cifarbench.errors import UsageError
 
 
@@ -26,6 +27,8 @@ class DeviceData:
         # (x / 255 - mean) / std  ==  x * scale + shift, one fused multiply-add per pixel
         self._scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1).to(device)
         self._shift = (-mean / std).view(1, -1, 1, 1).to(device)
+        self.resize = options.resize
+        self._resize_mats: dict[int, torch.Tensor] = {}
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.order: torch.Tensor | None = None
         self.offsets: torch.Tensor | None = None
@@ -97,8 +100,17 @@ class DeviceData:
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> normalised float32 NCHW (channels_last storage if asked)."""
         x = x.permute(0, 3, 1, 2)
-        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-        return x.float() * self._scale + self._shift
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = x.contiguous(memory_format=fmt).float() * self._scale + self._shift
+        if self.resize is None:
+            return x
+        rh, rw = self._matrix(x.shape[2]), self._matrix(x.shape[3])
+        return torch.matmul(torch.matmul(rh, x), rw.T).contiguous(memory_format=fmt)  # backends/resize.py
+
+    def _matrix(self, n_in: int) -> torch.Tensor:
+        if n_in not in self._resize_mats:
+            self._resize_mats[n_in] = torch.from_numpy(resize_matrix(n_in, *self.resize)).to(self.device)
+        return self._resize_mats[n_in]
 
     def size(self, split: str) -> int:
         if split not in self.splits:
