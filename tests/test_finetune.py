@@ -66,6 +66,16 @@ def test_parameter_counts_equal_torchvision(name):
         assert ref == shapes
 
 
+def test_macs_are_the_published_figures():
+    from cifarbench.models.summary import summarize
+
+    # torchvision's model cards (1.81 / 3.66 / 4.09 GFLOPS, counted as MACs) and menzHSE's README
+    # (ResNet-50 on CIFAR-100: 4.09 G mult-adds at 224 px)
+    for name, classes, gmacs in (("resnet18-imagenet", 1000, 1.81), ("resnet34-imagenet", 1000, 3.66),
+                                 ("resnet50-imagenet", 100, 4.09)):
+        assert round(summarize(create_spec(name, 3, 224, classes)).macs / 1e9, 2) == gmacs, name
+
+
 def test_summary_cli_shows_menzhse_count():
     res = invoke(["models", "--summary", "resnet34-imagenet"])
     assert res.exit_code == 0 and "21,289,802" in res.output
