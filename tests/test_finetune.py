@@ -318,7 +318,7 @@ def test_home_recipe_and_finetune_alias():
     assert crop.exit_code == 2 and "crop_pct needs image_size" in crop.output
 
 
-def test_fast_dev_run_finetunes_then_tests_at_the_resized_size(served, tmp_path):
+def test_fast_dev_run_finetunes_then_tests_at_the_resized_size(served, tmp_path, monkeypatch):
     data = "npz:" + str(write_npz(tmp_path / "tiny.npz", n_train=32, n_test=16, classes=4))
     run = tmp_path / "run"
     args = ["train", "--finetune", "resnet18", "--dataset", data, "--backend", "numpy", "--image-size", "40",
@@ -334,6 +334,14 @@ def test_fast_dev_run_finetunes_then_tests_at_the_resized_size(served, tmp_path)
     test = invoke(["test", str(run), "--dataset", data, "--backend", "numpy", "--json"])
     assert test.exit_code == 0, test.output
     assert json.loads(test.stdout)["total_parameters"] == 11_178_564  # resnet18 with a 4-class head
+    # activations show what the model saw: the stem's map of the resized 40 px input is 10x10 (8x8 from 32 px)
+    from cifarbench.report import activations as A, plots
+
+    shapes = []
+    monkeypatch.setattr(plots, "feature_grid", lambda act, title, path, channels: shapes.append(act.shape) or path)
+    monkeypatch.setattr(plots, "input_image", lambda img, title, path: path)
+    A.render_activations(run, "numpy", None, 0, 0, None, tmp_path / "act", 4)
+    assert shapes[0] == (64, 10, 10)
 
 
 def test_download_failure_through_the_cli_is_one_line(served, monkeypatch, tmp_path):

@@ -59,6 +59,12 @@ def resize_matrix(n_in: int, size: int, crop: int) -> np.ndarray:
     return np.ascontiguousarray(m[top : top + crop], dtype=np.float32)
 
 
+def resize_nchw(x: np.ndarray, size: int, crop: int) -> np.ndarray:
+    """NCHW float32 on the host, the way the backends do it (for one-off images, e.g. ``activations``)."""
+    rh, rw = resize_matrix(x.shape[2], size, crop), resize_matrix(x.shape[3], size, crop)
+    return np.ascontiguousarray(rh @ np.asarray(x, np.float32) @ rw.T, dtype=np.float32)
+
+
 def reference_resize(x: np.ndarray, size: int, crop: int) -> np.ndarray:
     """NCHW float: bilinear resize to size x size by explicit gathers, then the centre crop (float64)."""
     x = np.asarray(x, np.float64)
