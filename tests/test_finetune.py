@@ -238,7 +238,7 @@ def served(weight_server, monkeypatch, tmp_path):
     return url, root, name, tensors
 
 
-def test_pretrained_loads_into_every_backend_and_logits_agree(served):
+def test_pretrained_loads_into_every_backend_and_logits_agree(served, monkeypatch):
     _, _, name, tensors = served
     spec = create_spec("resnet18-imagenet", 3, 32, 10)  # the weights fit any input size; 32 px keeps it quick
     notes = []
@@ -251,9 +251,14 @@ def test_pretrained_loads_into_every_backend_and_logits_agree(served):
             np.testing.assert_array_equal(v, fresh[k])  # a new head, initialised as any other
         else:
             np.testing.assert_array_equal(v, tensors[k])
-    # the safetensors copy (what a run without torch reads) holds the same tensors
-    copy = P._read_safetensors((P.weights_dir() / name).with_suffix(".safetensors"))
-    assert set(copy) == set(tensors) and all(np.array_equal(copy[k], tensors[k]) for k in tensors)
+    # without torch, the safetensors copy the first read wrote gives the same state
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+        again = P.pretrained_state(spec, seed=0)
+        assert set(again) == set(state) and all(np.array_equal(again[k], state[k]) for k in state)
+        (P.weights_dir() / name).with_suffix(".safetensors").unlink()
+        with pytest.raises(CifarbenchError, match="needs torch .* or its safetensors copy"):
+            P.pretrained_state(spec, seed=0)
     x = np.random.default_rng(6).standard_normal((2, 3, 32, 32)).astype(np.float32)
     logits = {}
     for b in BACKENDS:

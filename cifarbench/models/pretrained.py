@@ -71,18 +71,33 @@ def download(model: str, progress: Callable | None = None) -> Path:
                        hint=f"check the network, or set ${MIRROR_ENV} to a folder URL serving {name}")
 
 
-def read_weights(path: Path) -> dict[str, np.ndarray]:
-    """torchvision's state dict as float32 NumPy arrays (``num_batches_tracked`` dropped)."""
-    copy = path.with_suffix(".safetensors")
+def _torch():
     try:
         import torch
     except ImportError:
-        torch = None
-    if torch is None:
+        return None
+    return torch
+
+
+def load_weights(model: str, progress: Callable | None = None) -> tuple[Path, dict[str, np.ndarray]]:
+    """(the file read, torchvision's tensors): the .pth with torch (downloaded when absent), else its
+    safetensors copy; without torch and without a copy, a one-line error before any download."""
+    path = weights_dir() / weight_file(model)
+    copy = path.with_suffix(".safetensors")
+    if _torch() is None:
         if not copy.is_file():
-            raise UsageError(f"reading {path.name} needs torch (pip install torch), or its safetensors copy "
-                             f"{copy}, which any run with torch writes")
-        return _read_safetensors(copy)
+            raise UsageError(f"reading torchvision's {path.name} needs torch (pip install torch), or its "
+                             f"safetensors copy {copy}, which any --pretrained run with torch writes")
+        return copy, _read_safetensors(copy)
+    path = download(model, progress)
+    return path, read_weights(path)
+
+
+def read_weights(path: Path) -> dict[str, np.ndarray]:
+    """torchvision's state dict as float32 NumPy arrays (``num_batches_tracked`` dropped), read with
+    ``torch.load(weights_only=True)``; writes the safetensors copy beside it when there is none."""
+    torch = _torch()
+    copy = path.with_suffix(".safetensors")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt or foreign file: pickle, zip and torch errors alike
@@ -95,7 +110,10 @@ def read_weights(path: Path) -> dict[str, np.ndarray]:
     if not copy.is_file():
         from safetensors.numpy import save
 
-        atomic.write_bytes(copy, save({k: np.ascontiguousarray(v) for k, v in state.items()}))
+        try:
+            atomic.write_bytes(copy, save({k: np.ascontiguousarray(v) for k, v in state.items()}))
+        except OSError:  # a read-only cache: the copy only spares torch-less runs a conversion
+            pass
     return state
 
 
@@ -135,8 +153,8 @@ def pretrained_state(spec: ModelSpec, seed: int, progress: Callable | None = Non
     """Canonical weights for ``spec``: ImageNet's for every layer but the head, which is new."""
     from cifarbench.models.registry import init_params
 
-    path = download(spec.name, progress)
-    state = to_canonical(read_weights(path), spec, init_params(spec, seed))
+    path, weights = load_weights(spec.name, progress)
+    state = to_canonical(weights, spec, init_params(spec, seed))
     if note is not None:
         head = next(l for l in spec.param_layers() if isinstance(l, Linear) and l.name == HEAD)
         note(f"pretrained: {path.name} (torchvision ImageNet weights); new {head.fin}->{head.fout} "
