@@ -10,7 +10,8 @@ pixel ``o`` of a side of ``n_in`` input pixels reads the source coordinate
 
 Because bilinear interpolation is separable and linear, resize + crop of one side is a (C, n_in)
 matrix ``R`` (two non-zero weights per row), and a batch is ``R @ x @ R.T`` over the H and W axes:
-one pair of matmuls every backend has. Normalising first and resizing after is the same as the
+one pair of matmuls every backend has (NumPy/CuPy, MLX, JAX at full float32 precision; torch calls
+``F.interpolate`` itself and slices the crop). Normalising first and resizing after is the same as the
 other way round (the weights of a row sum to one and the normalisation is affine per channel).
 
 ``reference_resize`` is the same definition written as gathers, for the tests.

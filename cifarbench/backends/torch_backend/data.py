@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from cifarbench.backends.base import TrainOptions
-from cifarbench.backends.resize import resize_matrix
+from cifarbench.backends.resize import crop_start
 from cifarbench.errors import UsageError
 
 
@@ -28,7 +28,6 @@ class DeviceData:
         self._scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1).to(device)
         self._shift = (-mean / std).view(1, -1, 1, 1).to(device)
         self.resize = options.resize
-        self._resize_mats: dict[int, torch.Tensor] = {}
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.order: torch.Tensor | None = None
         self.offsets: torch.Tensor | None = None
@@ -104,13 +103,11 @@ class DeviceData:
         x = x.contiguous(memory_format=fmt).float() * self._scale + self._shift
         if self.resize is None:
             return x
-        rh, rw = self._matrix(x.shape[2]), self._matrix(x.shape[3])
-        return torch.matmul(torch.matmul(rh, x), rw.T).contiguous(memory_format=fmt)  # backends/resize.py
-
-    def _matrix(self, n_in: int) -> torch.Tensor:
-        if n_in not in self._resize_mats:
-            self._resize_mats[n_in] = torch.from_numpy(resize_matrix(n_in, *self.resize)).to(self.device)
-        return self._resize_mats[n_in]
+        # torch's own op is the definition backends/resize.py writes down (and no TF32 matmul on CUDA)
+        size, crop = self.resize
+        top = crop_start(size, crop)
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+        return x[:, :, top : top + crop, top : top + crop].contiguous(memory_format=fmt)
 
     def size(self, split: str) -> int:
         if split not in self.splits:
