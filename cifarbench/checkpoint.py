@@ -91,12 +91,18 @@ class Checkpoint:
 def model_metadata(
     model: str, dataset: str, num_classes: int, in_channels: int, image_size: int,
     class_names: list[str], mean: tuple[float, ...], std: tuple[float, ...], backend: str,
+    resize: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """``image_size`` is what the model takes; ``resize`` ([S, C], only when set) says the data were
+    resized to S and centre-cropped to C = image_size on the device (``--image-size``)."""
+    meta = {
         "format": "cifarbench", "format_version": FORMAT_VERSION, "model": model, "dataset": dataset,
         "num_classes": num_classes, "in_channels": in_channels, "image_size": image_size,
         "class_names": list(class_names), "mean": list(mean), "std": list(std), "backend": backend,
     }
+    if resize:
+        meta["resize"] = [int(v) for v in resize]
+    return meta
 
 
 # ----- writing: one generation per commit ---------------------------------------------------

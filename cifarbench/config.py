@@ -111,8 +111,21 @@ class RunConfig(BaseModel):
     flip_mode: Literal["random", "alternate"] = Field(
         "random", description="alternate: epoch 0 random per image, then each image flips opposite to its previous epoch"
     )
-    normalize: Literal["dataset", "half", "none"] = Field(
-        "dataset", description="dataset: per-channel mean/std of the train set; half: (x-0.5)/0.5; none: x/255"
+    normalize: Literal["dataset", "half", "none", "imagenet"] = Field(
+        "dataset", description="dataset: per-channel mean/std of the train set; half: (x-0.5)/0.5; none: x/255; "
+        "imagenet: ImageNet's mean (0.485, 0.456, 0.406) / std (0.229, 0.224, 0.225)"
+    )
+    image_size: Optional[int] = Field(
+        None, ge=8, le=1024, description="resize every batch on the device (bilinear) to this many pixels a side; "
+        "the data stay at their own size on the host; unset: the data set's size"
+    )
+    crop_pct: float = Field(
+        1.0, gt=0, le=1, description="with image_size: resize to image_size/crop_pct, then centre-crop image_size "
+        "(timm's crop_pct; menzHSE's fine-tuning resized to 256 and cropped 224: 0.875)"
+    )
+    pretrained: bool = Field(
+        False, description="start from torchvision's published ImageNet weights (resnet18/34/50-imagenet), "
+        "downloaded once and sha256-checked; the classifier head is new"
     )
     # run
     seed: int = Field(0, description="seeds the initial weights, data order, augmentation and subsets")
@@ -158,6 +171,8 @@ class RunConfig(BaseModel):
             raise ValueError("step_epochs must be >= 0")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must lie in [0, 1), got {tuple(self.betas)}")
+        if self.crop_pct != 1.0 and not self.image_size:
+            raise ValueError("crop_pct needs image_size (it crops the resized batch)")
         if self.min_dropout > self.max_dropout:
             raise ValueError(f"min_dropout {self.min_dropout} is above max_dropout {self.max_dropout}")
         return self
@@ -346,6 +361,10 @@ def recipe_line(cfg: RunConfig, sources: dict[str, str]) -> str:
     parts = [f"{cfg.model} on {cfg.dataset}", opt, f"wd {cfg.weight_decay:g}", f"{cfg.sched} schedule",
              f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} of batch {cfg.batch_size}", f"augment {'+'.join(cfg.augment) or 'none'}",
              f"normalize {cfg.normalize}"]
+    if cfg.image_size:
+        parts.append(f"resize to {cfg.image_size} px" + (f" (crop_pct {cfg.crop_pct:g})" if cfg.crop_pct != 1 else ""))
+    if cfg.pretrained:
+        parts.append("ImageNet weights")
     return "recipe: " + ", ".join(parts) + f" ({origin}; flags override)"
 
 

@@ -28,6 +28,7 @@ from cifarbench.models import create_spec, init_params, model_names  # noqa: E40
 from cifarbench.models import spec as S  # noqa: E402
 from cifarbench.models.shapes import SpecShapeError, output_shape  # noqa: E402
 from parity_reference import cancelled_biases, check_step_against_float64, flat, lockstep, rel  # noqa: E402
+from parity_reference import parity_size, registry_param  # noqa: E402
 from parity_reference import no_dropout as parity_layers  # noqa: E402
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -38,7 +39,7 @@ SIZE, BATCH = 16, 8
 @lru_cache(maxsize=None)
 def small_spec(name: str):
     """The model at the smallest of 16/32 pixels its layers fit (pure shape inference), without dropout."""
-    for size in (SIZE, 32):
+    for size in (parity_size(name, SIZE), 32):
         try:
             spec = create_spec(name, image_size=size)
             output_shape(spec)
@@ -69,7 +70,7 @@ def images(spec, n, seed=1):
     return rng.integers(0, 256, (n, spec.image_size, spec.image_size, spec.in_channels), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("name", model_names())
+@pytest.mark.parametrize("name", [registry_param(n) for n in model_names()])
 @pytest.mark.parametrize("train", [False, True])
 def test_logits_match_torch(name, train):
     spec = small_spec(name)

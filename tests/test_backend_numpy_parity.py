@@ -25,7 +25,8 @@ from cifarbench.models import spec as S
 torch = pytest.importorskip("torch")
 
 from parity_reference import (  # noqa: E402
-    cancelled_biases, check_step_against_float64, flat, no_dropout, reference_step, rel, torch_forward)
+    cancelled_biases, check_step_against_float64, flat, no_dropout, parity_size, reference_step, registry_param, rel,
+    torch_forward)
 
 SIZE, BATCH = 16, 8  # every registered model builds at 16x16; a quarter of the work of 32x32
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -66,12 +67,12 @@ def model_param(name):
 
 
 def make_model(name):
-    spec = create_spec(name, image_size=SIZE)
+    spec = create_spec(name, image_size=parity_size(name, SIZE))
     spec = dataclasses.replace(spec, layers=no_dropout(spec.layers))
     return spec, init_params(spec, seed=3)
 
 
-@pytest.fixture(params=model_names())
+@pytest.fixture(params=[registry_param(n) for n in model_names()])
 def model(request):
     return make_model(request.param)
 

@@ -61,7 +61,8 @@ def test_print_config_round_trips_through_flags_and_a_file(tmp_path):
         flip_mode="alternate", normalize="half", seed=11, output=str(tmp_path / "o"), save_every=3, max_steps=50,
         limit_train=500, limit_eval=200, max_momentum=0.9, dropout_rate=0.3, dropout_schedule="adaptive",
         min_dropout=0.05, max_dropout=0.6, dropout_patience=3, keep_checkpoints=2, head_lr_scale=2.0, muon_lr=0.1,
-        muon_momentum=0.5, whiten_bias_epochs=1.5, logger=["tensorboard", "csv"],
+        muon_momentum=0.5, whiten_bias_epochs=1.5, logger=["tensorboard", "csv"], image_size=48, crop_pct=0.75,
+        pretrained=True,
     )
     untouched = [f for f, info in RunConfig.model_fields.items()
                  if getattr(cfg, f) == info.get_default(call_default_factory=True)]

@@ -39,7 +39,9 @@ def test_rows_add_up_and_shapes_chain(name):
     assert (1, *top[-1].shape) == output_shape(spec)
 
 
-@pytest.mark.parametrize("name,dataset", [(n, (3, 32, 10)) for n in model_names()] + [("lenet", (1, 28, 10))])
+# the ImageNet ResNets (4-7 s each here) under -m slow; test_finetune checks their MACs against the seed's figure
+@pytest.mark.parametrize("name,dataset", [pytest.param(n, (3, 32, 10), marks=[pytest.mark.slow] if n.endswith("-imagenet") else [])
+                                          for n in model_names()] + [("lenet", (1, 28, 10))])
 def test_macs_equal_torch_flop_counter(name, dataset):
     torch = pytest.importorskip("torch")
     from torch.utils.flop_counter import FlopCounterMode

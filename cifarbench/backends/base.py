@@ -18,7 +18,9 @@ vectorised, so every backend sees the same data in the same order. For sample i 
 ``img = zero_pad_uint8(x, P)[dy:dy+H, dx:dx+W]`` with ``(dy, dx) = offsets[i]`` in [0, 2P];
 then if ``flips[i]``: ``img = img[:, ::-1]`` (mirror the width axis);
 then ``(img / 255 - mean) / std`` per channel. Padding is black in pixel space (as
-torchvision's RandomCrop before Normalize).
+torchvision's RandomCrop before Normalize). With ``TrainOptions.resize = (S, C)`` the normalised
+batch (training and evaluation alike) is then resized to S x S and centre-cropped to C x C on the
+device (``backends/resize.py``: ``R @ x @ R.T`` over H and W), and the model sees C x C images.
 
 Loss: mean softmax cross-entropy with label smoothing eps, PyTorch semantics
 ``(1 - eps) * nll + eps * mean_c(-log p_c)``.
@@ -113,6 +115,7 @@ class TrainOptions:
     label_smoothing: float = 0.0
     crop_pad: int = 0  # 0 = no random crop
     flip: bool = False
+    resize: tuple[int, int] | None = None  # (S, C): bilinear resize to S x S, centre crop C x C (None: as given)
     precision: Precision = "fp32"
     extra: dict = field(default_factory=dict)  # backend-specific knobs (e.g. {"compile": True})
 

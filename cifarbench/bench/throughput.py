@@ -141,7 +141,7 @@ def run_case(case: Case, cfg: RunConfig, data: BenchData, win: Windows, clock: C
              progress=None) -> dict[str, Any]:
     """Create, build and time one backend/device/model/precision/batch-size combination, with the
     recipe's own initial weights (data_init) and parameter groups, as ``cifarbench train`` builds it."""
-    spec = create_spec(case.model, data.channels, data.image_size, data.num_classes)
+    spec = create_spec(case.model, data.channels, cfg.image_size or data.image_size, data.num_classes)  # --image-size
     options = train_options(cfg, data.mean, data.std, case.precision)
     case_cfg = cfg.model_copy(update={"backend": case.backend, "device": case.device, "model": case.model})
     backend = training_backend(case_cfg, spec, options, data.x_train)

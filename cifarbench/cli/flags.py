@@ -23,7 +23,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "model": ("-m",), "batch_size": ("-b",), "sched": ("--scheduler",), "output": ("-o",),
 }
 PANELS = {  # help sections; a field not named here is part of the recipe
-    "Data": ("model", "dataset", "data_dir", "val_split", "augment", "crop_pad", "flip_mode", "normalize"),
+    "Data": ("model", "dataset", "data_dir", "val_split", "augment", "crop_pad", "flip_mode", "normalize",
+             "image_size", "crop_pct", "pretrained"),
     "Device": ("backend", "device", "precision", "compile", "compile_mode", "loader", "memory_limit", "threads"),
     "Run": ("seed", "output", "save_every", "max_steps", "limit_train", "limit_eval", "logger"),
 }

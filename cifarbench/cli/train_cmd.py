@@ -35,6 +35,9 @@ def train(
                                           help="Adam/AdamW beta1 alone (definfo's flag; --betas sets both)."),
     beta2: Optional[float] = typer.Option(None, "--beta2", metavar="X", rich_help_panel="Recipe",
                                           help="Adam/AdamW beta2 alone (definfo's flag; --betas sets both)."),
+    finetune: Optional[str] = typer.Option(
+        None, "--finetune", metavar="resnet18|resnet34|resnet50", rich_help_panel="Data",
+        help="menzHSE's flag: model NAME-imagenet with --pretrained (its home recipe: 224 px, AdamW 3e-4)."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config as YAML and exit."),
     list_configs: bool = typer.Option(False, "--list-configs", help="List the bundled recipes and exit."),
     json_out: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
@@ -61,6 +64,8 @@ def train(
         raise UsageError(f"model given twice: '{model_arg}' and --model '{overrides['model']}'")
     if model_arg:
         overrides["model"] = model_arg
+    if finetune is not None:
+        overrides = finetune_overrides(finetune, overrides)
     write = True
     if fast_dev_run:
         if resume is not None:
@@ -86,6 +91,23 @@ def train(
     _run(cfg, resume, json_out, None if no_record else (results_db or ""), quiet=quiet,
          log_interval=log_interval, write=write, overwrite=overwrite,
          recipe=recipe_line(cfg, sources) if resume is None else None)
+
+
+FINETUNE = ("resnet18", "resnet34", "resnet50")  # menzHSE's --finetune choices
+
+
+def finetune_overrides(name: str, overrides: dict) -> dict:
+    """``--finetune resnet34`` = ``resnet34-imagenet --pretrained`` (then its home recipe applies)."""
+    from cifarbench.errors import unknown_name
+
+    if name not in FINETUNE:
+        raise unknown_name("--finetune model", name, list(FINETUNE))
+    model = f"{name}-imagenet"
+    if overrides.get("model") not in (None, model):
+        raise UsageError(f"--finetune {name} trains {model}, but the model given is '{overrides['model']}'")
+    if overrides.get("pretrained") is False:
+        raise UsageError("--finetune fine-tunes the ImageNet weights: it cannot go with --no-pretrained")
+    return {**overrides, "model": model, "pretrained": True}
 
 
 FAST_DEV_BATCH = 8  # a smoke test checks that the pipeline runs, in seconds even for resnet18 on a CPU

@@ -65,15 +65,19 @@ def mirror_bases(defaults: Sequence[str], override: Sequence[str] | str | None =
     return [b if b.endswith("/") else b + "/" for b in bases]
 
 
-def fetch(file_name: str, md5: str | None, dest: Path, bases: Sequence[str], progress: ProgressFn | None = None) -> Path:
-    """Download ``file_name`` from the first base URL that serves it intact; write ``dest`` atomically."""
+def fetch(file_name: str, md5: str | None, dest: Path, bases: Sequence[str], progress: ProgressFn | None = None,
+          sha256_prefix: str | None = None, hint: str | None = None) -> Path:
+    """Download ``file_name`` from the first base URL that serves it intact; write ``dest`` atomically.
+
+    ``md5`` (the whole digest) and/or ``sha256_prefix`` (the leading hex digits of the sha256, as
+    torchvision's weight files carry in their names) are checked before ``dest`` appears."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
     for base in bases:
         url = base + file_name
         for attempt in range(RETRIES):
             try:
-                _download_once(url, file_name, md5, dest, progress)
+                _download_once(url, file_name, md5, dest, progress, sha256_prefix)
                 return dest
             except _NextMirror as e:
                 failures.append(f"{url}: {e}")
@@ -84,7 +88,7 @@ def fetch(file_name: str, md5: str | None, dest: Path, bases: Sequence[str], pro
                     time.sleep(BACKOFF_S * 2**attempt)
     raise DownloadError(
         f"could not download {file_name} into {dest.parent} ({_summarise(failures)})",
-        hint="check the network, set CIFARBENCH_MIRROR to a mirror, or put an existing copy under --data-dir",
+        hint=hint or "check the network, set CIFARBENCH_MIRROR to a mirror, or put an existing copy under --data-dir",
     )
 
 
@@ -99,18 +103,22 @@ def _summarise(failures: list[str]) -> str:
     return "; ".join(f if n == 1 else f"{f} ({n} attempts)" for f, n in runs[-4:])
 
 
-def _download_once(url: str, file_name: str, md5: str | None, dest: Path, progress: ProgressFn | None) -> None:
+def _download_once(url: str, file_name: str, md5: str | None, dest: Path, progress: ProgressFn | None,
+                   sha256_prefix: str | None = None) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "cifarbench"})
     try:
         # a failed check raises inside the block: the partial download is removed and dest is untouched
         with atomic.replacing(dest, suffix=".part") as out, urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp:
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-            digest, done = _copy(resp, out, file_name, total, progress)
+            digest, sha256, done = _copy(resp, out, file_name, total, progress)
             if total is not None and done != total:
                 raise _Transient(f"truncated transfer: {done} of {total} bytes")
             if md5 and digest != md5:
                 raise _NextMirror(f"md5 {digest} differs from the expected {md5}")
+            if sha256_prefix and not sha256.startswith(sha256_prefix.lower()):
+                raise _NextMirror(f"sha256 {sha256[:16]}... does not start with the expected {sha256_prefix}")
+            atomic.kill_point("download")  # the whole body is in the temp file, not yet in place
     except urllib.error.HTTPError as e:
         retry = e.code in (408, 429) or e.code >= 500
         raise (_Transient if retry else _NextMirror)(f"HTTP {e.code} {e.reason}") from None
@@ -118,18 +126,20 @@ def _download_once(url: str, file_name: str, md5: str | None, dest: Path, progre
         raise _Transient(str(getattr(e, "reason", None) or e) or type(e).__name__) from None
 
 
-def _copy(resp, out, file_name: str, total: int | None, progress: ProgressFn | None) -> tuple[str, int]:
+def _copy(resp, out, file_name: str, total: int | None, progress: ProgressFn | None) -> tuple[str, str, int]:
     h = hashlib.md5(usedforsecurity=False)
+    h256 = hashlib.sha256()
     done = 0
     if progress:
         progress(file_name, 0, total)
     while chunk := resp.read(_CHUNK):
         out.write(chunk)
         h.update(chunk)
+        h256.update(chunk)
         done += len(chunk)
         if progress:
             progress(file_name, done, total)
-    return h.hexdigest(), done
+    return h.hexdigest(), h256.hexdigest(), done
 
 
 # ----- extraction -----------------------------------------------------------------------------

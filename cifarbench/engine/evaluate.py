@@ -47,10 +47,11 @@ def evaluate_with_data(checkpoint: str, dataset: Optional[str], data_dir: Option
         warn(w)
     if len(ds.y_test) == 0:
         raise UsageError(f"the test split of {ds_name} is empty: nothing to evaluate on")
-    spec = create_spec(meta["model"], ds.channels, ds.image_size, ds.num_classes)
+    resize = meta.get("resize")  # trained on batches resized on the device (--image-size): evaluate alike
+    spec = create_spec(meta["model"], ds.channels, int(resize[1]) if resize else ds.image_size, ds.num_classes)
     check_compatible(ck.state, spec, f"checkpoint {checkpoint} (model {meta['model']}, {meta['num_classes']} classes)")
     be = eval_backend(backend, device, spec, ck.state, meta.get("mean", ds.mean()), meta.get("std", ds.std()),
-                      threads=threads)
+                      threads=threads, resize=resize)
     x_test, y_test = stratified_subset(ds.x_test, ds.y_test, limit, seed)
     be.set_data("test", x_test, y_test)
     t0 = time.perf_counter()

@@ -13,6 +13,8 @@ import numpy as np
 
 from cifarbench.backends import create_backend, resolve
 from cifarbench.backends.base import Backend, OptimConfig, TrainOptions
+from cifarbench.backends.resize import resize_plan
+from cifarbench.errors import UsageError
 from cifarbench.config import RunConfig
 from cifarbench.engine.tricks import bn_bias_scales, head_scales, muon_scales, whiten_bias_freeze
 from cifarbench.engine.whiten import data_init
@@ -21,8 +23,15 @@ from cifarbench.models.registry import check_runs_on
 from cifarbench.models.spec import ModelSpec
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's weights.transforms()
+
+
 def normalization(cfg: RunConfig, ds) -> tuple[tuple[float, ...], tuple[float, ...]]:
     c = ds.channels
+    if cfg.normalize == "imagenet":
+        if c != 3:
+            raise UsageError(f"--normalize imagenet needs RGB images; {cfg.dataset} has {c} channel(s)")
+        return IMAGENET_MEAN, IMAGENET_STD
     if cfg.normalize == "half":
         return (0.5,) * c, (0.5,) * c
     if cfg.normalize == "none":
@@ -44,7 +53,7 @@ def train_options(cfg: RunConfig, mean, std, precision: str | None = None) -> Tr
     return TrainOptions(
         mean=tuple(mean), std=tuple(std), label_smoothing=cfg.label_smoothing,
         crop_pad=cfg.crop_pad if "crop" in cfg.augment else 0, flip="flip" in cfg.augment,
-        precision=precision or cfg.precision, extra=extra,
+        resize=resize_plan(cfg.image_size, cfg.crop_pct), precision=precision or cfg.precision, extra=extra,
     )
 
 
@@ -98,7 +107,9 @@ def training_backend(cfg: RunConfig, spec: ModelSpec, options: TrainOptions, x_t
 
 
 def eval_backend(backend: str, device: str | None, spec: ModelSpec, state: dict[str, np.ndarray],
-                 mean: Sequence[float], std: Sequence[float], seed: int = 0, threads: int | None = None) -> Backend:
-    """A backend holding checkpoint weights for evaluation (no optimizer)."""
-    options = TrainOptions(mean=tuple(mean), std=tuple(std), extra={} if threads is None else {"threads": threads})
+                 mean: Sequence[float], std: Sequence[float], seed: int = 0, threads: int | None = None,
+                 resize: Sequence[int] | None = None) -> Backend:
+    """A backend holding checkpoint weights for evaluation (no optimizer); ``resize`` as it trained."""
+    options = TrainOptions(mean=tuple(mean), std=tuple(std), extra={} if threads is None else {"threads": threads},
+                           resize=tuple(int(v) for v in resize) if resize else None)
     return open_backend(backend, device, options, seed, spec, state)

@@ -140,10 +140,14 @@ class Trainer:
         else:
             self.splits = Splits(self.ds.x_train, self.ds.y_train, self.ds.x_test, self.ds.y_test, "test")
         self._apply_limits(stratified_subset)
-        self.spec = create_spec(cfg.model, self.ds.channels, self.ds.image_size, self.ds.num_classes)
+        self.spec = create_spec(cfg.model, self.ds.channels, cfg.image_size or self.ds.image_size, self.ds.num_classes)
         self.mean, self.std = normalization(cfg, self.ds)
         self.options = train_options(cfg, self.mean, self.std)
         state, opt_state = self._load_resume_state() if self.resume else (None, None)
+        if cfg.pretrained and state is None:
+            from cifarbench.models.pretrained import pretrained_state
+
+            state = pretrained_state(self.spec, cfg.seed, progress=self.rep.download_progress, note=self.rep.message)
         self.backend = training_backend(cfg, self.spec, self.options, self.splits.x_train, state, opt_state, self.dist)
         self.backend.set_data("train", self.splits.x_train, self.splits.y_train)
         self.backend.set_data(self.splits.eval_name, self.splits.x_eval, self.splits.y_eval)
@@ -209,6 +213,10 @@ class Trainer:
             check_distributed(self.cfg.backend, self.cfg.device)
         check_runs_on(self.cfg.model, backend)
         load_backend_class(backend)
+        if self.cfg.pretrained:
+            from cifarbench.models.pretrained import weight_file
+
+            weight_file(self.cfg.model)  # a model without published weights: exit 2 before any download
 
     def _load_resume_state(self):
         loaded = ckpt.load_checkpoint(self.run_dir)  # the newest complete generation, verified
@@ -428,8 +436,8 @@ class Trainer:
     # ----- outputs ---------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
         return ckpt.model_metadata(
-            self.cfg.model, self.cfg.dataset, self.ds.num_classes, self.ds.channels, self.ds.image_size,
-            self.ds.class_names, self.mean, self.std, self.cfg.backend,
+            self.cfg.model, self.cfg.dataset, self.ds.num_classes, self.ds.channels, self.spec.image_size,
+            self.ds.class_names, self.mean, self.std, self.cfg.backend, self.options.resize,
         )
 
     def _save(self, epoch: int, step_in_epoch: int, partial: EpochTrain | None = None, best: bool = False) -> None:

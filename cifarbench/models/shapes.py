@@ -34,9 +34,9 @@ class SpecShapeError(ValueError):
     """A spec whose layers do not fit together (a bug in a builder, not user input)."""
 
 
-def _pool(size: int, k: int, stride: int) -> int:
+def _pool(size: int, k: int, stride: int, pad: int = 0) -> int:
     # floor mode, as torch.nn.MaxPool2d / mlx.nn.MaxPool2d default
-    return (size - k) // stride + 1
+    return (size + 2 * pad - k) // stride + 1
 
 
 def _need_map(layer: Layer, shape: Shape) -> tuple[int, int, int]:
@@ -71,7 +71,10 @@ def _linear(layer: Linear, shape: Shape, _ctx) -> Shape:
 
 def _pooling(layer: MaxPool | AvgPool, shape: Shape, _ctx) -> Shape:
     c, h, w = _need_map(layer, shape)
-    oh, ow = _pool(h, layer.k, layer.stride), _pool(w, layer.k, layer.stride)
+    pad = getattr(layer, "pad", 0)
+    if 2 * pad > layer.k:  # torch's own rule: a window must never lie wholly in the padding
+        raise SpecShapeError(f"pooling {layer.k}x{layer.k} cannot pad {pad} (at most half the kernel)")
+    oh, ow = _pool(h, layer.k, layer.stride, pad), _pool(w, layer.k, layer.stride, pad)
     if oh < 1 or ow < 1:
         raise SpecShapeError(f"pooling {layer.k}x{layer.k} on a {h}x{w} map leaves nothing")
     return (c, oh, ow)

@@ -74,6 +74,7 @@ class Scale:
 class MaxPool:
     k: int = 2
     stride: int = 2
+    pad: int = 0  # implicit -inf padding on each side (torch's MaxPool2d padding; the ImageNet stem's 1)
 
 
 @dataclass(frozen=True)

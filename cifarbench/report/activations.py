@@ -50,7 +50,12 @@ def render_activations(checkpoint: str | Path, backend_name: Optional[str], devi
     mean, std = tuple(meta["mean"]), tuple(meta["std"])
     backend = eval_backend(backend_name, device, spec, ck.state, mean, std, seed)
     img, label, index = _test_image(meta, data_dir, image_index, seed)
-    logits, caps = backend.forward(normalize(img[None], mean, std), capture=list(spec.capture_points))
+    x = normalize(img[None], mean, std)
+    if meta.get("resize"):  # trained on batches resized on the device (--image-size): show what it saw
+        from cifarbench.backends.resize import resize_nchw
+
+        x = resize_nchw(x, *(int(v) for v in meta["resize"]))
+    logits, caps = backend.forward(x, capture=list(spec.capture_points))
     names = list(meta.get("class_names") or [str(i) for i in range(spec.num_classes)])
     pred = int(np.argmax(logits[0]))
     out = Path(out_dir)

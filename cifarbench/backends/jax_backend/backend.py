@@ -19,6 +19,7 @@ import numpy as np
 from cifarbench.backends.base import OPT_SLOTS, Backend, EpochStats, OptimConfig, TrainOptions
 from cifarbench.backends.jax_backend import model as M
 from cifarbench.backends.muon import muon_params, newton_schulz
+from cifarbench.backends.resize import resize_matrix
 from cifarbench.errors import UsageError
 from cifarbench.models.spec import ModelSpec
 
@@ -184,7 +185,7 @@ class JaxBackend(Backend):
         idx = jax.lax.dynamic_slice(order, (start,), (bs,))
         offs = jax.lax.dynamic_slice(offsets, (start, 0), (bs, 2)) if crop else None
         flp = jax.lax.dynamic_slice(flips, (start,), (bs,)) if flip else None
-        xb = (M.augment(padded, idx, offs, flp, pad, h, w).astype(jnp.float32) / 255.0 - self._mean) / self._std
+        xb = self._prepare(M.augment(padded, idx, offs, flp, pad, h, w))
         yb = labels[idx]
         key, sub = jax.random.split(state["key"])
 
@@ -221,9 +222,18 @@ class JaxBackend(Backend):
         loss, correct = float(self._state["loss"]), int(self._state["correct"])  # these block
         return EpochStats(loss, correct, self._count)
 
-    def _eval_fn(self, params, buffers, x_uint8):
+    def _prepare(self, x_uint8):
+        """uint8 NHWC -> normalised float32, resized + centre-cropped when options.resize (backends/resize.py)."""
         x = (x_uint8.astype(jnp.float32) / 255.0 - self._mean) / self._std
-        return M.forward(self.spec, M.Ctx(params, buffers, False), x)
+        if self.options.resize is None:
+            return x
+        hi = jax.lax.Precision.HIGHEST
+        rh, rw = (jnp.asarray(resize_matrix(n, *self.options.resize)) for n in (x.shape[1], x.shape[2]))
+        x = jnp.einsum("oh,bhwc->bowc", rh, x, precision=hi)
+        return jnp.einsum("pw,bowc->bopc", rw, x, precision=hi)
+
+    def _eval_fn(self, params, buffers, x_uint8):
+        return M.forward(self.spec, M.Ctx(params, buffers, False), self._prepare(x_uint8))
 
     def _predict(self, split: str, batch_size: int) -> np.ndarray:
         if split not in self._splits:

@@ -72,7 +72,8 @@ def _linear(layer: S.Linear, x, ctx: Ctx):
 def _pool(layer, x, ctx: Ctx):
     dims, strides = (1, layer.k, layer.k, 1), (1, layer.stride, layer.stride, 1)
     if isinstance(layer, S.MaxPool):
-        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, strides, "VALID")
+        p = layer.pad  # -inf padding on H and W, as torch's MaxPool2d
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, strides, ((0, 0), (p, p), (p, p), (0, 0)))
     return jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strides, "VALID") / (layer.k * layer.k)
 
 

@@ -133,7 +133,7 @@ class MLXBackend(base.Backend):
 
     def _train_on(self, x_uint8: mx.array, y: mx.array) -> None:
         """Forward, backward, optimizer update and epoch sums; traced inside mx.compile."""
-        x = normalise(x_uint8, self.mean, self.std)
+        x = normalise(x_uint8, self.mean, self.std, self.options.resize)
         eps = self.options.label_smoothing
 
         def loss_fn(params):
@@ -217,7 +217,7 @@ class MLXBackend(base.Backend):
         if split not in self.splits:
             raise UsageError(f"split '{split}' was not given to set_data")
         data = self.splits[split]
-        fn = mx.compile(lambda idx: self._forward_mx(normalise(gather_batch(data, idx, None, None), self.mean, self.std), False)[0])
+        fn = mx.compile(lambda idx: self._forward_mx(normalise(gather_batch(data, idx, None, None), self.mean, self.std, self.options.resize), False)[0])
         outs = []
         for start in range(0, data.n, batch_size):
             outs.append(fn(mx.arange(start, min(start + batch_size, data.n))))

@@ -16,6 +16,8 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
+from cifarbench.backends.resize import resize_matrix
+
 
 class DeviceSplit:
     """A whole split on the device: padded uint8 images, int32 labels."""
@@ -55,9 +57,15 @@ def gather_batch(split: DeviceSplit, idx: mx.array, offsets: mx.array | None, fl
     return split.flat[flat]
 
 
-def normalise(x: mx.array, mean: mx.array, std: mx.array) -> mx.array:
-    """uint8 NHWC -> float32 (x / 255 - mean) / std per channel."""
-    return (x.astype(mx.float32) / 255.0 - mean) / std
+def normalise(x: mx.array, mean: mx.array, std: mx.array, resize: tuple[int, int] | None = None) -> mx.array:
+    """uint8 NHWC -> float32 (x / 255 - mean) / std per channel, then resized + centre-cropped
+    (``resize`` = (S, C), backends/resize.py) when given."""
+    x = (x.astype(mx.float32) / 255.0 - mean) / std
+    if resize is None:
+        return x
+    rh, rw = (mx.array(resize_matrix(n, *resize)) for n in (x.shape[1], x.shape[2]))
+    nchw = x.transpose(0, 3, 1, 2)
+    return ((rh @ nchw) @ rw.T).transpose(0, 2, 3, 1)
 
 
 class MLXDataLoader:

@@ -76,7 +76,7 @@ OPS = {
     ReLU: lambda layer, x, ctx: mx.maximum(x, 0) if layer.slope == 0 else mx.where(x > 0, x, x * layer.slope),
     GELU: lambda layer, x, ctx: x * (0.5 * (1.0 + mx.erf(x * (2.0**-0.5)))),
     Scale: lambda layer, x, ctx: x * layer.factor,
-    MaxPool: lambda layer, x, ctx: pool(x, layer.k, layer.stride, True),
+    MaxPool: lambda layer, x, ctx: pool(x, layer.k, layer.stride, True, layer.pad),
     AvgPool: lambda layer, x, ctx: pool(x, layer.k, layer.stride, False),
     GlobalAvgPool: lambda layer, x, ctx: x.mean(axis=(1, 2)),
     # Canonical C, H, W order keeps the next linear layer's weights portable.
@@ -109,8 +109,10 @@ def batch_norm(layer: BatchNorm, x: mx.array, ctx: Ctx) -> mx.array:
     return y.astype(x.dtype)
 
 
-def pool(x: mx.array, k: int, stride: int, is_max: bool) -> mx.array:
-    """k x k pooling on NHWC, floor mode (PyTorch's default)."""
+def pool(x: mx.array, k: int, stride: int, is_max: bool, pad: int = 0) -> mx.array:
+    """k x k pooling on NHWC, floor mode (PyTorch's default); max pooling pads with -inf (PyTorch's padding)."""
+    if pad:
+        x = mx.pad(x, [(0, 0), (pad, pad), (pad, pad), (0, 0)], constant_values=float("-inf"))
     n, h, w, c = x.shape
     ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
     if k == stride:

@@ -9,6 +9,7 @@ read outside the image is a black (0) pixel. One gather builds the whole batch.
 from __future__ import annotations
 
 from cifarbench.backends.numpy_backend.arrays import array_module
+from cifarbench.backends.resize import resize_matrix
 
 
 def normalise(img_u8, mean, std, dtype):
@@ -37,6 +38,16 @@ def crop_flip(x_u8, idx, offsets, flips, pad: int):
     return img
 
 
-def make_batch(x_u8, idx, offsets, flips, pad: int, mean, std, dtype):
+def make_batch(x_u8, idx, offsets, flips, pad: int, mean, std, dtype, resize=None):
     """The float NHWC training batch for samples idx of the split."""
-    return normalise(crop_flip(x_u8, idx, offsets, flips, pad), mean, std, dtype)
+    return resized(normalise(crop_flip(x_u8, idx, offsets, flips, pad), mean, std, dtype), resize)
+
+
+def resized(x, resize):
+    """NHWC float batch resized + centre-cropped (``resize`` = (S, C), backends/resize.py); as is when None."""
+    if resize is None:
+        return x
+    xp = array_module(x)
+    rh, rw = (xp.asarray(resize_matrix(n, *resize)).astype(x.dtype) for n in (x.shape[1], x.shape[2]))
+    nchw = x.transpose(0, 3, 1, 2)
+    return xp.ascontiguousarray(xp.matmul(xp.matmul(rh, nchw), rw.T).transpose(0, 2, 3, 1))

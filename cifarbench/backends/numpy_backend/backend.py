@@ -9,7 +9,7 @@ import numpy as np
 from cifarbench.backends.base import Backend, EpochStats, OptimConfig, TrainOptions
 from cifarbench.backends.muon import muon_params
 from cifarbench.backends.numpy_backend.arrays import LANES, blas_threads, idle_threads, to_numpy
-from cifarbench.backends.numpy_backend.augment import make_batch, normalise
+from cifarbench.backends.numpy_backend.augment import make_batch, normalise, resized
 from cifarbench.backends.numpy_backend.loss import cross_entropy
 from cifarbench.backends.numpy_backend.network import Net
 from cifarbench.backends.numpy_backend.optim import Grouped, Optimizer
@@ -114,7 +114,7 @@ class NumpyBackend(Backend):
         offs = None if self._offsets is None else self._offsets[start:stop]
         flips = None if self._flips is None else self._flips[start:stop]
         pad = self.options.crop_pad if offs is not None else 0
-        xb = make_batch(x, idx, offs, flips, pad, self._mean, self._std, DTYPE)
+        xb = make_batch(x, idx, offs, flips, pad, self._mean, self._std, DTYPE, self.options.resize)
         logits = net.forward(xb, train=True)
         per_sample, dlogits, correct = cross_entropy(logits, y[idx], self.options.label_smoothing)
         net.backward(dlogits)
@@ -138,7 +138,7 @@ class NumpyBackend(Backend):
         x, _ = self.data[split]
         out = []
         for i in range(0, x.shape[0], batch_size):
-            xb = normalise(x[i : i + batch_size], self._mean, self._std, DTYPE)
+            xb = resized(normalise(x[i : i + batch_size], self._mean, self._std, DTYPE), self.options.resize)
             out.append(to_numpy(net.forward(xb, train=False)))
         return np.concatenate(out) if out else np.zeros((0, net.spec.num_classes), DTYPE)
 

@@ -44,9 +44,14 @@ def _tap(x, i: int, j: int, ho: int, wo: int, s: int):
     return x[:, i : i + s * ho : s, j : j + s * wo : s, :]
 
 
-def maxpool_forward(x, k: int, s: int):
-    """y = max over each window; cache = index of the first maximal tap (PyTorch's tie rule)."""
+def maxpool_forward(x, k: int, s: int, pad: int = 0):
+    """y = max over each window; cache = index of the first maximal tap (PyTorch's tie rule).
+
+    ``pad``: -inf on each side of H and W (torch's MaxPool2d padding), so a padded tap never wins.
+    """
     xp = array_module(x)
+    if pad:
+        x = xp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-xp.inf)
     n, h, w, c = x.shape
     ho, wo = _pool_out(h, k, s), _pool_out(w, k, s)
     y = xp.array(_tap(x, 0, 0, ho, wo, s))
@@ -60,8 +65,8 @@ def maxpool_forward(x, k: int, s: int):
     return y, (arg, x.shape)
 
 
-def maxpool_backward(dy, cache, k: int, s: int):
-    """The gradient goes to the one tap that won each window."""
+def maxpool_backward(dy, cache, k: int, s: int, pad: int = 0):
+    """The gradient goes to the one tap that won each window (the padding's share is cut off)."""
     xp = array_module(dy)
     arg, x_shape = cache
     ho, wo = dy.shape[1], dy.shape[2]
@@ -72,7 +77,7 @@ def maxpool_backward(dy, cache, k: int, s: int):
             xp.multiply(dy, arg == t, out=tap)
         else:
             tap += dy * (arg == t)
-    return dx
+    return xp.ascontiguousarray(dx[:, pad : dx.shape[1] - pad, pad : dx.shape[2] - pad, :]) if pad else dx
 
 
 def avgpool_forward(x, k: int, s: int):

@@ -165,15 +165,15 @@ class ScaleNode:
 
 class MaxPoolNode:
     def __init__(self, s: S.MaxPool):
-        self.k, self.st = s.k, s.stride
+        self.k, self.st, self.pad = s.k, s.stride, s.pad
 
     def forward(self, x, net):
-        y, cache = layers.maxpool_forward(x, self.k, self.st)
+        y, cache = layers.maxpool_forward(x, self.k, self.st, self.pad)
         self.cache = cache if net.train else None
         return y
 
     def backward(self, dy, net):
-        return layers.maxpool_backward(dy, self.cache, self.k, self.st)
+        return layers.maxpool_backward(dy, self.cache, self.k, self.st, self.pad)
 
 
 class AvgPoolNode:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from cifarbench.backends.base import TrainOptions
+from cifarbench.backends.resize import crop_start
 from cifarbench.errors import UsageError
 
 
@@ -26,6 +27,7 @@ class DeviceData:
         # (x / 255 - mean) / std  ==  x * scale + shift, one fused multiply-add per pixel
         self._scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1).to(device)
         self._shift = (-mean / std).view(1, -1, 1, 1).to(device)
+        self.resize = options.resize
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.order: torch.Tensor | None = None
         self.offsets: torch.Tensor | None = None
@@ -97,8 +99,15 @@ class DeviceData:
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> normalised float32 NCHW (channels_last storage if asked)."""
         x = x.permute(0, 3, 1, 2)
-        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-        return x.float() * self._scale + self._shift
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = x.contiguous(memory_format=fmt).float() * self._scale + self._shift
+        if self.resize is None:
+            return x
+        # torch's own op is the definition backends/resize.py writes down (and no TF32 matmul on CUDA)
+        size, crop = self.resize
+        top = crop_start(size, crop)
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+        return x[:, :, top : top + crop, top : top + crop].contiguous(memory_format=fmt)
 
     def size(self, split: str) -> int:
         if split not in self.splits:

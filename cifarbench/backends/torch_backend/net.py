@@ -144,7 +144,7 @@ OPS: dict[type, Callable[[object, torch.Tensor, _Ctx], torch.Tensor]] = {
     ReLU: _relu,
     GELU: lambda layer, x, ctx: F.gelu(x),
     Scale: lambda layer, x, ctx: x * layer.factor,
-    MaxPool: lambda layer, x, ctx: F.max_pool2d(x, layer.k, layer.stride),
+    MaxPool: lambda layer, x, ctx: F.max_pool2d(x, layer.k, layer.stride, layer.pad),
     AvgPool: lambda layer, x, ctx: F.avg_pool2d(x, layer.k, layer.stride),
     GlobalAvgPool: lambda layer, x, ctx: x.mean(dim=(2, 3)),
     # reshape follows the logical N, C, H, W order even for channels_last storage
