@@ -9,81 +9,14 @@ data order, learning rate and position; a replayed or skipped step changes them.
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
 
-from cifarbench import backends
-from cifarbench.backends.base import Backend, EpochStats
+from cifarbench.backends.base import EpochStats
 from cifarbench.config import build_config
 from cifarbench.engine.trainer import Trainer
-
-WARM_S, STEP_S = 0.25, 0.01  # first step of a batch size (a "compilation"), then every step
-
-
-class FakeBackend(Backend):
-    name = "fake"
-    devices = ("cpu",)
-    interrupt_at: int | None = None  # raise KeyboardInterrupt at this call of train_step
-    calls: list = []
-
-    @classmethod
-    def probe(cls):
-        return {"cpu": None}
-
-    def _build(self, spec):
-        self.w, self.sizes = {}, set()
-
-    def _get_tensors(self):
-        return self.w
-
-    def _set_tensors(self, tensors):
-        self.w = {k: v.copy() for k, v in tensors.items()}
-
-    def _forward(self, x, train, capture, dropout):
-        return np.zeros((len(x), self.spec.num_classes), np.float32), {}
-
-    def _configure_optimizer(self, opt):
-        self.steps = 0
-
-    def _get_optimizer_state(self):
-        return {}, self.steps
-
-    def _set_optimizer_state(self, slots, step):
-        self.steps = step
-
-    def set_data(self, split, x, y):
-        setattr(self, f"n_{split}", len(y))
-
-    def begin_epoch(self, order, offsets, flips, seed):
-        self.order, self.count = np.asarray(order), 0
-
-    def train_step(self, start, stop, lr, momentum):
-        type(self).calls.append(start)
-        if len(type(self).calls) == type(self).interrupt_at:
-            raise KeyboardInterrupt
-        time.sleep(STEP_S if stop - start in self.sizes else WARM_S)
-        self.sizes.add(stop - start)
-        self.w["fc2.bias"][0] += np.float32(lr * self.order[start:stop].mean())
-        self.steps += 1
-        self.count += stop - start
-
-    def end_epoch(self):
-        return EpochStats(loss_sum=0.5 * self.count, correct=self.count // 2, count=self.count)
-
-    def _predict(self, split, batch_size):
-        return np.zeros((getattr(self, f"n_{split}"), self.spec.num_classes), np.float32)
-
-    def synchronize(self):
-        pass
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    monkeypatch.setitem(backends.BUILTIN, "fake", f"{__name__}:FakeBackend")
-    FakeBackend.calls, FakeBackend.interrupt_at = [], None
-    return FakeBackend
+from fake_backend import STEP_S, WARM_S, FakeBackend, fake  # noqa: F401 - fake is a fixture
 
 
 def _cfg(tiny_npz, out, **kw):
