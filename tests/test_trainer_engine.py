@@ -35,8 +35,8 @@ def test_images_per_s_counts_steady_steps_only(tiny_npz, tmp_path, fake):
     assert first["images_per_s"] <= 60 / (3 * STEP_S)
     assert first["images_per_s"] > 96 / first["train_time_s"]  # the plain ratio would include 0.5 s of warm-up
     assert second["images_per_s"] == pytest.approx(96 / second["train_time_s"])
-    assert summary["warmup_s"] == pytest.approx(first["warmup_s"])
-    assert summary["images_per_s"] == second["images_per_s"]  # the median over epochs after the first
+    assert summary.warmup_s == pytest.approx(first["warmup_s"])
+    assert summary.images_per_s == second["images_per_s"]  # the median over epochs after the first
 
 
 def test_interrupt_saves_the_step_about_to_run_and_resume_replays_nothing(tiny_npz, tmp_path, fake):
