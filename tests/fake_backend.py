@@ -23,6 +23,8 @@ class FakeBackend(Backend):
     name = "fake"
     devices = ("cpu",)
     interrupt_at: int | None = None  # raise KeyboardInterrupt at this call of train_step
+    interrupt_predict_at: int | None = None  # ... or at this call of predict (an evaluation)
+    predicts = 0
     warm_s, step_s = WARM_S, STEP_S  # seconds a step sleeps: the first of a batch size, then each
     calls: list = []
 
@@ -71,6 +73,9 @@ class FakeBackend(Backend):
         return EpochStats(loss_sum=0.5 * self.count, correct=self.count // 2, count=self.count)
 
     def _predict(self, split, batch_size):
+        type(self).predicts += 1
+        if type(self).predicts == type(self).interrupt_predict_at:
+            raise KeyboardInterrupt
         return np.zeros((getattr(self, f"n_{split}"), self.spec.num_classes), np.float32)
 
     def synchronize(self):
@@ -81,5 +86,6 @@ class FakeBackend(Backend):
 def fake(monkeypatch):
     monkeypatch.setitem(backends.BUILTIN, "fake", "fake_backend:FakeBackend")
     FakeBackend.calls, FakeBackend.interrupt_at = [], None
+    FakeBackend.predicts, FakeBackend.interrupt_predict_at = 0, None
     FakeBackend.warm_s, FakeBackend.step_s = WARM_S, STEP_S
     return FakeBackend

@@ -1,9 +1,8 @@
 """The engine loop against a fake backend (no framework): steady images/s accounting, the
-interrupt point, resume, and the run log's text.
+interrupt points and resume (the typed records an uninterrupted run makes), and the run log's text.
 
-The fake is a complete plugin written against the primitives of ``Backend``: its "training"
-adds ``lr * mean(order[start:stop])`` to one bias, so the final weights depend on every step's
-data order, learning rate and position; a replayed or skipped step changes them.
+The fake (fake_backend.py) trains one bias from every step's data order, learning rate and
+position, so a replayed or skipped step changes the final weights.
 """
 
 from __future__ import annotations
@@ -52,6 +51,43 @@ def test_interrupt_saves_the_step_about_to_run_and_resume_replays_nothing(tiny_n
     assert fake.calls == ref_calls[7:]  # exactly the steps not yet taken
     from cifarbench.checkpoint import load_checkpoint
 
+    a, b = load_checkpoint(tmp_path / "ref").state, load_checkpoint(tmp_path / "int").state
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+CLOCK_FREE = ("epoch", "train_loss", "train_acc", "eval_split", "eval_loss", "eval_acc", "lr", "momentum", "dropout",
+              "train_images")
+
+
+@pytest.mark.parametrize("step_call, predict_call, epochs_done", [  # 80 training images: 4 steps of 20 per epoch
+    (3, None, 0),  # mid-epoch 1: its partial sums are saved
+    (5, None, 1),  # the first step of epoch 2: nothing of it done, epoch 1's commit stands
+    (None, 2, 1),  # epoch 2's evaluation: its training is saved as a whole partial epoch
+])
+def test_every_interrupt_point_resumes_to_the_uninterrupted_records(tiny_npz, tmp_path, fake, step_call,
+                                                                   predict_call, epochs_done):
+    from cifarbench.checkpoint import load_checkpoint
+    from cifarbench.engine.reporter import RecordingReporter
+
+    fake.warm_s = fake.step_s = 0.0
+    ref_rep = RecordingReporter()
+    ref = Trainer(_cfg(tiny_npz, tmp_path / "ref", val_split=16), ref_rep).run()
+    ref_calls = list(fake.calls)
+    fake.calls, fake.predicts, fake.interrupt_at, fake.interrupt_predict_at = [], 0, step_call, predict_call
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_cfg(tiny_npz, tmp_path / "int", val_split=16)).run()
+    done = len(fake.calls) - (step_call is not None)  # the interrupted call took no step
+    fake.calls, fake.interrupt_at, fake.interrupt_predict_at = [], None, None
+    rep = RecordingReporter()
+    summary = Trainer(_cfg(tiny_npz, tmp_path / "int", val_split=16), rep, run_dir=tmp_path / "int", resume=True).run()
+    assert fake.calls == ref_calls[done:]  # exactly the steps not taken, none replayed
+    assert summary.start_epoch == epochs_done
+    rows = [json.loads(x) for x in (tmp_path / "int" / "metrics.jsonl").read_text().splitlines()]
+    want = [{k: getattr(r, k) for k in CLOCK_FREE} for r in ref_rep.records]
+    assert [{k: r[k] for k in CLOCK_FREE} for r in rows] == want  # resumed parts' sums included
+    assert [{k: getattr(r, k) for k in CLOCK_FREE} for r in rep.records] == want[summary.start_epoch:]
+    assert (summary.train_pflops, summary.test_accuracy, summary.final_train_loss) == (
+        ref.train_pflops, ref.test_accuracy, ref.final_train_loss)
     a, b = load_checkpoint(tmp_path / "ref").state, load_checkpoint(tmp_path / "int").state
     assert all(np.array_equal(a[k], b[k]) for k in a)
 

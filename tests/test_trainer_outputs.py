@@ -48,7 +48,8 @@ def _canon(obj: Any, tmp: str) -> Any:
 def _csv(path: Path) -> dict[str, Any]:
     rows = list(csv.reader(io.StringIO(path.read_text())))
     header = rows[0]
-    return {"header": header, "rows": [[("<clock>" if h in CLOCKED else v) for h, v in zip(header, r)] for r in rows[1:]]}
+    body = [[("<clock>" if h in CLOCKED else v) for h, v in zip(header, r)] for r in rows[1:]]
+    return {"header": header, "rows": body}
 
 
 def _files(run: Path, tmp: str) -> dict[str, Any]:

@@ -236,12 +236,13 @@ class Trainer:
         self.steps.at(self.steps_per_epoch, trained)  # trained; evaluation pending
         self.stop.check()  # a stop that came during the epoch's last step or its end
         self._check_finite(epoch, trained.mean_loss)
+        elapsed = clock_offset + time.perf_counter()
         if trained.warmup_s > 0:
-            self.rep.message(f"warm-up (first step of each batch size: compile/JIT/autotune): {trained.warmup_s:.2f} s, "
-                             "excluded from images/s")
+            self.rep.message(f"warm-up (first step of each batch size: compile/JIT/autotune): "
+                             f"{trained.warmup_s:.2f} s, excluded from images/s")
         dropout = self.dropout_now if self.dropout_plan else _own_rate(self.spec)
         rec = evaluate_epoch(self.backend, epoch, trained, self.splits.eval_name, self.splits.y_eval,
-                             self.ds.class_names, self.cfg.eval_batch_size, dropout, clock_offset + time.perf_counter())
+                             self.ds.class_names, self.cfg.eval_batch_size, dropout, elapsed)
         self._check_finite(epoch, rec.eval_loss)
         self.records.append(rec)
         self.rep.epoch_end(rec)
