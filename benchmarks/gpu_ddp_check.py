@@ -50,8 +50,8 @@ def train(npz: str, device: str, epochs: int, forced: bool) -> dict:
             distributed.shutdown()
     finally:
         distributed.detect = real_detect
-    return {"device_name": summary["device_name"], "process_group": pg, "test_accuracy": summary["test_accuracy"],
-            "final_train_loss": summary["final_train_loss"], "total_time_s": summary["total_time_s"],
+    return {"device_name": summary.device_name, "process_group": pg, "test_accuracy": summary.test_accuracy,
+            "final_train_loss": summary.final_train_loss, "total_time_s": summary.total_time_s,
             "state": {k: np.asarray(v) for k, v in state.items()}}
 
 

@@ -45,15 +45,15 @@ def one_run(args, seed: int) -> dict:
     t0 = time.perf_counter()
     summary = Trainer(cfg, rec, run_dir=None, write=False).run()
     wall = time.perf_counter() - t0
-    test_s = summary["total_time_s"] - rec.records[-1]["elapsed_s"]  # the final (TTA) test pass
-    train_s, warm_s = summary["train_time_s"], summary["warmup_s"]
+    test_s = summary.total_time_s - rec.records[-1].elapsed_s  # the final (TTA) test pass
+    train_s, warm_s = summary.train_time_s, summary.warmup_s
     return {
-        "seed": seed, "test_accuracy": summary["test_accuracy"], "final_train_loss": summary["final_train_loss"],
+        "seed": seed, "test_accuracy": summary.test_accuracy, "final_train_loss": summary.final_train_loss,
         "timed_s": train_s - warm_s + test_s, "train_s": train_s, "warmup_s": warm_s, "test_s": test_s,
-        "eval_s": sum(r["eval_time_s"] for r in rec.records), "total_s": summary["total_time_s"],
-        "setup_s": wall - summary["total_time_s"], "images_per_s": summary["images_per_s"],
-        "epochs": summary["epochs"], "batch_size": summary["batch_size"], "device_name": summary["device_name"],
-        "train_images": summary["train_images"], "test_images": summary["test_images"],
+        "eval_s": sum(r.eval_time_s for r in rec.records), "total_s": summary.total_time_s,
+        "setup_s": wall - summary.total_time_s, "images_per_s": summary.images_per_s,
+        "epochs": summary.epochs, "batch_size": summary.batch_size, "device_name": summary.device_name,
+        "train_images": summary.train_images, "test_images": summary.test_images,
     }
 
 

@@ -52,11 +52,11 @@ def run_model(model: str, dataset: str, threads: Optional[int], batch_size: int,
     summary = trainer.run()
     rec = trainer.records[-1]
     return {
-        "model": model, "parameters": summary["params"], "train images/s": rec["images_per_s"],
-        "eval images/s": summary["eval_images"] / rec["eval_time_s"] if rec["eval_time_s"] > 0 else float("inf"),
-        "epoch time (s)": rec["epoch_time_s"], "test accuracy": summary["test_accuracy"],
-        "train_images": summary["train_images"], "test_images": summary["test_images"],
-        "device_name": summary["device_name"],
+        "model": model, "parameters": summary.params, "train images/s": rec.images_per_s,
+        "eval images/s": summary.eval_images / rec.eval_time_s if rec.eval_time_s > 0 else float("inf"),
+        "epoch time (s)": rec.epoch_time_s, "test accuracy": summary.test_accuracy,
+        "train_images": summary.train_images, "test_images": summary.test_images,
+        "device_name": summary.device_name,
     }
 
 

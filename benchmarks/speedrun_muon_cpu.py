@@ -61,9 +61,9 @@ def main(argv=None) -> int:
                                             "epochs": args.epochs, "seed": seed, **extra})
                 t0 = time.perf_counter()
                 s = Trainer(cfg, write=False).run()
-                acc = s["test_accuracy"]
+                acc = s.test_accuracy
                 results[recipe].append(acc)
-                print(f"{recipe:14s} seed {seed}: test acc {acc:.4f}  ({s['steps_per_epoch']} steps/epoch x "
+                print(f"{recipe:14s} seed {seed}: test acc {acc:.4f}  ({s.steps_per_epoch} steps/epoch x "
                       f"{cfg.epochs}, batch {cfg.batch_size}, {time.perf_counter() - t0:.0f} s, "
                       f"load {os.getloadavg()[0]:.1f})", flush=True)
     for recipe, accs in results.items():

@@ -21,7 +21,10 @@ import sys
 from datetime import datetime
 from importlib import metadata, util
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from cifarbench.engine.records import RunSummary
 
 PACKAGES = ("numpy", "torch", "torchvision", "mlx", "mlx-data", "cupy", "cupy-cuda12x", "cupy-cuda11x", "jax", "jaxlib",
             "safetensors", "pydantic", "typer", "rich", "matplotlib")
@@ -367,37 +370,38 @@ def standalone_run_log(fp: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def training_run_log(cfg, summary: dict[str, Any], backend) -> dict[str, Any]:
+def training_run_log(cfg, summary: RunSummary, backend) -> dict[str, Any]:
     """mike7seven's run_log.json fields (device reported as it really was) + fingerprint, config, history."""
     fp = collect()
     framework = FRAMEWORK_NAMES.get(backend.name, backend.name)
-    test = summary.get("test") or {}
+    test = summary.test
     return {
         "framework": framework,
         "hardware": original_hardware(fp, {framework: _package_version(fp, backend.name)}, str(backend.device),
                                       _safe(backend.describe)),
         "training": {
-            "dataset": cfg.dataset, "num_classes": len(summary.get("class_names") or []) or None,
+            "dataset": cfg.dataset, "num_classes": len(summary.class_names) or None,
             "seed": cfg.seed, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "optimizer": _optimizer_text(cfg), "scheduler": _scheduler_text(cfg),
-            "training_time_seconds": summary.get("total_time_s"), "model": cfg.model,
-            "model_params": summary.get("params"), "precision": cfg.precision,
+            "training_time_seconds": summary.total_time_s, "model": cfg.model,
+            "model_params": summary.params, "precision": cfg.precision,
         },
         "results": {
             # accuracies are fractions in every file (percent is for people: tables, plots, messages)
-            "overall_accuracy": summary.get("test_accuracy"),
+            "overall_accuracy": summary.test_accuracy,
             "per_class_accuracy": dict(test.get("per_class_accuracy") or {}),
-            "test_loss": summary.get("test_loss"), "final_train_loss": summary.get("final_train_loss"),
-            "final_val_acc": summary.get("final_val_acc"), "time_per_epoch_s": summary.get("time_per_epoch_s"),
-            "images_per_s": summary.get("images_per_s"), "forward_macs": summary.get("forward_macs"),
-            "train_flops_per_image": summary.get("train_flops_per_image"), "train_pflops": summary.get("train_pflops"), "confusion_matrix": test.get("confusion_matrix"),
+            "test_loss": summary.test_loss, "final_train_loss": summary.final_train_loss,
+            "final_val_acc": summary.final_val_acc, "time_per_epoch_s": summary.time_per_epoch_s,
+            "images_per_s": summary.images_per_s, "forward_macs": summary.forward_macs,
+            "train_flops_per_image": summary.train_flops_per_image, "train_pflops": summary.train_pflops,
+            "confusion_matrix": test.get("confusion_matrix"),
         },
-        "checkpoint": summary.get("checkpoint"),
+        "checkpoint": summary.checkpoint,
         "timestamp": datetime.now().astimezone().isoformat(timespec="seconds"),  # ISO 8601 with the UTC offset
         "command_line": _command_line(),
-        "run_dir": summary.get("run_dir"),
+        "run_dir": summary.run_dir,
         "fingerprint_id": fp["fingerprint_id"],
         "fingerprint": fp,
         "config": cfg.model_dump(mode="json"),
-        "history": _history(summary.get("run_dir")),
+        "history": _history(summary.run_dir),
     }

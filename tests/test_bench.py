@@ -14,6 +14,7 @@ from cifarbench.bench.throughput import BenchData, Windows, measure
 from cifarbench.bench.training import time_to_target
 from cifarbench.engine.metrics import summarize
 from cifarbench.errors import UsageError
+from record_fixtures import record
 
 
 class SlowDevice(Backend):
@@ -178,7 +179,7 @@ def test_training_relative_is_speedup_of_total_time():
 
 
 def test_time_to_target():
-    recs = [{"eval_acc": a, "elapsed_s": t} for a, t in [(0.3, 10.0), (0.6, 20.0), (0.55, 30.0), (0.8, 40.0)]]
+    recs = [record(eval_acc=a, elapsed_s=t) for a, t in [(0.3, 10.0), (0.6, 20.0), (0.55, 30.0), (0.8, 40.0)]]
     assert time_to_target(recs, 0.5) == 20.0
     assert time_to_target(recs, 0.8) == 40.0
     assert time_to_target(recs, 0.9) is None

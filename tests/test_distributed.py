@@ -200,9 +200,9 @@ def test_batchnorm_ranks_stay_consistent(tmp_path):
     res = [pickle.loads((d / "result.pkl").read_bytes()) for d in ranks]
     for name, value in res[0]["state"].items():  # parameters by DDP, BN buffers by the epoch-end average
         np.testing.assert_array_equal(value, res[1]["state"][name], err_msg=name)
-    assert res[0]["summary"]["test_accuracy"] == res[1]["summary"]["test_accuracy"]
-    assert res[0]["summary"]["test"]["total"] == 24
-    assert np.isfinite(res[0]["summary"]["final_train_loss"])
+    assert res[0]["summary"].test_accuracy == res[1]["summary"].test_accuracy
+    assert res[0]["summary"].test["total"] == 24
+    assert np.isfinite(res[0]["summary"].final_train_loss)
     assert (ranks[0] / "run" / "model.safetensors").is_file() and not (ranks[1] / "run").exists()
 
 

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from cifarbench import fingerprint as fp_mod
 from cifarbench.cli import app
 from cifarbench.config import RunConfig
+import record_fixtures
 
 
 def test_collect_without_importing_frameworks():
@@ -82,9 +83,10 @@ def test_training_run_log_has_the_seed_fields(tmp_path):
     recs = [{"epoch": 1, "eval_acc": 0.5, "elapsed_s": 3.0}, {"epoch": 2, "eval_acc": 0.7, "elapsed_s": 6.0}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     cfg = RunConfig(model="cnn", dataset="cifar10", epochs=2, batch_size=64, opt="sgd", lr=0.1, sched="onecycle", seed=1111)
-    summary = {"run_dir": str(tmp_path), "total_time_s": 12.5, "params": 573194, "test_accuracy": 0.8612,
-               "class_names": ["cat", "dog"], "checkpoint": str(tmp_path / "model.safetensors"),
-               "test": {"per_class_accuracy": {"cat": 0.9, "dog": 0.8224}, "confusion_matrix": [[9, 1], [2, 8]]}}
+    summary = record_fixtures.summary(
+        run_dir=str(tmp_path), total_time_s=12.5, params=573194, test_accuracy=0.8612, class_names=("cat", "dog"),
+        checkpoint=str(tmp_path / "model.safetensors"),
+        test={"per_class_accuracy": {"cat": 0.9, "dog": 0.8224}, "confusion_matrix": [[9, 1], [2, 8]]})
     log = fp_mod.training_run_log(cfg, summary, _FakeBackend())
     assert log["framework"] == "PyTorch"
     hw = log["hardware"]
@@ -126,7 +128,7 @@ def test_standalone_run_log_has_the_run_directory_schema(tmp_path):
     assert res.exit_code == 0, res.output
     alone = json.loads(out.read_text())
     cfg = RunConfig(model="cnn", dataset="cifar10", epochs=1)
-    run = fp_mod.training_run_log(cfg, {"run_dir": str(tmp_path), "test": {}}, _FakeBackend())
+    run = fp_mod.training_run_log(cfg, record_fixtures.summary(run_dir=str(tmp_path)), _FakeBackend())
     assert set(alone) - {"command"} <= set(run)
     assert {"framework", "hardware", "timestamp", "fingerprint_id", "fingerprint"} <= set(alone)
     versions = {k for k in alone["hardware"] if k.endswith("_Version") and k != "OS_Version"}

@@ -20,6 +20,7 @@ from cifarbench.engine.reporter import RecordingReporter
 from cifarbench.engine.schedules import OneCycle
 from cifarbench.engine.trainer import Trainer
 from cifarbench.models import create_spec, init_params
+import record_fixtures
 from parity_reference import no_dropout
 
 BACKENDS = [b for b, mod in (("numpy", "numpy"), ("torch", "torch"), ("jax", "jax"), ("mlx", "mlx.core"))
@@ -147,9 +148,9 @@ def test_trainer_progress_matches_the_epoch_record(small_npz, tmp_path):
     Trainer(_cfg(small_npz), rep, run_dir=tmp_path / "r", write=False).run()
     assert [(e["epoch"], e["step"]) for e in rep.events] == [(ep, s) for ep in (1, 2) for s in range(1, 7)]
     for rec in rep.records:  # the last step's running loss is the epoch's training loss
-        last = [e for e in rep.events if e["epoch"] == rec["epoch"]][-1]
-        assert last["loss"] == pytest.approx(rec["train_loss"], rel=1e-12)
-        assert last["acc"] == pytest.approx(rec["train_acc"], rel=1e-12)
+        last = [e for e in rep.events if e["epoch"] == rec.epoch][-1]
+        assert last["loss"] == pytest.approx(rec.train_loss, rel=1e-12)
+        assert last["acc"] == pytest.approx(rec.train_acc, rel=1e-12)
     assert rep.events[-1]["run_eta_s"] > 0 and rep.events[6]["eta_includes_eval"] is True
 
 
@@ -157,11 +158,11 @@ def test_max_steps_caps_the_run_and_the_schedule_follows(small_npz, tmp_path):
     rep = _Events(every_steps=1)
     cfg = _cfg(small_npz, epochs=5, max_steps=8, sched="onecycle", lr=0.01)  # 6 steps per epoch
     summary = Trainer(cfg, rep, run_dir=tmp_path / "r").run()
-    assert [r["epoch"] for r in rep.records] == [1, 2] and summary["epochs"] == 2 and summary["total_steps"] == 8
+    assert [r.epoch for r in rep.records] == [1, 2] and summary.epochs == 2 and summary.total_steps == 8
     assert [e["step"] for e in rep.events if e["epoch"] == 2] == [1, 2]  # the last epoch is partial
     ref = OneCycle(max_lr=0.01, total_steps=8, base_momentum=0.85, max_momentum=0.9)
-    assert rep.records[-1]["lr"] == pytest.approx(ref(7)[0])  # the capped schedule's last step: near zero
-    assert rep.records[-1]["lr"] < 1e-5 and rep.events[3]["lr"] == pytest.approx(ref(3)[0])
+    assert rep.records[-1].lr == pytest.approx(ref(7)[0])  # the capped schedule's last step: near zero
+    assert rep.records[-1].lr < 1e-5 and rep.events[3]["lr"] == pytest.approx(ref(3)[0])
     side = json.loads((tmp_path / "r" / "checkpoint.json").read_text())
     assert side["finished"] is True and side["global_step"] == 8
 
@@ -170,8 +171,8 @@ def test_limits_take_stratified_subsets(small_npz, tmp_path):
     cfg = _cfg(small_npz, epochs=1, limit_train=40, limit_eval=20, val_split=30)
     t = Trainer(cfg, RecordingReporter(), run_dir=tmp_path / "r", write=False)
     summary = t.run()
-    assert (summary["train_images"], summary["eval_images"], summary["test_images"]) == (40, 20, 20)
-    assert summary["test"]["total"] == 20
+    assert (summary.train_images, summary.eval_images, summary.test_images) == (40, 20, 20)
+    assert summary.test["total"] == 20
     counts = np.bincount(t.splits.y_train, minlength=4)
     assert counts.sum() == 40 and np.all(counts > 0)
     # proportional to the pool it was drawn from (train minus the val split): within one image per class
@@ -192,14 +193,11 @@ def _event(step, steps=10, **kw):
 
 
 def _record(epoch):
-    return {"epoch": epoch, "train_loss": 1.0 / epoch, "train_acc": 0.5, "eval_acc": 0.5, "eval_split": "test",
-            "images_per_s": 100.0, "epoch_time_s": 1.0, "lr": 0.1}
+    return record_fixtures.record(epoch=epoch, train_loss=1.0 / epoch, elapsed_s=float(epoch))
 
 
 def _info(epochs):
-    return {"model": "cnn", "params": 10, "dataset": "synthetic", "train_images": 10, "eval_images": 10,
-            "eval_split": "test", "device_name": "numpy cpu", "precision": "fp32", "epochs": epochs,
-            "batch_size": 1, "steps_per_epoch": 10, "total_steps": 10 * epochs, "run_dir": "runs/x[1]"}
+    return record_fixtures.info(epochs=epochs, total_steps=10 * epochs, run_dir="runs/x[1]")
 
 
 @pytest.fixture

@@ -315,5 +315,5 @@ def test_speedrun_recipe_smoke(tmp_path, backend):
         "eval_batch_size": 64, "lr": 0.3, "lookahead_every": 2, "compile": False, "tta": 1,
     })
     summary = Trainer(cfg, run_dir=tmp_path / "run").run()
-    assert summary["test_accuracy"] > 0.5  # 4 well-separated colour classes
+    assert summary.test_accuracy > 0.5  # 4 well-separated colour classes
     assert (tmp_path / "run" / "model.safetensors").is_file()

@@ -130,14 +130,14 @@ def test_train_times_warmup_apart(tiny_npz, tmp_path, monkeypatch):
     summary = Trainer(cfg, rep, run_dir=tmp_path / "run").run()
     first, second = rep.records
     assert len(seen) == 2  # 96 images in batches of 40: sizes 40 and 16
-    assert first["warmup_s"] >= 0.8 and second["warmup_s"] == 0.0
-    assert summary["warmup_s"] == pytest.approx(first["warmup_s"])
-    assert first["train_time_s"] >= 0.8
+    assert first.warmup_s >= 0.8 and second.warmup_s == 0.0
+    assert summary.warmup_s == pytest.approx(first.warmup_s)
+    assert first.train_time_s >= 0.8
     # images/s of epoch 1 counts only its steady step (the second batch of 40) over (train time - warm-up):
     # exact accounting, not a speed ratio, so a loaded machine cannot fail it
-    assert first["images_per_s"] == pytest.approx(40 / (first["train_time_s"] - first["warmup_s"]), rel=1e-6)
-    assert second["images_per_s"] == pytest.approx(96 / second["train_time_s"], rel=1e-6)
+    assert first.images_per_s == pytest.approx(40 / (first.train_time_s - first.warmup_s), rel=1e-6)
+    assert second.images_per_s == pytest.approx(96 / second.train_time_s, rel=1e-6)
     assert any("warm-up" in m for m in rep.messages)
     with open(tmp_path / "run" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert float(rows[0]["warmup_s"]) == pytest.approx(first["warmup_s"])
+    assert float(rows[0]["warmup_s"]) == pytest.approx(first.warmup_s)

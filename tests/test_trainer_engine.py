@@ -1,89 +1,21 @@
 """The engine loop against a fake backend (no framework): steady images/s accounting, the
-interrupt point, resume, and the run log's text.
+interrupt points and resume (the typed records an uninterrupted run makes), and the run log's text.
 
-The fake is a complete plugin written against the primitives of ``Backend``: its "training"
-adds ``lr * mean(order[start:stop])`` to one bias, so the final weights depend on every step's
-data order, learning rate and position; a replayed or skipped step changes them.
+The fake (fake_backend.py) trains one bias from every step's data order, learning rate and
+position, so a replayed or skipped step changes the final weights.
 """
 
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
 
-from cifarbench import backends
-from cifarbench.backends.base import Backend, EpochStats
+from cifarbench.backends.base import EpochStats
 from cifarbench.config import build_config
 from cifarbench.engine.trainer import Trainer
-
-WARM_S, STEP_S = 0.25, 0.01  # first step of a batch size (a "compilation"), then every step
-
-
-class FakeBackend(Backend):
-    name = "fake"
-    devices = ("cpu",)
-    interrupt_at: int | None = None  # raise KeyboardInterrupt at this call of train_step
-    calls: list = []
-
-    @classmethod
-    def probe(cls):
-        return {"cpu": None}
-
-    def _build(self, spec):
-        self.w, self.sizes = {}, set()
-
-    def _get_tensors(self):
-        return self.w
-
-    def _set_tensors(self, tensors):
-        self.w = {k: v.copy() for k, v in tensors.items()}
-
-    def _forward(self, x, train, capture, dropout):
-        return np.zeros((len(x), self.spec.num_classes), np.float32), {}
-
-    def _configure_optimizer(self, opt):
-        self.steps = 0
-
-    def _get_optimizer_state(self):
-        return {}, self.steps
-
-    def _set_optimizer_state(self, slots, step):
-        self.steps = step
-
-    def set_data(self, split, x, y):
-        setattr(self, f"n_{split}", len(y))
-
-    def begin_epoch(self, order, offsets, flips, seed):
-        self.order, self.count = np.asarray(order), 0
-
-    def train_step(self, start, stop, lr, momentum):
-        type(self).calls.append(start)
-        if len(type(self).calls) == type(self).interrupt_at:
-            raise KeyboardInterrupt
-        time.sleep(STEP_S if stop - start in self.sizes else WARM_S)
-        self.sizes.add(stop - start)
-        self.w["fc2.bias"][0] += np.float32(lr * self.order[start:stop].mean())
-        self.steps += 1
-        self.count += stop - start
-
-    def end_epoch(self):
-        return EpochStats(loss_sum=0.5 * self.count, correct=self.count // 2, count=self.count)
-
-    def _predict(self, split, batch_size):
-        return np.zeros((getattr(self, f"n_{split}"), self.spec.num_classes), np.float32)
-
-    def synchronize(self):
-        pass
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    monkeypatch.setitem(backends.BUILTIN, "fake", f"{__name__}:FakeBackend")
-    FakeBackend.calls, FakeBackend.interrupt_at = [], None
-    return FakeBackend
+from fake_backend import STEP_S, WARM_S, FakeBackend, fake  # noqa: F401 - fake is a fixture
 
 
 def _cfg(tiny_npz, out, **kw):
@@ -102,8 +34,8 @@ def test_images_per_s_counts_steady_steps_only(tiny_npz, tmp_path, fake):
     assert first["images_per_s"] <= 60 / (3 * STEP_S)
     assert first["images_per_s"] > 96 / first["train_time_s"]  # the plain ratio would include 0.5 s of warm-up
     assert second["images_per_s"] == pytest.approx(96 / second["train_time_s"])
-    assert summary["warmup_s"] == pytest.approx(first["warmup_s"])
-    assert summary["images_per_s"] == second["images_per_s"]  # the median over epochs after the first
+    assert summary.warmup_s == pytest.approx(first["warmup_s"])
+    assert summary.images_per_s == second["images_per_s"]  # the median over epochs after the first
 
 
 def test_interrupt_saves_the_step_about_to_run_and_resume_replays_nothing(tiny_npz, tmp_path, fake):
@@ -119,6 +51,43 @@ def test_interrupt_saves_the_step_about_to_run_and_resume_replays_nothing(tiny_n
     assert fake.calls == ref_calls[7:]  # exactly the steps not yet taken
     from cifarbench.checkpoint import load_checkpoint
 
+    a, b = load_checkpoint(tmp_path / "ref").state, load_checkpoint(tmp_path / "int").state
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+CLOCK_FREE = ("epoch", "train_loss", "train_acc", "eval_split", "eval_loss", "eval_acc", "lr", "momentum", "dropout",
+              "train_images")
+
+
+@pytest.mark.parametrize("step_call, predict_call, epochs_done", [  # 80 training images: 4 steps of 20 per epoch
+    (3, None, 0),  # mid-epoch 1: its partial sums are saved
+    (5, None, 1),  # the first step of epoch 2: nothing of it done, epoch 1's commit stands
+    (None, 2, 1),  # epoch 2's evaluation: its training is saved as a whole partial epoch
+])
+def test_every_interrupt_point_resumes_to_the_uninterrupted_records(tiny_npz, tmp_path, fake, step_call,
+                                                                   predict_call, epochs_done):
+    from cifarbench.checkpoint import load_checkpoint
+    from cifarbench.engine.reporter import RecordingReporter
+
+    fake.warm_s = fake.step_s = 0.0
+    ref_rep = RecordingReporter()
+    ref = Trainer(_cfg(tiny_npz, tmp_path / "ref", val_split=16), ref_rep).run()
+    ref_calls = list(fake.calls)
+    fake.calls, fake.predicts, fake.interrupt_at, fake.interrupt_predict_at = [], 0, step_call, predict_call
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_cfg(tiny_npz, tmp_path / "int", val_split=16)).run()
+    done = len(fake.calls) - (step_call is not None)  # the interrupted call took no step
+    fake.calls, fake.interrupt_at, fake.interrupt_predict_at = [], None, None
+    rep = RecordingReporter()
+    summary = Trainer(_cfg(tiny_npz, tmp_path / "int", val_split=16), rep, run_dir=tmp_path / "int", resume=True).run()
+    assert fake.calls == ref_calls[done:]  # exactly the steps not taken, none replayed
+    assert summary.start_epoch == epochs_done
+    rows = [json.loads(x) for x in (tmp_path / "int" / "metrics.jsonl").read_text().splitlines()]
+    want = [{k: getattr(r, k) for k in CLOCK_FREE} for r in ref_rep.records]
+    assert [{k: r[k] for k in CLOCK_FREE} for r in rows] == want  # resumed parts' sums included
+    assert [{k: getattr(r, k) for k in CLOCK_FREE} for r in rep.records] == want[summary.start_epoch:]
+    assert (summary.train_pflops, summary.test_accuracy, summary.final_train_loss) == (
+        ref.train_pflops, ref.test_accuracy, ref.final_train_loss)
     a, b = load_checkpoint(tmp_path / "ref").state, load_checkpoint(tmp_path / "int").state
     assert all(np.array_equal(a[k], b[k]) for k in a)
 

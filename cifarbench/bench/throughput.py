@@ -22,7 +22,7 @@ from cifarbench.bench.timing import Clock, timed
 from cifarbench.config import RunConfig
 from cifarbench.engine.metrics import summarize
 from cifarbench.models.summary import cost_per_image
-from cifarbench.engine.session import optim_config, training_backend, train_options
+from cifarbench.engine.session import augmentation, optim_config, training_backend, train_options
 from cifarbench.errors import UsageError
 from cifarbench.models import create_spec
 
@@ -76,11 +76,11 @@ def bench_data(cfg: RunConfig, synthetic: bool, n_train: int, n_eval: int) -> Be
 
 
 def _window(backend: Backend, rng: np.random.Generator, n: int, steps: int, bs: int, lr: float, mom: float,
-            clock: Clock) -> tuple[float, float, Any]:
+            clock: Clock, augment: tuple[int, bool]) -> tuple[float, float, Any]:
     """(upload seconds, step seconds, epoch stats) for one window of ``steps`` steps."""
     from cifarbench.data.augment import draw_epoch
 
-    order, offsets, flips = draw_epoch(rng, n, backend.options.crop_pad, backend.options.flip)
+    order, offsets, flips = draw_epoch(rng, n, *augment)
     _, t_data = timed(backend, lambda: backend.begin_epoch(order, offsets, flips, int(rng.integers(2**31))), clock)
 
     def run() -> Any:
@@ -93,9 +93,11 @@ def _window(backend: Backend, rng: np.random.Generator, n: int, steps: int, bs: 
 
 
 def measure(backend: Backend, data: BenchData, batch_size: int, win: Windows, lr: float, momentum: float,
-            seed: int = 0, clock: Clock = time.perf_counter, progress=None) -> dict[str, Any]:
+            seed: int = 0, clock: Clock = time.perf_counter, progress=None,
+            augment: tuple[int, bool] = (0, False)) -> dict[str, Any]:
     """Time an already built backend (model and optimizer configured) on these arrays; ``progress``
-    (a one-line callback) hears each phase as it ends, outside the timed regions."""
+    (a one-line callback) hears each phase as it ends, outside the timed regions; ``augment``: the
+    recipe's (crop padding, flip), engine.session.augmentation."""
     win.check()
     say = progress or (lambda _text: None)
     n = len(data.y_train)
@@ -111,13 +113,13 @@ def measure(backend: Backend, data: BenchData, batch_size: int, win: Windows, lr
     warm_s = 0.0
     if win.warmup_steps:
         say(f"  warm-up: {win.warmup_steps} steps of {batch_size} ...")
-        t_d, t_s, _ = _window(backend, rng, n, win.warmup_steps, batch_size, lr, momentum, clock)
+        t_d, t_s, _ = _window(backend, rng, n, win.warmup_steps, batch_size, lr, momentum, clock, augment)
         warm_s = t_d + t_s
         say(f"  warm-up done in {warm_s:.3g} s; evaluation warm-up on {len(data.y_eval):,} images ...")
     _, eval_warm_s = timed(backend, lambda: backend.predict("test", win.eval_batch_size), clock)
     uploads, steps_s, eval_s, losses = [], [], [], []
     for _ in range(win.repeats):
-        t_d, t_s, stats = _window(backend, rng, n, win.steps, batch_size, lr, momentum, clock)
+        t_d, t_s, stats = _window(backend, rng, n, win.steps, batch_size, lr, momentum, clock, augment)
         uploads.append(t_d)
         steps_s.append(t_s)
         losses.append(stats.loss_sum / max(stats.count, 1))
@@ -146,5 +148,6 @@ def run_case(case: Case, cfg: RunConfig, data: BenchData, win: Windows, clock: C
     case_cfg = cfg.model_copy(update={"backend": case.backend, "device": case.device, "model": case.model})
     backend = training_backend(case_cfg, spec, options, data.x_train)
     momentum = optim_config(cfg, spec).initial_momentum
-    result = measure(backend, data, case.batch_size, win, cfg.lr, momentum, cfg.seed, clock, progress)
+    result = measure(backend, data, case.batch_size, win, cfg.lr, momentum, cfg.seed, clock, progress,
+                     augmentation(cfg))
     return {**case.as_dict(), "device_name": backend.describe(), "params": spec.num_params(), **cost_per_image(spec), **result}

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from cifarbench.bench.matrix import Case
 from cifarbench.config import build_config
 from cifarbench.engine.metrics import summarize
+from cifarbench.engine.records import EpochRecord
 from cifarbench.engine.reporter import RecordingReporter, Reporter
 
 
@@ -39,19 +40,19 @@ class _Forward(RecordingReporter):
         super().warning(text)
         self.outer.warning(f"{self.label}: {text}")
 
-    def epoch_end(self, record: dict[str, Any]) -> None:
+    def epoch_end(self, record: EpochRecord) -> None:
         super().epoch_end(record)
         self.outer.message(
-            f"{self.label}: epoch {record['epoch']} loss {record['train_loss']:.4f} "
-            f"{record['eval_split']} acc {100 * record['eval_acc']:.2f}% ({record['epoch_time_s']:.1f} s)"
+            f"{self.label}: epoch {record.epoch} loss {record.train_loss:.4f} "
+            f"{record.eval_split} acc {100 * record.eval_acc:.2f}% ({record.epoch_time_s:.1f} s)"
         )
 
 
-def time_to_target(records: Sequence[dict[str, Any]], target: float | None) -> float | None:
+def time_to_target(records: Sequence[EpochRecord], target: float | None) -> float | None:
     """elapsed_s of the first epoch whose eval accuracy reached target (None if never)."""
     if target is None:
         return None
-    return next((r["elapsed_s"] for r in records if r["eval_acc"] >= target), None)
+    return next((r.elapsed_s for r in records if r.eval_acc >= target), None)
 
 
 def run_case(case: Case, config_file: str | None, overrides: dict[str, Any], seeds: Sequence[int],
@@ -77,17 +78,17 @@ def _row(case: Case, runs: list, target_acc: float | None) -> dict[str, Any]:
     first = runs[0][1]
     reached = [t for t in (time_to_target(recs, target_acc) for _, _, recs, _ in runs) if t is not None]
     return {
-        **case.as_dict(), "device_name": first["device_name"], "params": first["params"],
-        "dataset": first["dataset"], "epochs": first["epochs"], "seeds": len(runs),
+        **case.as_dict(), "device_name": first.device_name, "params": first.params,
+        "dataset": first.dataset, "epochs": first.epochs, "seeds": len(runs),
         "seed_values": [s for s, _, _, _ in runs],
-        "total_time_s": summarize([s["total_time_s"] for _, s, _, _ in runs]),
-        "time_per_epoch_s": summarize([s["time_per_epoch_s"] for _, s, _, _ in runs]),
-        "images_per_s": summarize([s["images_per_s"] for _, s, _, _ in runs if s["images_per_s"] is not None]),
-        "test_accuracy": summarize([s["test_accuracy"] for _, s, _, _ in runs]),
-        "final_loss": summarize([s["final_train_loss"] for _, s, _, _ in runs]),
-        "test_loss": summarize([s["test_loss"] for _, s, _, _ in runs]),
+        "total_time_s": summarize([s.total_time_s for _, s, _, _ in runs]),
+        "time_per_epoch_s": summarize([s.time_per_epoch_s for _, s, _, _ in runs]),
+        "images_per_s": summarize([s.images_per_s for _, s, _, _ in runs if s.images_per_s is not None]),
+        "test_accuracy": summarize([s.test_accuracy for _, s, _, _ in runs]),
+        "final_loss": summarize([s.final_train_loss for _, s, _, _ in runs]),
+        "test_loss": summarize([s.test_loss for _, s, _, _ in runs]),
         "time_to_target_s": summarize(reached), "target_reached": len(reached),
-        "curves": [{"seed": seed, "elapsed_s": [r["elapsed_s"] for r in recs], "eval_acc": [r["eval_acc"] for r in recs],
-                    "train_loss": [r["train_loss"] for r in recs]} for seed, _, recs, _ in runs],
+        "curves": [{"seed": seed, "elapsed_s": [r.elapsed_s for r in recs], "eval_acc": [r.eval_acc for r in recs],
+                    "train_loss": [r.train_loss for r in recs]} for seed, _, recs, _ in runs],
         "run_dirs": [str(d) for _, _, _, d in runs if d is not None],
     }

@@ -10,6 +10,7 @@ from typing import Any
 from rich.markup import escape
 
 from cifarbench.cli._console import err_console, info, warn
+from cifarbench.engine.records import EpochRecord, RunInfo, RunSummary
 from cifarbench.engine.reporter import Reporter
 from cifarbench.errors import UsageError
 from cifarbench.report.tables import sig
@@ -19,11 +20,10 @@ WIDTHS = (7, 8, 9, 16, 10, 9, 9)  # fixed, so rows printed one at a time line up
 DEFAULT_LOG_INTERVAL = "10%,30s"
 
 
-def _row(r: dict[str, Any], epochs: int) -> tuple[str, ...]:
+def _row(r: EpochRecord, epochs: int) -> tuple[str, ...]:
     return (
-        f"{r['epoch']}/{epochs}", f"{r['train_loss']:.4f}", f"{100 * r['train_acc']:.2f}%",
-        f"{100 * r['eval_acc']:.2f}% ({r['eval_split']})", sig(r["images_per_s"]), f"{r['epoch_time_s']:.2f}",
-        f"{r['lr']:.3g}",
+        f"{r.epoch}/{epochs}", f"{r.train_loss:.4f}", f"{100 * r.train_acc:.2f}%",
+        f"{100 * r.eval_acc:.2f}% ({r.eval_split})", sig(r.images_per_s), f"{r.epoch_time_s:.2f}", f"{r.lr:.3g}",
     )
 
 
@@ -76,26 +76,25 @@ def parse_log_interval(text: str) -> tuple[int | None, float | None, float | Non
     return steps, frac, secs
 
 
-def header_lines(i: dict[str, Any]) -> list[str]:
-    steps = f"{i['epochs']} epoch{'s' if i['epochs'] != 1 else ''} x {i['steps_per_epoch']} steps"
-    total = i.get("total_steps")
-    if total is not None and total != i["epochs"] * i["steps_per_epoch"]:
-        steps += f", capped at {total} steps"
-    return ([i["recipe"]] if i.get("recipe") else []) + [
-        f"model {i['model']} ({i['params']:,} parameters) on {i['dataset']}: "
-        f"{i['train_images']:,} train / {i['eval_images']:,} {i['eval_split']} images",
-        f"backend {i['device_name']}, {i['precision']}, batch {i['batch_size']}, {steps} -> "
-        + (i["run_dir"] if i.get("writes", True) else "nothing written (give -o DIR to keep it)"),
+def header_lines(i: RunInfo) -> list[str]:
+    steps = f"{i.epochs} epoch{'s' if i.epochs != 1 else ''} x {i.steps_per_epoch} steps"
+    if i.total_steps != i.epochs * i.steps_per_epoch:
+        steps += f", capped at {i.total_steps} steps"
+    return ([i.recipe] if i.recipe else []) + [
+        f"model {i.model} ({i.params:,} parameters) on {i.dataset}: "
+        f"{i.train_images:,} train / {i.eval_images:,} {i.eval_split} images",
+        f"backend {i.device_name}, {i.precision}, batch {i.batch_size}, {steps} -> "
+        + (i.run_dir if i.writes else "nothing written (give -o DIR to keep it)"),
     ]
 
 
-def final_line(s: dict[str, Any]) -> str:
+def final_line(s: RunSummary) -> str:
     return (
-        f"test accuracy {100 * s['test_accuracy']:.2f}% (loss {s['test_loss']:.4f}) after {s['epochs']} "
-        f"epoch{'s' if s['epochs'] != 1 else ''}, "
-        f"{s['total_time_s']:.1f} s in all"
-        + (f" (warm-up {s['warmup_s']:.1f} s)" if s.get("warmup_s") else "")
-        + (f"; checkpoint {s['checkpoint']}" if s.get("checkpoint") else "; nothing written")
+        f"test accuracy {100 * s.test_accuracy:.2f}% (loss {s.test_loss:.4f}) after {s.epochs} "
+        f"epoch{'s' if s.epochs != 1 else ''}, "
+        f"{s.total_time_s:.1f} s in all"
+        + (f" (warm-up {s.warmup_s:.1f} s)" if s.warmup_s else "")
+        + (f"; checkpoint {s.checkpoint}" if s.checkpoint else "; nothing written")
     )
 
 
@@ -112,12 +111,12 @@ class PlainReporter(Reporter):
     def warning(self, text: str) -> None:
         warn(text)
 
-    def start(self, i: dict[str, Any]) -> None:
-        self.epochs = i["epochs"]
+    def start(self, i: RunInfo) -> None:
+        self.epochs = i.epochs
         for line in header_lines(i):
             info(escape(line))
-        if i.get("start_epoch"):
-            info(f"resuming after epoch {i['start_epoch']}")
+        if i.start_epoch:
+            info(f"resuming after epoch {i.start_epoch}")
 
     def epoch_begin(self, epoch: int, steps: int) -> None:
         every = [n for n in (self._every_steps, self._every_frac and math.ceil(self._every_frac * steps)) if n]
@@ -128,11 +127,11 @@ class PlainReporter(Reporter):
         if p["step"] < p["steps"]:  # the epoch's last step is followed at once by its epoch line
             info(" | ".join(f"{k} {v}" for k, v in progress_fields(p)))
 
-    def epoch_end(self, r: dict[str, Any]) -> None:
+    def epoch_end(self, r: EpochRecord) -> None:
         cells = _row(r, self.epochs)
         info(" | ".join(f"{name} {val}" for name, val in zip(COLUMNS, cells)))
 
-    def finish(self, s: dict[str, Any]) -> None:
+    def finish(self, s: RunSummary) -> None:
         info(escape(final_line(s)))
 
     def download_progress(self, name: str, done: int, total: int | None) -> None:
@@ -147,12 +146,12 @@ class QuietReporter(PlainReporter):
 
     def message(self, text: str) -> None: ...
 
-    def start(self, i: dict[str, Any]) -> None:
-        self.epochs = i["epochs"]
+    def start(self, i: RunInfo) -> None:
+        self.epochs = i.epochs
 
     def epoch_begin(self, epoch: int, steps: int) -> None: ...
 
-    def epoch_end(self, r: dict[str, Any]) -> None: ...
+    def epoch_end(self, r: EpochRecord) -> None: ...
 
     def download_progress(self, name: str, done: int, total: int | None) -> None: ...
 
@@ -189,7 +188,7 @@ class RichReporter(PlainReporter):
         self.task = self.progress.add_task("train", total=1, epoch="", stats="", visible=False)
         self.progress.start()
 
-    def start(self, i: dict[str, Any]) -> None:
+    def start(self, i: RunInfo) -> None:
         self._stop_downloads()
         super().start(i)
         info(f"[bold]{escape(_line(COLUMNS))}[/]")
@@ -205,7 +204,7 @@ class RichReporter(PlainReporter):
                      f"ETA {f['epoch ETA']}  run {escape(f['run ETA'])}")
         self.progress.update(self.task, completed=p["step"], stats=stats)
 
-    def epoch_end(self, r: dict[str, Any]) -> None:
+    def epoch_end(self, r: EpochRecord) -> None:
         row = _line(_row(r, self.epochs))
         if self.progress is not None:
             self.progress.console.print(escape(row), highlight=False)  # above the footer
@@ -213,7 +212,7 @@ class RichReporter(PlainReporter):
         else:
             info(escape(row))
 
-    def finish(self, s: dict[str, Any]) -> None:
+    def finish(self, s: RunSummary) -> None:
         self.close()
         super().finish(s)
 

@@ -174,11 +174,11 @@ def _run(cfg, resume: Optional[Path], json_out: bool, record_to: Optional[str] =
         from cifarbench.cli._console import warn
         from cifarbench.results import record_run
 
-        record_run(Path(summary["run_dir"]) / "run_log.json", record_to or None, "train", warn, info)
+        record_run(Path(summary.run_dir) / "run_log.json", record_to or None, "train", warn, info)
     if json_out:
-        print_json(summary)
+        print_json(summary.to_dict())
     elif write and not quiet:
-        info(f"run directory: {escape(summary['run_dir'])}")
+        info(f"run directory: {escape(summary.run_dir)}")
 
 
 def _with_trackers(rep, cfg, log_interval: Optional[str], resume: bool, write: bool):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cifarbench.engine.records import EpochRecord, RunInfo, RunSummary
+
 
 class Reporter:
     """Default: silent. The CLI passes a rich or plain-text implementation.
@@ -14,6 +16,10 @@ class Reporter:
     (of this epoch), images_per_s, loss, acc (running, this epoch; None if the backend cannot read
     them), samples (the count behind loss/acc, or None), lr, elapsed_s, epoch_eta_s, run_eta_s,
     eta_includes_eval.
+
+    The calls, in order: ``start`` (a RunInfo), then per epoch ``epoch_begin``, ``step_progress``
+    events, ``epoch_end`` (an EpochRecord), and ``finish`` (the RunSummary); ``message``, ``warning``
+    and ``download_progress`` at any time.
     """
 
     progress_every_s: float | None = None
@@ -23,15 +29,15 @@ class Reporter:
 
     def warning(self, text: str) -> None: ...
 
-    def start(self, info: dict[str, Any]) -> None: ...
+    def start(self, info: RunInfo) -> None: ...
 
     def epoch_begin(self, epoch: int, steps: int) -> None: ...
 
     def step_progress(self, progress: dict[str, Any]) -> None: ...
 
-    def epoch_end(self, record: dict[str, Any]) -> None: ...
+    def epoch_end(self, record: EpochRecord) -> None: ...
 
-    def finish(self, summary: dict[str, Any]) -> None: ...
+    def finish(self, summary: RunSummary) -> None: ...
 
     def download_progress(self, name: str, done: int, total: int | None) -> None: ...
 
@@ -42,9 +48,9 @@ class RecordingReporter(Reporter):
     def __init__(self) -> None:
         self.messages: list[str] = []
         self.warnings: list[str] = []
-        self.info: dict[str, Any] = {}
-        self.records: list[dict[str, Any]] = []
-        self.summary: dict[str, Any] = {}
+        self.info: RunInfo | None = None
+        self.records: list[EpochRecord] = []
+        self.summary: RunSummary | None = None
 
     def message(self, text: str) -> None:
         self.messages.append(text)
@@ -52,13 +58,13 @@ class RecordingReporter(Reporter):
     def warning(self, text: str) -> None:
         self.warnings.append(text)
 
-    def start(self, info: dict[str, Any]) -> None:
+    def start(self, info: RunInfo) -> None:
         self.info = info
 
-    def epoch_end(self, record: dict[str, Any]) -> None:
+    def epoch_end(self, record: EpochRecord) -> None:
         self.records.append(record)
 
-    def finish(self, summary: dict[str, Any]) -> None:
+    def finish(self, summary: RunSummary) -> None:
         self.summary = summary
 
 
@@ -147,7 +153,7 @@ class Tee(Reporter):
     def download_progress(self, name: str, done: int, total: int | None) -> None:
         self.main.download_progress(name, done, total)
 
-    def start(self, info: dict[str, Any]) -> None:
+    def start(self, info: RunInfo) -> None:
         self._each("start", info)
         for sink in self.trackers:
             for note in getattr(sink, "notes", ()):
@@ -166,10 +172,10 @@ class Tee(Reporter):
             if due is not None and due.due(progress):
                 self._guarded(sink, "step_progress", progress)
 
-    def epoch_end(self, record: dict[str, Any]) -> None:
+    def epoch_end(self, record: EpochRecord) -> None:
         self._each("epoch_end", record)
 
-    def finish(self, summary: dict[str, Any]) -> None:
+    def finish(self, summary: RunSummary) -> None:
         for sink in list(self.trackers):  # the trackers first: the display's final line is the last
             self._guarded(sink, "finish", summary)
         self.main.finish(summary)

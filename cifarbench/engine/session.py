@@ -39,6 +39,11 @@ def normalization(cfg: RunConfig, ds) -> tuple[tuple[float, ...], tuple[float, .
     return tuple(ds.mean()), tuple(ds.std())
 
 
+def augmentation(cfg: RunConfig) -> tuple[int, bool]:
+    """(crop padding, flip) of a recipe: what the engine draws per epoch and the backend applies."""
+    return (cfg.crop_pad if "crop" in cfg.augment else 0), "flip" in cfg.augment
+
+
 def train_options(cfg: RunConfig, mean, std, precision: str | None = None) -> TrainOptions:
     """The backend options of a recipe (shared by train and bench, so both run the same thing)."""
     extra: dict[str, Any] = {"loader": cfg.loader}
@@ -50,9 +55,9 @@ def train_options(cfg: RunConfig, mean, std, precision: str | None = None) -> Tr
         extra["memory_limit_gb"] = cfg.memory_limit
     if cfg.threads is not None:  # unset: the framework's default (one thread per core)
         extra["threads"] = cfg.threads
+    crop_pad, flip = augmentation(cfg)
     return TrainOptions(
-        mean=tuple(mean), std=tuple(std), label_smoothing=cfg.label_smoothing,
-        crop_pad=cfg.crop_pad if "crop" in cfg.augment else 0, flip="flip" in cfg.augment,
+        mean=tuple(mean), std=tuple(std), label_smoothing=cfg.label_smoothing, crop_pad=crop_pad, flip=flip,
         resize=resize_plan(cfg.image_size, cfg.crop_pct), precision=precision or cfg.precision, extra=extra,
     )
 

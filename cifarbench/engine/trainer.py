@@ -9,16 +9,17 @@ The run directory is locked for the whole run (engine.rundir). A checkpoint hold
 metrics need too: the epoch rows so far, and the sums of a partly trained epoch, so a run
 interrupted anywhere (mid-epoch, during evaluation) and resumed writes the rows an
 uninterrupted run writes. A non-finite loss stops the run (exit 1) before it is saved.
+
+The parts: engine.epoch (one epoch's steps and evaluation), engine.runstate (checkpoint
+generations, metrics files, the resume point), engine.summary (the run's summary and run_log.json);
+what they measure travels as the typed records of engine.records.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,59 +29,27 @@ import numpy as np
 from cifarbench import atomic
 from cifarbench import checkpoint as ckpt
 from cifarbench.config import RunConfig, dump_config
-from cifarbench.engine import distributed, rundir, tta
+from cifarbench.engine import distributed, rundir, runstate, tta
+from cifarbench.engine.epoch import EpochSteps, epoch_seed, evaluate_epoch
 from cifarbench.engine.interrupts import StopRequests
 from cifarbench.engine.metrics import evaluate_logits
-from cifarbench.engine.progress import RunPlan, StepProgress
+from cifarbench.engine.progress import RunPlan
+from cifarbench.engine.records import EpochRecord, EpochTrain, RunInfo, RunSummary
 from cifarbench.engine.reporter import Reporter
 from cifarbench.engine.schedules import DropoutSchedule, make_schedule
 from cifarbench.engine.session import normalization, train_options, training_backend
-from cifarbench.engine.tricks import lookahead_decay
+from cifarbench.engine.summary import run_summary, write_run_log
 from cifarbench.errors import CifarbenchError, UsageError
 from cifarbench.models import create_spec
 from cifarbench.models.spec import ModuleSpec, dropout_rates
 
-__all__ = ["Trainer", "normalization", "train_options", "epoch_seed"]
-
-METRIC_FIELDS = (
-    "epoch", "train_loss", "train_acc", "eval_split", "eval_loss", "eval_acc", "lr", "momentum", "dropout",
-    "images_per_s", "train_time_s", "eval_time_s", "epoch_time_s", "elapsed_s", "warmup_s",
-)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A distinct, reproducible seed per (run seed, epoch) for dropout and data draws."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+__all__ = ["Trainer", "Diverged", "normalization", "train_options", "epoch_seed"]
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     safe_ds = cfg.dataset.replace(":", "-").replace("/", "_")[-40:]
     return Path("runs") / f"{cfg.model.replace(':', '-')}-{safe_ds}-{cfg.backend}-{stamp}"
-
-
-@dataclass
-class EpochTrain:
-    """What one epoch's training phase measured (the evaluation adds the rest of the record).
-
-    Saved in a mid-epoch checkpoint and added to what the resumed part measures.
-    """
-
-    loss_sum: float  # over the samples trained
-    correct: int
-    count: int
-    seconds: float  # wall time of the phase, device synchronised at both ends
-    lr: float  # of the last step
-    momentum: float
-    images: int  # trained in the phase
-    warmup_s: float  # first steps of new batch sizes (compile/JIT), timed apart
-    warmup_images: int
-
-    def __add__(self, later: "EpochTrain") -> "EpochTrain":
-        last = later if later.images else self
-        return EpochTrain(self.loss_sum + later.loss_sum, self.correct + later.correct, self.count + later.count,
-                          self.seconds + later.seconds, last.lr, last.momentum, self.images + later.images,
-                          self.warmup_s + later.warmup_s, self.warmup_images + later.warmup_images)
 
 
 class Diverged(CifarbenchError):
@@ -113,7 +82,7 @@ class Trainer:
         self.overwrite = overwrite
         self.dist = distributed.detect()  # under torchrun: this rank; None in a plain run
         self.write = write and (self.dist is None or self.dist.is_main)  # rank 0 alone writes
-        self.records: list[dict[str, Any]] = []
+        self.records: list[EpochRecord] = []
         self.start_epoch = 0
         self.start_step_in_epoch = 0
         self.resumed_partial: EpochTrain | None = None  # the part of start_epoch trained before the resume
@@ -162,7 +131,8 @@ class Trainer:
         self.total_steps = min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or 10**18)
         self.epochs = -(-self.total_steps // self.steps_per_epoch)
         self.schedule = make_schedule(cfg, self.steps_per_epoch, self.total_steps)
-        self._seen_batches: set[int] = set()  # batch sizes stepped already (a new one compiles/autotunes)
+        self.steps = EpochSteps(cfg, self.backend, self.schedule, self.steps_per_epoch, self.total_steps, n,
+                                self.stop, self.rep, distributed=self.dist is not None)
         self.dropout_plan = self._dropout_plan()
         self.dropout_now: float | None = None  # the rate set on the backend (None: the spec's own)
 
@@ -183,7 +153,7 @@ class Trainer:
         """The epoch's dropout rate (from the evaluations of the epochs before it) onto the backend."""
         if self.dropout_plan is None:
             return
-        rate = self.dropout_plan.rates([r["eval_acc"] for r in self.records[:epoch]])[-1]
+        rate = self.dropout_plan.rates([r.eval_acc for r in self.records[:epoch]])[-1]
         if rate == self.dropout_now:
             return
         if self.dropout_now is not None:
@@ -191,7 +161,7 @@ class Trainer:
                              f"({self.cfg.dropout_schedule})")
         self.backend.set_dropout(rate)
         self.dropout_now = rate
-        self._seen_batches.clear()  # a compiled step traces again on the new rate: time it apart
+        self.steps.seen_batches.clear()  # a compiled step traces again on the new rate: time it apart
 
     def _apply_limits(self, subset) -> None:
         """--limit-train / --limit-eval: seeded, class-stratified subsets (the final test's too)."""
@@ -219,34 +189,14 @@ class Trainer:
             weight_file(self.cfg.model)  # a model without published weights: exit 2 before any download
 
     def _load_resume_state(self):
-        loaded = ckpt.load_checkpoint(self.run_dir)  # the newest complete generation, verified
-        for note in loaded.notes:
-            self.rep.warning(note)
-        ckpt.check_compatible(loaded.state, self.spec, str(self.run_dir))
-        side = loaded.sidecar
-        try:
-            self.start_epoch = int(side.get("epoch", 0))
-            self.start_step_in_epoch = int(side.get("step_in_epoch", 0))
-            if side.get("partial_epoch"):
-                self.resumed_partial = EpochTrain(**side["partial_epoch"])
-            self.best = side.get("best")
-        except (TypeError, ValueError) as exc:
-            raise ckpt.CheckpointError(f"corrupt {loaded.run_dir / ckpt.SIDECAR}: {exc}") from None
+        point = runstate.load_resume_point(self.run_dir, self.spec, self.rep.warning)
+        self.start_epoch, self.start_step_in_epoch = point.epoch, point.step_in_epoch
+        self.resumed_partial, self.best, self.records = point.partial, point.best, point.records
         self._committed = (self.start_epoch, self.start_step_in_epoch)
-        if "records" in side:  # the rows committed with this checkpoint
-            self.records = list(side["records"])
-        else:  # written before checkpoints held their rows
-            metrics = self.run_dir / "metrics.jsonl"
-            if metrics.is_file():
-                rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
-                self.records = [r for r in rows if r["epoch"] <= self.start_epoch]
-            if self.start_step_in_epoch:
-                self.rep.warning(f"this checkpoint predates saved partial epochs: epoch {self.start_epoch + 1}'s "
-                                 "train loss/accuracy will count only the steps after the resume")
-        return loaded.state, ckpt.load_optimizer_state(loaded.run_dir)
+        return point.state, point.opt_state
 
     # ----- the loop --------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
+    def run(self) -> RunSummary:
         lock = rundir.RunDirLock(self.run_dir) if self.write else None
         with self.stop:
             self._validate_names()  # a bad name fails before the run directory is made
@@ -262,42 +212,20 @@ class Trainer:
                 if lock is not None:
                     lock.release()
 
-    def _run(self) -> dict[str, Any]:
+    def _run(self) -> RunSummary:
         self.setup()
-        cfg = self.cfg
-        info = self._info()
-        self.rep.start(info)
+        self.rep.start(self._info())
         if self.write:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic.write_text(self.run_dir / "config.yaml", dump_config(cfg))
+            atomic.write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
             self._write_metrics()  # rows past the checkpoint (from a killed run) go
         t_run = time.perf_counter()
-        elapsed_before = self.records[-1]["elapsed_s"] if self.records else 0.0
+        elapsed_before = self.records[-1].elapsed_s if self.records else 0.0
         epoch = self.start_epoch
-        self._next_step = self.start_step_in_epoch  # the interrupt point: the step about to run
-        self._partial: EpochTrain | None = None  # the epoch trained so far, when interrupted
+        self.steps.at(self.start_step_in_epoch)  # the interrupt point: the step about to run
         try:
             for epoch in range(self.start_epoch, self.epochs):
-                first = self.start_step_in_epoch if epoch == self.start_epoch else 0
-                self._next_step, self._partial = first, None
-                self._apply_dropout(epoch)
-                trained = self._train_epoch(epoch, first)
-                self._partial, self._next_step = trained, self.steps_per_epoch  # trained; evaluation pending
-                self.stop.check()  # a stop that came during the epoch's last step or its end
-                self._check_finite(epoch, trained.loss_sum / max(trained.count, 1))
-                rec = self._finish_epoch(epoch, trained, elapsed_before + time.perf_counter() - t_run)
-                self._check_finite(epoch, rec["eval_loss"])
-                self.records.append(rec)
-                self.rep.epoch_end(rec)
-                best = self._is_best(rec)
-                last = epoch + 1 == self.epochs
-                with self.stop.deferred():  # a stop waits for the commit
-                    if self.write and ((epoch + 1) % cfg.save_every == 0 or last or best):
-                        self._save(epoch + 1, 0, best=best)
-                    self._write_metrics()
-                self._partial = None
-                self._next_step = 0
-                self.stop.check()
+                self._epoch(epoch, elapsed_before - t_run)
         except KeyboardInterrupt:
             if self.write:
                 self._save_interrupted(epoch)
@@ -306,9 +234,38 @@ class Trainer:
         self.rep.finish(summary)
         return summary
 
+    def _epoch(self, epoch: int, clock_offset: float) -> None:
+        """Train, evaluate, report and commit one epoch; ``clock_offset + perf_counter()``: the run's elapsed."""
+        first = self.start_step_in_epoch if epoch == self.start_epoch else 0
+        self.steps.at(first)
+        self._apply_dropout(epoch)
+        before = self.resumed_partial if epoch == self.start_epoch else None
+        trained = self.steps.train(epoch, first, before, self.epochs, self._plan(epoch))
+        self.steps.at(self.steps_per_epoch, trained)  # trained; evaluation pending
+        self.stop.check()  # a stop that came during the epoch's last step or its end
+        self._check_finite(epoch, trained.mean_loss)
+        elapsed = clock_offset + time.perf_counter()
+        if trained.warmup_s > 0:
+            self.rep.message(f"warm-up (first step of each batch size: compile/JIT/autotune): "
+                             f"{trained.warmup_s:.2f} s, excluded from images/s")
+        dropout = self.dropout_now if self.dropout_plan else _own_rate(self.spec)
+        rec = evaluate_epoch(self.backend, epoch, trained, self.splits.eval_name, self.splits.y_eval,
+                             self.ds.class_names, self.cfg.eval_batch_size, dropout, elapsed)
+        self._check_finite(epoch, rec.eval_loss)
+        self.records.append(rec)
+        self.rep.epoch_end(rec)
+        best = self._is_best(rec)
+        last = epoch + 1 == self.epochs
+        with self.stop.deferred():  # a stop waits for the commit
+            if self.write and ((epoch + 1) % self.cfg.save_every == 0 or last or best):
+                self._save(epoch + 1, 0, best=best)
+            self._write_metrics()
+        self.steps.at(0)
+        self.stop.check()
+
     def _save_interrupted(self, epoch: int) -> None:
-        done = bool(self.records) and self.records[-1]["epoch"] == epoch + 1  # stopped after the epoch's row
-        pos, part = ((epoch + 1, 0), None) if done else ((epoch, self._next_step), self._partial)
+        done = bool(self.records) and self.records[-1].epoch == epoch + 1  # stopped after the epoch's row
+        pos, part = ((epoch + 1, 0), None) if done else ((epoch, self.steps.next_step), self.steps.partial)
         if part is not None and not math.isfinite(part.loss_sum):
             self.rep.warning("interrupted: not saved, the loss is already non-finite; the last checkpoint is kept")
             return
@@ -326,112 +283,18 @@ class Trainer:
             raise Diverged(f"diverged at epoch {epoch + 1} (loss {loss}): lower --lr",
                            hint=f"nothing of epoch {epoch + 1} was saved{kept}" if self.write else None)
 
-    def _is_best(self, rec: dict[str, Any]) -> bool:
+    def _is_best(self, rec: EpochRecord) -> bool:
         """Model selection on the validation split only, never on the test set."""
-        if rec["eval_split"] != "val" or (self.best is not None and rec["eval_acc"] <= self.best["eval_acc"]):
+        if rec.eval_split != "val" or (self.best is not None and rec.eval_acc <= self.best["eval_acc"]):
             return False
-        self.best = {"epoch": rec["epoch"], "eval_acc": rec["eval_acc"]}
+        self.best = {"epoch": rec.epoch, "eval_acc": rec.eval_acc}
         return True
-
-    def _train_epoch(self, epoch: int, first_step: int) -> EpochTrain:
-        """Steps ``first_step``.. of this epoch; ``self._next_step`` always names the step about to run.
-
-        A stop request is taken at a step boundary; the part trained so far goes to ``self._partial``.
-        """
-        from cifarbench.data.augment import alternate_flips, draw_epoch
-
-        cfg, b = self.cfg, self.backend
-        n = len(self.splits.y_train)
-        rng = np.random.default_rng(epoch_seed(cfg.seed, epoch))
-        order, offsets, flips = draw_epoch(rng, n, self.options.crop_pad, self.options.flip)
-        if flips is not None and cfg.flip_mode == "alternate":
-            flips = alternate_flips(cfg.seed, order, epoch, n)
-        base = epoch * self.steps_per_epoch
-        last_step = min(self.steps_per_epoch, self.total_steps - base)
-        self.rep.epoch_begin(epoch + 1, last_step)
-        b.synchronize()
-        t0 = time.perf_counter()
-        b.begin_epoch(order, offsets, flips, epoch_seed(cfg.seed + 1, epoch))
-        base = epoch * self.steps_per_epoch
-        before = self.resumed_partial if epoch == self.start_epoch else None
-        progress = StepProgress(self.rep, b, epoch + 1, self.epochs, first_step, last_step, cfg.batch_size,
-                                self._plan(epoch))
-        lr = mom = 0.0
-        warm_s, warm_images, warm_steps = 0.0, 0, 0
-
-        def so_far(stats) -> EpochTrain:
-            images = min(self._next_step * cfg.batch_size, n) - min(first_step * cfg.batch_size, n)
-            part = EpochTrain(stats.loss_sum, stats.correct, stats.count, time.perf_counter() - t0, lr, mom,
-                              images, warm_s, warm_images)
-            return before + part if before is not None else part
-
-        try:
-            with self.stop.deferred():
-                for i in range(first_step, last_step):
-                    self._next_step = i
-                    lr, mom = self.schedule(base + i)
-                    start, stop = i * cfg.batch_size, min((i + 1) * cfg.batch_size, n)
-                    if stop - start in self._seen_batches:
-                        b.train_step(start, stop, lr, mom)
-                    else:  # first step of this batch shape: compile/JIT/autotune run here, timed apart
-                        warm_s += self._timed_step(start, stop, lr, mom)
-                        warm_images += stop - start
-                        warm_steps += 1
-                    decay = lookahead_decay(base + i + 1, self.total_steps, cfg.lookahead_every, cfg.lookahead_decay)
-                    if decay is not None:
-                        b.lookahead(decay)
-                    self._next_step = i + 1
-                    progress.tick(i + 1, lr, warm_s, warm_steps)  # reads the device sums only when an event is due
-                    atomic.kill_point("step")
-                    self.stop.check()
-                self._next_step = last_step
-                stats = b.end_epoch()  # synchronises
-        except KeyboardInterrupt:
-            if self.dist is None:  # (under torchrun end_epoch is a collective: the sums are not saved)
-                self._partial = so_far(b.end_epoch())
-            raise
-        return so_far(stats)
 
     def _plan(self, epoch: int) -> RunPlan:
         """The rest of the run after this epoch, for the run's ETA."""
         after = max(self.total_steps - (epoch + 1) * self.steps_per_epoch, 0)
-        eval_s = self.records[-1]["eval_time_s"] if self.records else None
+        eval_s = self.records[-1].eval_time_s if self.records else None
         return RunPlan(steps_after=after, evals_left=self.epochs - epoch + 1, eval_s=eval_s)
-
-    def _timed_step(self, start: int, stop: int, lr: float, mom: float) -> float:
-        """One synchronised, timed step (the warm-up of a new batch shape)."""
-        b = self.backend
-        b.synchronize()
-        t0 = time.perf_counter()
-        b.train_step(start, stop, lr, mom)
-        b.synchronize()
-        self._seen_batches.add(stop - start)
-        return time.perf_counter() - t0
-
-    def _finish_epoch(self, epoch: int, trained: EpochTrain, elapsed: float) -> dict[str, Any]:
-        train_time, lr, mom = trained.seconds, trained.lr, trained.momentum
-        images, warm_s, warm_images = trained.images, trained.warmup_s, trained.warmup_images
-        if warm_s > 0:
-            self.rep.message(f"warm-up (first step of each batch size: compile/JIT/autotune): {warm_s:.2f} s, "
-                             "excluded from images/s")
-        # images/s over the steady steps; an epoch made only of warm-up steps keeps the plain ratio
-        steady_images, steady_time = images, train_time
-        if images > warm_images:
-            steady_images, steady_time = images - warm_images, train_time - warm_s
-        t0 = time.perf_counter()
-        atomic.kill_point("eval")
-        logits = self.backend.predict(self.splits.eval_name, self.cfg.eval_batch_size)
-        ev = evaluate_logits(logits, self.splits.y_eval, self.ds.class_names)
-        eval_time = time.perf_counter() - t0
-        count = max(trained.count, 1)
-        return {
-            "epoch": epoch + 1, "train_loss": trained.loss_sum / count, "train_acc": trained.correct / count,
-            "eval_split": self.splits.eval_name, "eval_loss": ev["loss"], "eval_acc": ev["accuracy"],
-            "lr": lr, "momentum": mom, "dropout": self.dropout_now if self.dropout_plan else _own_rate(self.spec),
-            "train_images": images, "images_per_s": steady_images / steady_time if steady_time > 0 else 0.0,
-            "train_time_s": train_time, "eval_time_s": eval_time, "epoch_time_s": train_time + eval_time,
-            "elapsed_s": elapsed + eval_time, "warmup_s": warm_s,
-        }
 
     # ----- outputs ---------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
@@ -441,84 +304,37 @@ class Trainer:
         )
 
     def _save(self, epoch: int, step_in_epoch: int, partial: EpochTrain | None = None, best: bool = False) -> None:
-        """One checkpoint generation: weights, optimizer, position, the rows so far, a partial epoch."""
-        side = {
-            "epoch": epoch, "step_in_epoch": step_in_epoch,
-            "global_step": min(epoch * self.steps_per_epoch + step_in_epoch, self.total_steps), "epochs": self.cfg.epochs,
-            "finished": epoch >= self.epochs, "config": self.cfg.model_dump(mode="json"),
-            "saved_at": datetime.now().isoformat(timespec="seconds"),
-            "records": self.records, "partial_epoch": asdict(partial) if partial is not None else None,
-            "best": self.best,
-        }
-        ckpt.save_checkpoint(self.run_dir, self.backend.state_dict(), self._meta(), self.backend.optimizer_state(),
-                             side, keep=self.cfg.keep_checkpoints, best=best)
+        runstate.save_generation(
+            self.run_dir, self.backend, self._meta(), self.cfg, epoch, step_in_epoch,
+            global_step=min(epoch * self.steps_per_epoch + step_in_epoch, self.total_steps),
+            finished=epoch >= self.epochs, records=self.records, partial=partial, best=self.best, is_best=best)
         self._committed = (epoch, step_in_epoch)
 
     def _write_metrics(self) -> None:
-        if not self.write:
-            return
-        atomic.write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
-        atomic.kill_point("metrics")
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(self.records)
-        atomic.write_text(self.run_dir / "metrics.csv", buf.getvalue())
+        if self.write:
+            runstate.write_metrics(self.run_dir, self.records)
 
-    def _info(self) -> dict[str, Any]:
+    def _info(self) -> RunInfo:
         cfg = self.cfg
-        return {
-            "model": cfg.model, "params": self.spec.num_params(), "dataset": cfg.dataset,
-            "train_images": len(self.splits.y_train), "eval_split": self.splits.eval_name,
-            "eval_images": len(self.splits.y_eval), "test_images": len(self.y_test),
-            "backend": cfg.backend, "device": self.backend.device, "device_name": self.backend.describe(),
-            "precision": cfg.precision, "epochs": self.epochs, "batch_size": cfg.batch_size,
-            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, "start_epoch": self.start_epoch,
-            "start_step": self.start_epoch * self.steps_per_epoch + self.start_step_in_epoch,  # where a resume goes on
-            "run_dir": str(self.run_dir), "writes": self.write, "recipe": self.recipe,
-        }
+        return RunInfo(
+            model=cfg.model, params=self.spec.num_params(), dataset=cfg.dataset,
+            train_images=len(self.splits.y_train), eval_split=self.splits.eval_name,
+            eval_images=len(self.splits.y_eval), test_images=len(self.y_test),
+            backend=cfg.backend, device=self.backend.device, device_name=self.backend.describe(),
+            precision=cfg.precision, epochs=self.epochs, batch_size=cfg.batch_size,
+            steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps, start_epoch=self.start_epoch,
+            start_step=self.start_epoch * self.steps_per_epoch + self.start_step_in_epoch,  # where a resume goes on
+            run_dir=str(self.run_dir), writes=self.write, recipe=self.recipe,
+        )
 
-    def _final(self, total_time: float) -> dict[str, Any]:
+    def _final(self, total_time: float) -> RunSummary:
         t0 = time.perf_counter()
         logits = tta.predict(self.backend, self.tta_plan, self.cfg.eval_batch_size)  # tta 0: plain "test"
         test = evaluate_logits(logits, self.y_test, self.ds.class_names)
         test_time = time.perf_counter() - t0
-        last = self.records[-1] if self.records else {}
-        ips = [r["images_per_s"] for r in self.records]
-        steady = ips[1:] if len(ips) > 1 else ips
-        summary = {
-            **self._info(),
-            "total_time_s": total_time + test_time,
-            "train_time_s": sum(r["train_time_s"] for r in self.records),
-            "time_per_epoch_s": float(np.mean([r["epoch_time_s"] for r in self.records])) if self.records else None,
-            "images_per_s": float(np.median(steady)) if steady else None,
-            "warmup_s": sum(r.get("warmup_s", 0.0) for r in self.records),
-            "final_train_loss": last.get("train_loss"), "final_train_acc": last.get("train_acc"),
-            "final_val_acc": last.get("eval_acc") if self.splits.eval_name == "val" else None,
-            "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test": test,
-            "checkpoint": str(self.run_dir / ckpt.WEIGHTS) if self.write else None,
-            "class_names": list(self.ds.class_names), "seed": self.cfg.seed,
-            **self._cost(),
-        }
+        summary = run_summary(self._info(), self.records, test, total_time + test_time,
+                              str(self.run_dir / ckpt.WEIGHTS) if self.write else None, self.ds.class_names,
+                              self.cfg.seed, self.spec)
         if self.write:
-            self._write_run_log(summary)
+            write_run_log(self.run_dir, self.cfg, summary, self.backend)
         return summary
-
-    def _cost(self) -> dict[str, Any]:
-        """Forward MACs and training FLOPs per image (models.summary), and the training PFLOPs of the
-        run, as airbench reports them; None for another library's modules (tv:)."""
-        from cifarbench.models.summary import cost_per_image
-
-        cost = cost_per_image(self.spec)
-        images = sum(int(r.get("train_images") or 0) for r in self.records)  # trained, resumed parts included
-        per_image = cost["train_flops_per_image"]
-        return {**cost, "train_pflops": None if per_image is None else per_image * images / 1e15}
-
-    def _write_run_log(self, summary: dict[str, Any]) -> None:
-        try:
-            from cifarbench.fingerprint import training_run_log
-        except ImportError:
-            log = {"config": self.cfg.model_dump(mode="json"), "results": summary}
-        else:
-            log = training_run_log(self.cfg, summary, self.backend)
-        atomic.write_json(self.run_dir / "run_log.json", log)

@@ -6,10 +6,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cifarbench.engine.records import EpochRecord, RunInfo, RunSummary
 from cifarbench.engine.reporter import Reporter
 
 
-def flat_params(config: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+def flat_params(config: dict[str, Any], info: RunInfo) -> dict[str, Any]:
     """The resolved config (lists as comma text, unset as 'none') and what the run found out
     (parameter count, device, image counts): the hyper-parameters a tracker records."""
     out: dict[str, Any] = {}
@@ -19,8 +20,8 @@ def flat_params(config: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
         out[key] = "none" if value is None else value
     for key in ("params", "device_name", "train_images", "eval_images", "test_images", "steps_per_epoch",
                 "total_steps"):
-        if info.get(key) is not None:
-            out[f"run.{key}"] = info[key]
+        if getattr(info, key, None) is not None:
+            out[f"run.{key}"] = getattr(info, key)
     return out
 
 
@@ -56,10 +57,10 @@ class Tracker(Reporter):
         """Flush and close; ``ok`` False: the run failed or was interrupted."""
 
     # ----- the Reporter events ---------------------------------------------------------------
-    def start(self, info: dict[str, Any]) -> None:
-        self.steps_per_epoch, self.total_steps = info["steps_per_epoch"], info["total_steps"]
-        run_dir = Path(info["run_dir"])
-        self.open(run_dir, flat_params(self.config, info), run_dir.name, int(info.get("start_step") or 0))
+    def start(self, info: RunInfo) -> None:
+        self.steps_per_epoch, self.total_steps = info.steps_per_epoch, info.total_steps
+        run_dir = Path(info.run_dir)
+        self.open(run_dir, flat_params(self.config, info), run_dir.name, int(info.start_step or 0))
         self._open = True
 
     def epoch_begin(self, epoch: int, steps: int) -> None:
@@ -81,19 +82,19 @@ class Tracker(Reporter):
             self._prev = (loss_sum, correct, n)
         self.log(scalars, step)
 
-    def epoch_end(self, r: dict[str, Any]) -> None:
-        split = r["eval_split"]
+    def epoch_end(self, r: EpochRecord) -> None:
+        split = r.eval_split
         scalars = {
-            "epoch/number": float(r["epoch"]), "epoch/train_loss": r["train_loss"], "epoch/train_acc": r["train_acc"],
-            f"epoch/{split}_loss": r["eval_loss"], f"epoch/{split}_acc": r["eval_acc"],
-            "epoch/time_s": r["epoch_time_s"], "epoch/images_per_s": r["images_per_s"], "epoch/lr": r["lr"],
+            "epoch/number": float(r.epoch), "epoch/train_loss": r.train_loss, "epoch/train_acc": r.train_acc,
+            f"epoch/{split}_loss": r.eval_loss, f"epoch/{split}_acc": r.eval_acc,
+            "epoch/time_s": r.epoch_time_s, "epoch/images_per_s": r.images_per_s, "epoch/lr": r.lr,
         }
-        self.log({k: float(v) for k, v in scalars.items() if v is not None}, self._epoch_step(r["epoch"]))
+        self.log({k: float(v) for k, v in scalars.items() if v is not None}, self._epoch_step(r.epoch))
         self.flush()
 
-    def finish(self, s: dict[str, Any]) -> None:
-        scalars = {"test/loss": s["test_loss"], "test/acc": s["test_accuracy"], "run/total_time_s": s["total_time_s"],
-                   "run/images_per_s": s.get("images_per_s")}
+    def finish(self, s: RunSummary) -> None:
+        scalars = {"test/loss": s.test_loss, "test/acc": s.test_accuracy, "run/total_time_s": s.total_time_s,
+                   "run/images_per_s": getattr(s, "images_per_s", None)}
         self.log({k: float(v) for k, v in scalars.items() if v is not None}, self.total_steps)
         self._close(ok=True)
 
