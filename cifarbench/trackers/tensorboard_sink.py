@@ -17,6 +17,14 @@ from cifarbench.trackers.base import Tracker
 FOLDER = "tb"
 
 
+def _stamp(name: str) -> int:
+    """The creation second in an event file's name (``events.out.tfevents.<second>.<host>...``)."""
+    try:
+        return int(name.split(".")[3])
+    except (IndexError, ValueError):
+        return 0
+
+
 class TensorBoardTracker(Tracker):
     name = "tensorboard"
 
@@ -27,7 +35,12 @@ class TensorBoardTracker(Tracker):
         self.event_pb2 = event_pb2
         folder = run_dir / FOLDER
         folder.mkdir(parents=True, exist_ok=True)
-        earlier = any(folder.glob("events.out.tfevents.*"))
+        earlier = [_stamp(f.name) for f in folder.glob("events.out.tfevents.*")]
+        # TensorBoard reads a folder's event files in name order, and a name starts with the
+        # second it was made in, then the host and the pid: a file made in the same second as
+        # an earlier one could sort before it (a smaller pid), and its purge would come first.
+        while earlier and int(time.time()) <= max(earlier):
+            time.sleep(0.05)
         self.writer = EventFileWriter(str(folder), flush_secs=10)
         if self.resume and earlier:  # TensorBoard purges the older points with step >= this one
             self.writer.add_event(event_pb2.Event(wall_time=time.time(), step=start_step + 1,
