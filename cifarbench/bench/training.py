@@ -88,6 +88,7 @@ def _row(case: Case, runs: list, target_acc: float | None) -> dict[str, Any]:
         "test_loss": summarize([s["test_loss"] for _, s, _, _ in runs]),
         "time_to_target_s": summarize(reached), "target_reached": len(reached),
         "curves": [{"seed": seed, "elapsed_s": [r["elapsed_s"] for r in recs], "eval_acc": [r["eval_acc"] for r in recs],
-                    "train_loss": [r["train_loss"] for r in recs]} for seed, _, recs, _ in runs],
+                    "train_loss": [r["train_loss"] for r in recs], "train_time_s": [r["train_time_s"] for r in recs],
+                    "test_time_s": s.get("test_time_s")} for seed, s, recs, _ in runs],
         "run_dirs": [str(d) for _, _, _, d in runs if d is not None],
     }

@@ -486,7 +486,7 @@ class Trainer:
             "warmup_s": sum(r.get("warmup_s", 0.0) for r in self.records),
             "final_train_loss": last.get("train_loss"), "final_train_acc": last.get("train_acc"),
             "final_val_acc": last.get("eval_acc") if self.splits.eval_name == "val" else None,
-            "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test": test,
+            "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test": test, "test_time_s": test_time,
             "checkpoint": str(self.run_dir / ckpt.WEIGHTS) if self.write else None,
             "class_names": list(self.ds.class_names), "seed": self.cfg.seed,
             **self._cost(),
