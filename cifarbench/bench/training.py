@@ -68,7 +68,8 @@ def run_case(case: Case, config_file: str | None, overrides: dict[str, Any], see
         cfg.save_every = cfg.epochs  # one checkpoint at the end: writes stay out of the epochs being timed
         run_dir = out_dir / "runs" / label.replace("/", "-").replace(":", "-") if out_dir else None
         rec = _Forward(reporter, label)
-        summary = Trainer(cfg, rec, run_dir=run_dir, write=run_dir is not None, overwrite=True).run()  # a rerun replaces
+        summary = Trainer(cfg, rec, run_dir=run_dir, write=run_dir is not None, overwrite=True,
+                          step_log=False).run()  # a rerun replaces; no per-step log: no device reads in timed epochs
         runs.append((seed, summary, rec.records, run_dir))
     return _row(case, runs, target_acc)
 

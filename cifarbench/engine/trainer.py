@@ -104,7 +104,8 @@ def _own_rate(spec) -> float | None:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, reporter: Reporter | None = None, run_dir: Path | None = None,
-                 resume: bool = False, write: bool = True, overwrite: bool = False, recipe: str | None = None):
+                 resume: bool = False, write: bool = True, overwrite: bool = False, recipe: str | None = None,
+                 step_log: bool = True):
         self.cfg = cfg
         self.recipe = recipe  # the resolved recipe in one line, shown at the start
         self.rep = reporter or Reporter()
@@ -114,6 +115,9 @@ class Trainer:
         self.dist = distributed.detect()  # under torchrun: this rank; None in a plain run
         self.write = write and (self.dist is None or self.dist.is_main)  # rank 0 alone writes
         self.records: list[dict[str, Any]] = []
+        # steps.jsonl: a light per-step log (engine/progress.py: ~10 rows per epoch), when the run writes
+        self.step_log = step_log and self.write
+        self.step_records: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.start_step_in_epoch = 0
         self.resumed_partial: EpochTrain | None = None  # the part of start_epoch trained before the resume
@@ -225,6 +229,7 @@ class Trainer:
         except (TypeError, ValueError) as exc:
             raise ckpt.CheckpointError(f"corrupt {loaded.run_dir / ckpt.SIDECAR}: {exc}") from None
         self._committed = (self.start_epoch, self.start_step_in_epoch)
+        self.step_records = list(side.get("step_records") or [])  # committed with the rows, as one unit
         if "records" in side:  # the rows committed with this checkpoint
             self.records = list(side["records"])
         else:  # written before checkpoints held their rows
@@ -347,7 +352,8 @@ class Trainer:
         base = epoch * self.steps_per_epoch
         before = self.resumed_partial if epoch == self.start_epoch else None
         progress = StepProgress(self.rep, b, epoch + 1, self.epochs, first_step, last_step, cfg.batch_size,
-                                self._plan(epoch))
+                                self._plan(epoch), step_log=self.step_records if self.step_log else None,
+                                steps_per_epoch=self.steps_per_epoch, global_base=base)
         lr = mom = 0.0
         warm_s, warm_images, warm_steps = 0.0, 0, 0
 
@@ -439,7 +445,8 @@ class Trainer:
             "global_step": min(epoch * self.steps_per_epoch + step_in_epoch, self.total_steps), "epochs": self.cfg.epochs,
             "finished": epoch >= self.epochs, "config": self.cfg.model_dump(mode="json"),
             "saved_at": datetime.now().isoformat(timespec="seconds"),
-            "records": self.records, "partial_epoch": asdict(partial) if partial is not None else None,
+            "records": self.records, "step_records": self.step_records,
+            "partial_epoch": asdict(partial) if partial is not None else None,
             "best": self.best,
         }
         ckpt.save_checkpoint(self.run_dir, self.backend.state_dict(), self._meta(), self.backend.optimizer_state(),
@@ -456,6 +463,9 @@ class Trainer:
         w.writeheader()
         w.writerows(self.records)
         atomic.write_text(self.run_dir / "metrics.csv", buf.getvalue())
+        if self.step_log:
+            atomic.kill_point("steps")
+            atomic.write_text(self.run_dir / "steps.jsonl", "".join(json.dumps(r) + "\n" for r in self.step_records))
 
     def _info(self) -> dict[str, Any]:
         cfg = self.cfg

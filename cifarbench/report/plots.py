@@ -93,19 +93,27 @@ def run_title(label: str, recs: Sequence[dict[str, Any]], config: dict[str, Any]
 
 
 def training_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: str | Path,
-                    configs: Sequence[dict[str, Any] | None] | None = None) -> Path:
+                    configs: Sequence[dict[str, Any] | None] | None = None,
+                    steps: Sequence[Sequence[dict[str, Any]] | None] | None = None) -> Path:
     """Loss, accuracy and learning rate per epoch for each run (records as in metrics.jsonl); the title
-    names each run's model, data set and final accuracy; legends sit below the panels, off the curves."""
+    names each run's model, data set and final accuracy; legends sit below the panels, off the curves.
+    ``steps`` (rows of each run's steps.jsonl, or None) adds the per-step training loss as faint points
+    behind the loss curves, at their position in the epoch (epoch e ends at x = e)."""
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
 
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4.6))
     configs = list(configs or [None] * len(runs))
+    steps = list(steps or [None] * len(runs))
     fig.suptitle("\n".join(run_title(label, recs, cfg) for (label, recs), cfg in zip(runs, configs)), fontsize=10)
-    for label, recs in runs:
+    for (label, recs), step_rows in zip(runs, steps):
         ep = [r["epoch"] for r in recs]
-        line = ax_loss.plot(ep, [r.get("train_loss") for r in recs], marker="o", markersize=3, label=f"{label} train")
+        line = ax_loss.plot(ep, [r.get("train_loss") for r in recs], marker="o", markersize=3, label=f"{label} train",
+                            zorder=3)
         color = line[0].get_color()
+        if step_rows:
+            ax_loss.scatter([r["epoch_pos"] for r in step_rows], [r["loss"] for r in step_rows], s=8, alpha=0.3,
+                            color=color, linewidths=0, zorder=1, label=f"{label} train, per step")
         ax_loss.plot(ep, [r.get("eval_loss") for r in recs], linestyle="--", color=color, label=f"{label} {_split(recs)}")
         ax_acc.plot(ep, [100 * r.get("train_acc", math.nan) for r in recs], marker="o", markersize=3, color=color,
                     label=f"{label} train")
@@ -215,19 +223,35 @@ def sample_grid(images: np.ndarray, truth: Sequence[int], predicted: Sequence[in
     return _save(fig, path)
 
 
+def grid_shape(c: int) -> tuple[int, int]:
+    """(rows, cols) for c panels: as square as possible, never a whole empty row (6 -> 2 x 3)."""
+    cols = math.ceil(math.sqrt(c))
+    return math.ceil(c / cols), cols
+
+
 def feature_grid(act: np.ndarray, title: str, path: str | Path, channels: int = 16) -> Path:
-    """The first ``channels`` maps of one (C, H, W) activation in a square grid."""
+    """The first ``channels`` maps of one (C, H, W) activation, one panel per map (the grid fits the
+    count; the cells of a last, partial row are removed), on one colour scale with one colorbar, so
+    that a bright panel means a strong response, not only a different per-channel range."""
     plt = _plt()
     if act.ndim == 1:  # a vector capture (after flatten): show it as a strip
         act = act[:, None, None]
     c = min(channels, act.shape[0])
-    side = math.ceil(math.sqrt(c))
-    fig, axes = plt.subplots(side, side, figsize=(2.2 * side, 2.2 * side), squeeze=False)
+    rows, cols = grid_shape(c)
+    shown = act[:c]
+    vmin, vmax = float(shown.min()), float(shown.max())
+    if vmin == vmax:  # a constant map: a scale of width 0 would draw nothing
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols + 1.0, 2.2 * rows + 0.3), squeeze=False)
+    image = None
     for i, ax in enumerate(axes.flat):
+        if i >= c:
+            fig.delaxes(ax)
+            continue
         ax.axis("off")
-        if i < c:
-            ax.imshow(act[i], cmap="viridis", interpolation="nearest")
-            ax.set_title(f"ch {i}", fontsize=8)
+        image = ax.imshow(shown[i], cmap="viridis", interpolation="nearest", vmin=vmin, vmax=vmax)
+        ax.set_title(f"ch {i}", fontsize=8)
+    fig.colorbar(image, ax=[ax for ax in axes.flat[:c]], shrink=0.9, label="activation (one scale for all channels)")
     fig.suptitle(title)
     return _save(fig, path)
 
@@ -247,7 +271,8 @@ def bench_comparison(records: Sequence[dict[str, Any]], path: str | Path, title:
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(4, 1, figsize=(10, 17))
-    labels = [r["label"] for r in records]
+    labels = _unique([r["label"] for r in records])
+    records = [{**r, "label": lbl} for r, lbl in zip(records, labels)]
     colors = [f"C{i % 10}" for i in range(len(records))]
     _time_intervals(axes[0], records, colors)
     _test_times(axes[1], records, colors)
@@ -269,10 +294,12 @@ def bench_comparison(records: Sequence[dict[str, Any]], path: str | Path, title:
         ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="best")
     else:
         ax = axes[3]
-        ips = [(r, c, r["batch_size"] / (r["ranges"]["step"]["batch"][1] / 1e6)) for r, c in zip(records, colors)
+        ips = [(i, c, r["batch_size"] / (r["ranges"]["step"]["batch"][1] / 1e6))
+               for i, (r, c) in enumerate(zip(records, colors))
                if r["batch_size"] and "step" in r["ranges"] and r["ranges"]["step"]["batch"][1] > 0]
-        bars = ax.bar([r["label"] for r, _, _ in ips], [v for _, _, v in ips], color=[c for _, c, _ in ips])
+        bars = ax.bar([i for i, _, _ in ips], [v for _, _, v in ips], color=[c for _, c, _ in ips])
         ax.bar_label(bars, labels=[f"{v:,.0f}" for _, _, v in ips], fontsize=8)
+        ax.set_xticks(range(len(records)), labels)
         ax.set_title("Training throughput (images / s at the mean fused step)")
         ax.set_ylabel("images / s")
         _no_data(ax, ips, "no fused-step timing in these records")
@@ -281,6 +308,16 @@ def bench_comparison(records: Sequence[dict[str, Any]], path: str | Path, title:
     fig.suptitle(title or "cifarbench bench comparison: " + ", ".join(labels), fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.985))
     return _save(fig, path)
+
+
+def _unique(labels: Sequence[str]) -> list[str]:
+    """The labels, a repeated one numbered (#2, #3, ...) so that every record keeps its own bar."""
+    seen: dict[str, int] = {}
+    out = []
+    for lbl in labels:
+        seen[lbl] = seen.get(lbl, 0) + 1
+        out.append(lbl if seen[lbl] == 1 else f"{lbl} #{seen[lbl]}")
+    return out
 
 
 def _no_data(ax, items, text: str) -> None:
@@ -310,10 +347,11 @@ def _time_intervals(ax, records, colors) -> None:
 
 
 def _test_times(ax, records, colors) -> None:
-    have = [(r, c) for r, c in zip(records, colors) if r["test_ms"] is not None]
-    bars = ax.bar([r["label"] for r, _ in have], [r["test_ms"] for r, _ in have], color=[c for _, c in have])
+    have = [(i, r, c) for i, (r, c) in enumerate(zip(records, colors)) if r["test_ms"] is not None]
+    bars = ax.bar([i for i, _, _ in have], [r["test_ms"] for _, r, _ in have], color=[c for _, _, c in have])
     ax.bar_label(bars, labels=[f"{r['test_ms']:,.0f} ms" + (f"\n{r['test_images']:,} images" if r["test_images"] else "")
-                               for r, _ in have], fontsize=8)
+                               for _, r, _ in have], fontsize=8)
+    ax.set_xticks(range(len(records)), [r["label"] for r in records])
     ax.set_title("Test pass processing time (batch image classification)")
     ax.set_ylabel("time (ms)")
     ax.margins(y=0.25)
