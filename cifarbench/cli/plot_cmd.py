@@ -59,9 +59,6 @@ def plot(
     from cifarbench.report.plots import bench_comparison, training_curves
 
     _threads(threads)
-    missing = [str(r) for r in runs if not r.exists()]
-    if missing:
-        raise UsageError(f"not found: {missing[0]}")
     bench = [_bench_records(r) for r in runs]
     if any(b is not None for b in bench):
         if not all(b is not None for b in bench):

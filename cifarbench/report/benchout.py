@@ -61,8 +61,8 @@ def blocks(result: dict[str, Any]) -> list[str]:
                     lines.append(f"epoch_range_s|{bs}:{min(ep):.3f},{sum(ep) / len(ep):.3f},{max(ep):.3f}")
                 if c.get("test_time_s") is not None:
                     lines.append(f"test_run_ms:{int(c['test_time_s'] * 1000):.3f}")
-                lines.append(f"loss: {[float(x) for x in c['train_loss']]}")
-                lines.append(f"accuracy: {[100.0 * float(a) for a in c['eval_acc']]}")
+                lines.append(f"loss: {[float(x) for x in c.get('train_loss') or []]}")
+                lines.append(f"accuracy: {[100.0 * float(a) for a in c.get('eval_acc') or []]}")
                 out.append("\n".join(lines) + "\n")
             continue
         lines = [f"# cifarbench bench (throughput): {label(row)}"]
@@ -83,8 +83,7 @@ def append(path: str | Path, result: dict[str, Any]) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"--bench-out {path} is a directory; give a file, e.g. {path / 'torch.cpu.cnn.bench.out'}")
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # what a killed append left
-        stale.unlink(missing_ok=True)
+    atomic.sweep_own_temp(path)  # what a killed append left
     old = path.read_bytes() if path.exists() else b""
     new = "".join(blocks(result)).encode()
 

@@ -35,6 +35,7 @@ def _save(fig, path: str | Path) -> Path:
         atomic.kill_point("png")  # tests: a kill here leaves the old image
 
     try:
+        atomic.sweep_own_temp(path)  # what a killed save of this image left
         atomic.write_with(path, write)
     finally:
         _plt().close(fig)
@@ -387,13 +388,14 @@ def bench_charts(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
         return []
     from cifarbench.report.benchout import from_result
 
-    comparison = bench_comparison(from_result(result), out_dir / "bench_comparison.png")
+    records = from_result(result)  # rows with nothing mikecvet's chart shows give none
+    comparison = [bench_comparison(records, out_dir / "bench_comparison.png")] if records else []
     if result.get("mode") != "training":
         return [throughput_bars(rows, out_dir / "throughput_train.png"),
                 throughput_bars(rows, out_dir / "throughput_eval.png", key="eval_ips", title="evaluation throughput"),
-                comparison]
+                *comparison]
     curves = [(f"{row_label(r)} seed {c['seed']}", c["elapsed_s"], c["eval_acc"]) for r in rows for c in r["curves"]]
     target = (result.get("settings") or {}).get("target_acc")
     return [throughput_bars(rows, out_dir / "training_time.png", key="total_time_s", title="total training time",
                             unit="seconds"),
-            accuracy_vs_time(curves, out_dir / "accuracy_vs_time.png", target), comparison]
+            accuracy_vs_time(curves, out_dir / "accuracy_vs_time.png", target), *comparison]
