@@ -21,6 +21,7 @@ from cifarbench.backends.base import STEP_PHASES, Backend, EpochStats, OptimConf
 from cifarbench.bench.throughput import BenchData, Windows, measure
 from cifarbench.errors import UsageError
 from cifarbench.report import benchout, plots
+from cifarbench.report.bench_chart import bench_comparison
 from cifarbench.report.tables import phase_cells, phase_stats
 from conftest import invoke
 
@@ -296,7 +297,7 @@ def drawn(monkeypatch):
 
 def test_comparison_chart_throughput_panels(tmp_path, drawn):
     recs = benchout.from_result(_bench_result())
-    plots.bench_comparison(recs, tmp_path / "c.png")
+    bench_comparison(recs, tmp_path / "c.png")
     fig = drawn["c.png"]
     axes = fig.axes
     assert len(axes) == 4

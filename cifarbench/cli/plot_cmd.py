@@ -56,7 +56,8 @@ def plot(
 ) -> None:
     """Loss (with per-step points when the run logged them), accuracy and lr per epoch of one or several runs;
     or mikecvet's 4-panel comparison of bench results."""
-    from cifarbench.report.plots import bench_comparison, training_curves
+    from cifarbench.report.bench_chart import bench_comparison
+    from cifarbench.report.plots import training_curves
 
     _threads(threads)
     bench = [_bench_records(r) for r in runs]
