@@ -252,30 +252,33 @@ def _child(code: str, kill_at: str | None):
 
 
 def test_bench_out_append_and_chart_survive_a_kill_at_their_write_points(tmp_path):
-    """SIGKILL inside each new write (the .bench.out append, a PNG): the old file stays whole;
-    the next run sweeps what the killed one left and writes old + new."""
+    """SIGKILL inside each new write (the .bench.out append, a PNG) in a child process: the old file stays
+    whole; the next write sweeps what the killed one left and writes old + new."""
     res_path, out, png = tmp_path / "bench.json", tmp_path / "torch.cpu.cnn.bench.out", tmp_path / "cmp.png"
     res_path.write_text(json.dumps(_bench_result()))
-    # the chart goes through plots._save, the one PNG writer: the smallest figure exercises it
+
+    def write_both():  # the chart goes through plots._save, the one PNG writer: the smallest figure exercises it
+        benchout.append(out, json.loads(res_path.read_text()))
+        plots.input_image(np.zeros((4, 4, 1), np.uint8), str(len(out.read_text())), png)
+
     code = ("import json\nimport numpy as np\nfrom cifarbench.report import benchout\n"
             f"benchout.append({str(out)!r}, json.load(open({str(res_path)!r})))\n"
             "from cifarbench.report import plots\n"
             f"plots.input_image(np.zeros((4, 4, 1), np.uint8), str(len(open({str(out)!r}).read())), {str(png)!r})\n")
-    first = _child(code, None)
-    assert first.returncode == 0, first.stderr
+    write_both()
     one, old_png = out.read_bytes(), png.read_bytes()
-    old_out = one
     assert len(benchout.read(out)) == 2
-    for point in ("bench-out", "png"):
-        killed = _child(code, point)
-        assert killed.returncode == -9, killed.stderr
-        assert png.read_bytes() == old_png  # the chart: the old one (a bench-out kill comes before it)
-        assert out.read_bytes() == (old_out if point == "bench-out" else old_out * 2)
-        old_out = out.read_bytes()
-    assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir())  # what the kills left
-    again = _child(code, None)
-    assert again.returncode == 0, again.stderr
-    assert out.read_bytes() == one * 3 and len(benchout.read(out)) == 6  # the png kill came after its append
+    killed = _child(code, "bench-out")
+    assert killed.returncode == -9, killed.stderr
+    assert (out.read_bytes(), png.read_bytes()) == (one, old_png)  # the append died before its rename
+    assert [p.name.startswith(f".{out.name}.") for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == [True]
+    killed = _child(code, "png")
+    assert killed.returncode == -9, killed.stderr
+    assert (out.read_bytes(), png.read_bytes()) == (one * 2, old_png)  # appended; the image died before its rename
+    # the append swept the temp its killed predecessor left; the image's own is left for its next write
+    assert [p.name.startswith(f".{png.name}.") for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == [True]
+    write_both()
+    assert out.read_bytes() == one * 3 and len(benchout.read(out)) == 6
     assert png.read_bytes() != old_png  # the image titled with the longer file's size
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())  # each writer swept its own leftovers
 
@@ -295,10 +298,24 @@ def drawn(monkeypatch):
     return figures
 
 
-def test_comparison_chart_throughput_panels(tmp_path, drawn):
+@pytest.fixture
+def unsaved(monkeypatch):
+    """Each figure as it would be saved, not rendered: what is drawn is read from the Figure."""
+    figures = {}
+
+    def keep(fig, path):
+        figures[os.path.basename(path)] = fig
+        plots._plt().close(fig)
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def test_comparison_chart_throughput_panels(tmp_path, unsaved):
     recs = benchout.from_result(_bench_result())
     bench_comparison(recs, tmp_path / "c.png")
-    fig = drawn["c.png"]
+    fig = unsaved["c.png"]
     axes = fig.axes
     assert len(axes) == 4
     assert [a.get_title().split(" ")[0] for a in axes] == ["Training", "Test", "Per-batch", "Training"]
@@ -339,20 +356,24 @@ def test_comparison_chart_of_mikecvets_files_has_his_panels(tmp_path, drawn):
     assert mixed.exit_code == 2 and "not both" in mixed.output
 
 
-def test_bench_cli_prints_the_phase_table_and_appends_bench_out(tmp_path, drawn):
+def test_bench_cli_prints_the_phase_table_and_appends_bench_out(tmp_path, unsaved):
     out = tmp_path / "numpy.cpu.cnn.bench.out"
-    args = ["bench", "--backend", "numpy", "--synthetic", "-m", "lenet", "-b", "8", "--warmup-steps", "1", "--steps", "2",
-            "--repeats", "1", "--eval-batch-size", "16", "--phase-steps", "3", "-o", str(tmp_path / "b"),
-            "--bench-out", str(out), "--no-record"]
+    # --fast-dev-run writes no run directory, but the file asked for by name; 2 phase-timed steps
+    args = ["bench", "--backend", "numpy", "--synthetic", "-m", "lenet", "-b", "8", "--fast-dev-run",
+            "--bench-out", str(out), "--json"]
     res = invoke(args)
     assert res.exit_code == 0, res.output
     assert "per-batch step phases" in res.output and "sum/fused" in res.output
     for phase in ("data", "forward", "backward", "optimizer"):
         assert re.search(rf"│\s+{phase}\s+│", res.output), phase
-    result = json.loads((tmp_path / "b" / "bench.json").read_text())
-    assert result["rows"][0]["phase_forward_s"]["n"] == 3 and result["settings"]["phase_steps"] == 3
+    result = json.loads(res.stdout[res.stdout.index("{"):res.stdout.rindex("}") + 1])
+    assert result["rows"][0]["phase_forward_s"]["n"] == 2 and result["settings"]["phase_steps"] == 2
     rec = benchout.read(out)
     assert len(rec) == 1 and rec[0]["batch_size"] == 8 and rec[0]["label"] == "numpy cpu lenet fp32 bs8"
-    assert len(drawn["bench_comparison.png"].axes) == 4
+    assert set(rec[0]["ranges"]) == {"inference", "backprop", "data", "backward", "optimizer", "step"}
+    assert not unsaved and not list(tmp_path.glob("runs"))  # nothing else written
+    plot = invoke(["plot", str(out), "-o", str(tmp_path / "c.png")])  # his chart from the file
+    assert plot.exit_code == 0, plot.output
+    assert [a.get_title().split(" ")[0] for a in unsaved["c.png"].axes] == ["Training", "Test", "Per-batch", "Training"]
     bad = invoke(["bench", "--backend", "numpy", "--synthetic", "--fast-dev-run", "--bench-out", str(tmp_path)])
     assert bad.exit_code == 2 and "is a directory" in bad.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def _row(name, ips):
 def test_bench_charts(tmp_path):
     rows = [_row("torch", [100.0, 120.0, 90.0]), _row("numpy", [20.0, 25.0])]
     paths = plots.bench_charts({"mode": "throughput", "rows": rows}, tmp_path)
-    assert [p.name for p in paths] == ["throughput_train.png", "throughput_eval.png"]  # no phases: no comparison
+    assert [p.name for p in paths] == ["throughput_train.png", "throughput_eval.png"]
     paths += plots.bench_charts({"mode": "training", "rows": rows, "settings": {"target_acc": 0.4}}, tmp_path)
     assert {p.name for p in paths} >= {"training_time.png", "accuracy_vs_time.png"}
     for p in paths:
@@ -50,6 +51,20 @@ def drawn(monkeypatch):
         out = save(fig, path)
         figures[out.name] = fig
         return out
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+@pytest.fixture
+def unsaved(monkeypatch):
+    """Each figure as it would be saved, not rendered (what is drawn is in the Figure; no PNG is needed)."""
+    figures = {}
+
+    def keep(fig, path):
+        figures[Path(path).name] = fig
+        plots._plt().close(fig)
+        return Path(path)
 
     monkeypatch.setattr(plots, "_save", keep)
     return figures
@@ -83,12 +98,12 @@ def test_training_curves_draw_train_and_eval_per_run(tmp_path, drawn):
     assert (ax_loss.get_ylabel(), ax_acc.get_ylabel()) == ("loss", "accuracy (%)")
 
 
-def test_training_curves_draw_per_step_loss_as_faint_points_behind_the_curves(tmp_path, drawn):
+def test_training_curves_draw_per_step_loss_as_faint_points_behind_the_curves(tmp_path, unsaved):
     recs = [{"epoch": e, "train_loss": 1.0 / e, "eval_loss": 1.2 / e, "train_acc": 0.2 * e, "eval_acc": 0.15 * e,
              "eval_split": "val", "lr": 0.1} for e in (1, 2)]
     steps = [{"epoch_pos": p / 4, "loss": 1.5 - p / 10} for p in range(1, 9)]
     plots.training_curves([("a", recs), ("b", recs)], tmp_path / "c.png", steps=[steps, None])
-    fig = drawn["c.png"]
+    fig = unsaved["c.png"]
     ax_loss = fig.axes[0]
     (points,) = ax_loss.collections  # run b has no step log: one scatter, run a's
     np.testing.assert_allclose(points.get_offsets(), [[r["epoch_pos"], r["loss"]] for r in steps])
@@ -104,12 +119,12 @@ def matplotlib_rgb(color):
     return to_rgb(color)
 
 
-def test_feature_grid_fits_the_channels_on_one_colour_scale(tmp_path, drawn):
+def test_feature_grid_fits_the_channels_on_one_colour_scale(tmp_path, unsaved):
     assert [plots.grid_shape(c) for c in (1, 2, 6, 10, 16)] == [(1, 1), (1, 2), (2, 3), (3, 4), (4, 4)]
     act = np.random.default_rng(0).normal(size=(10, 5, 5)).astype(np.float32)
     act[3] *= 10  # one loud channel: on a shared scale the others look quieter, as they are
     plots.feature_grid(act, "t", tmp_path / "g.png", channels=16)
-    fig = drawn["g.png"]
+    fig = unsaved["g.png"]
     panels = [ax for ax in fig.axes if ax.images]
     bars = [ax for ax in fig.axes if not ax.images]
     assert len(panels) == 10 and len(fig.axes) == 11  # no empty cells: 10 maps and one colorbar
@@ -117,7 +132,7 @@ def test_feature_grid_fits_the_channels_on_one_colour_scale(tmp_path, drawn):
     assert len(bars) == 1 and "one scale" in bars[0].get_ylabel()
     assert [ax.get_title() for ax in panels] == [f"ch {i}" for i in range(10)]
     plots.feature_grid(act[:6], "six", tmp_path / "six.png")  # lenet's first block: 2 x 3
-    assert sum(1 for ax in drawn["six.png"].axes if ax.images) == 6 and len(drawn["six.png"].axes) == 7
+    assert sum(1 for ax in unsaved["six.png"].axes if ax.images) == 6 and len(unsaved["six.png"].axes) == 7
 
 
 def test_per_class_bar_draws_each_class_and_the_mean(tmp_path, drawn):
@@ -159,7 +174,7 @@ def _fake_run(path, acc):
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
 
 
-def test_plot_cli_draws_the_step_log_and_takes_threads(tmp_path, drawn):
+def test_plot_cli_draws_the_step_log_and_takes_threads(tmp_path, unsaved):
     from cifarbench.backends.numpy_backend.arrays import blas_threads
 
     _fake_run(tmp_path / "a", 0.9)
@@ -173,7 +188,7 @@ def test_plot_cli_draws_the_step_log_and_takes_threads(tmp_path, drawn):
     finally:
         if before is not None:
             blas_threads(before)
-    (points,) = drawn["curves.png"].axes[0].collections
+    (points,) = unsaved["curves.png"].axes[0].collections
     assert len(points.get_offsets()) == 6
     assert CliRunner().invoke(app, ["plot", str(tmp_path / "a"), "--threads", "0"]).exit_code == 2
 
@@ -221,7 +236,7 @@ def test_activations_cli(tmp_path, in_channels, classes):
     assert res.exit_code == 2 and "out of range" in res.output
 
 
-def test_activations_threads_and_help_name_the_models_capture_points(tmp_path, drawn):
+def test_activations_threads_and_help_name_the_models_capture_points(tmp_path, unsaved):
     from cifarbench.backends.numpy_backend.arrays import blas_threads
 
     run, spec = _checkpoint(tmp_path, 3, 10, "lenet")
@@ -236,7 +251,7 @@ def test_activations_threads_and_help_name_the_models_capture_points(tmp_path, d
     finally:
         blas_threads(before)
     for name in spec.capture_points:  # the backend ran on the threads asked for (its name is in the title)
-        assert drawn[f"{name}.png"]._suptitle.get_text().endswith(", 1 BLAS threads)")
-    assert [len(drawn[f"{n}.png"].axes) for n in spec.capture_points] == [3, 3]  # 2 maps, 1 colorbar: no empty cell
+        assert unsaved[f"{name}.png"]._suptitle.get_text().endswith(", 1 BLAS threads)")
+    assert [len(unsaved[f"{n}.png"].axes) for n in spec.capture_points] == [3, 3]  # 2 maps, 1 colorbar: no empty cell
     text = " ".join(CliRunner().invoke(app, ["activations", "--help"], env={"COLUMNS": "200"}).output.split())
     assert "four" not in text and "lenet 2" in text

@@ -168,28 +168,24 @@ def _cfg(tiny_npz, **kw):
     return build_config(None, {**base, **kw})
 
 
-def test_trainer_progress_matches_the_epoch_record(small_npz, tmp_path):
+def test_trainer_progress_and_step_log_match_the_epoch_record(small_npz, tmp_path):
     rep = _Events(every_steps=1)
-    Trainer(_cfg(small_npz), rep, run_dir=tmp_path / "r", write=False).run()
+    Trainer(_cfg(small_npz), rep, run_dir=tmp_path / "r").run()  # 96 images: 6 steps of 16 per epoch
     assert [(e["epoch"], e["step"]) for e in rep.events] == [(ep, s) for ep in (1, 2) for s in range(1, 7)]
     for rec in rep.records:  # the last step's running loss is the epoch's training loss
         last = [e for e in rep.events if e["epoch"] == rec["epoch"]][-1]
         assert last["loss"] == pytest.approx(rec["train_loss"], rel=1e-12)
         assert last["acc"] == pytest.approx(rec["train_acc"], rel=1e-12)
     assert rep.events[-1]["run_eta_s"] > 0 and rep.events[6]["eta_includes_eval"] is True
-
-
-def test_trainer_writes_the_step_log_that_adds_up_to_each_epoch(small_npz, tmp_path):
-    Trainer(_cfg(small_npz, model="lenet"), RecordingReporter(), run_dir=tmp_path / "r").run()  # 6 steps of 16
+    # steps.jsonl: 10% of 6 steps is a row every step; the rows' interval means add up to each epoch's loss
     steps = [json.loads(x) for x in (tmp_path / "r" / "steps.jsonl").read_text().splitlines()]
-    recs = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["epoch"], r["step"]) for r in steps] == [(e, s) for e in (1, 2) for s in range(1, 7)]  # 10%: each step
-    for rec in recs:  # the rows' interval means, weighted by their images, are the epoch's training loss
+    assert [(r["epoch"], r["step"], r["global_step"]) for r in steps] == [
+        (e, s, 6 * (e - 1) + s) for e in (1, 2) for s in range(1, 7)]
+    for rec in rep.records:
         rows = [r for r in steps if r["epoch"] == rec["epoch"]]
         assert sum(r["loss"] * r["steps_in_row"] for r in rows) / 6 == pytest.approx(rec["train_loss"], rel=1e-12)
-        assert rows[-1]["lr"] == rec["lr"]
-    side = json.loads((tmp_path / "r" / "checkpoint.json").read_text())
-    assert side["step_records"] == steps  # committed with the checkpoint, as its metric rows are
+        assert rows[-1]["lr"] == rec["lr"] and rows[-1]["epoch_pos"] == rec["epoch"]
+    assert json.loads((tmp_path / "r" / "checkpoint.json").read_text())["step_records"] == steps  # one unit
     assert Trainer(_cfg(small_npz), write=False).step_log is False  # a run that writes nothing logs nothing
     assert Trainer(_cfg(small_npz), step_log=False).step_log is False  # bench's training mode
 
