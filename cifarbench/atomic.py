@@ -14,6 +14,7 @@ SIGKILLs itself there, as a power cut or ``kill -9`` would (``:TERM``/``:INT`` s
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -109,6 +110,16 @@ def json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def sweep_own_temp(path: Path) -> list[str]:
+    """Remove the temp files a killed writer of ``path`` left beside it (``.<name>.*.tmp``), and only those."""
+    path = Path(path)
+    removed = []
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
+        removed.append(stale.name)
+    return removed
 
 
 def is_temp(name: str) -> bool:

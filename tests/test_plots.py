@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,6 +56,20 @@ def drawn(monkeypatch):
     return figures
 
 
+@pytest.fixture
+def unsaved(monkeypatch):
+    """Each figure as it would be saved, not rendered (what is drawn is in the Figure; no PNG is needed)."""
+    figures = {}
+
+    def keep(fig, path):
+        figures[Path(path).name] = fig
+        plots._plt().close(fig)
+        return Path(path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
 def test_throughput_bars_draw_medians_whiskers_and_labels(tmp_path, drawn):
     rows = [_row("torch", [100.0, 120.0, 90.0]), _row("numpy", [20.0, 25.0])]
     plots.throughput_bars(rows, tmp_path / "t.png")
@@ -81,6 +96,43 @@ def test_training_curves_draw_train_and_eval_per_run(tmp_path, drawn):
     assert list(ax_acc.lines[1].get_ydata()) == pytest.approx([15.0, 30.0, 45.0])  # eval accuracy in %
     assert len(ax_acc.lines[2].get_xdata()) == 2
     assert (ax_loss.get_ylabel(), ax_acc.get_ylabel()) == ("loss", "accuracy (%)")
+
+
+def test_training_curves_draw_per_step_loss_as_faint_points_behind_the_curves(tmp_path, unsaved):
+    recs = [{"epoch": e, "train_loss": 1.0 / e, "eval_loss": 1.2 / e, "train_acc": 0.2 * e, "eval_acc": 0.15 * e,
+             "eval_split": "val", "lr": 0.1} for e in (1, 2)]
+    steps = [{"epoch_pos": p / 4, "loss": 1.5 - p / 10} for p in range(1, 9)]
+    plots.training_curves([("a", recs), ("b", recs)], tmp_path / "c.png", steps=[steps, None])
+    fig = unsaved["c.png"]
+    ax_loss = fig.axes[0]
+    (points,) = ax_loss.collections  # run b has no step log: one scatter, run a's
+    np.testing.assert_allclose(points.get_offsets(), [[r["epoch_pos"], r["loss"]] for r in steps])
+    assert points.get_alpha() < 0.5 and points.get_zorder() < min(line.get_zorder() for line in ax_loss.lines)
+    assert points.get_facecolor()[0][:3] == pytest.approx(matplotlib_rgb(ax_loss.lines[0].get_color()))
+    assert "a train, per step" in [t.get_text() for t in fig.legends[0].get_texts()]
+    assert len(ax_loss.lines) == 4  # the epoch curves are all still there
+
+
+def matplotlib_rgb(color):
+    from matplotlib.colors import to_rgb
+
+    return to_rgb(color)
+
+
+def test_feature_grid_fits_the_channels_on_one_colour_scale(tmp_path, unsaved):
+    assert [plots.grid_shape(c) for c in (1, 2, 6, 10, 16)] == [(1, 1), (1, 2), (2, 3), (3, 4), (4, 4)]
+    act = np.random.default_rng(0).normal(size=(10, 5, 5)).astype(np.float32)
+    act[3] *= 10  # one loud channel: on a shared scale the others look quieter, as they are
+    plots.feature_grid(act, "t", tmp_path / "g.png", channels=16)
+    fig = unsaved["g.png"]
+    panels = [ax for ax in fig.axes if ax.images]
+    bars = [ax for ax in fig.axes if not ax.images]
+    assert len(panels) == 10 and len(fig.axes) == 11  # no empty cells: 10 maps and one colorbar
+    assert {im.get_clim() for ax in panels for im in ax.images} == {(float(act.min()), float(act.max()))}
+    assert len(bars) == 1 and "one scale" in bars[0].get_ylabel()
+    assert [ax.get_title() for ax in panels] == [f"ch {i}" for i in range(10)]
+    plots.feature_grid(act[:6], "six", tmp_path / "six.png")  # lenet's first block: 2 x 3
+    assert sum(1 for ax in unsaved["six.png"].axes if ax.images) == 6 and len(unsaved["six.png"].axes) == 7
 
 
 def test_per_class_bar_draws_each_class_and_the_mean(tmp_path, drawn):
@@ -122,6 +174,25 @@ def _fake_run(path, acc):
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
 
 
+def test_plot_cli_draws_the_step_log_and_takes_threads(tmp_path, unsaved):
+    from cifarbench.backends.numpy_backend.arrays import blas_threads
+
+    _fake_run(tmp_path / "a", 0.9)
+    (tmp_path / "a" / "steps.jsonl").write_text("".join(
+        json.dumps({"epoch_pos": p / 2, "loss": 2.0 - p / 10}) + "\n" for p in range(1, 7)))
+    before = blas_threads()
+    try:
+        res = CliRunner().invoke(app, ["plot", str(tmp_path / "a"), "--threads", "1"])
+        assert res.exit_code == 0, res.output
+        assert before is None or blas_threads() == 1
+    finally:
+        if before is not None:
+            blas_threads(before)
+    (points,) = unsaved["curves.png"].axes[0].collections
+    assert len(points.get_offsets()) == 6
+    assert CliRunner().invoke(app, ["plot", str(tmp_path / "a"), "--threads", "0"]).exit_code == 2
+
+
 def test_plot_cli(tmp_path):
     _fake_run(tmp_path / "a", 0.9)
     _fake_run(tmp_path / "b", 0.6)
@@ -136,7 +207,7 @@ def test_plot_cli(tmp_path):
     assert res.exit_code == 2 and "metrics.jsonl" in res.output
 
 
-def _checkpoint(tmp_path, in_channels, classes):
+def _checkpoint(tmp_path, in_channels, classes, model="cnn"):
     """An npz data set and a checkpoint of an untrained cnn for it (no training needed to draw maps)."""
     from cifarbench.checkpoint import model_metadata, save_checkpoint
     from cifarbench.models import create_spec, init_params
@@ -145,8 +216,8 @@ def _checkpoint(tmp_path, in_channels, classes):
     npz = tmp_path / f"tiny{classes}.npz"
     np.savez(npz, x_train=rng.integers(0, 256, (4, 16, 16, in_channels), dtype=np.uint8), y_train=np.arange(4) % classes,
              x_test=rng.integers(0, 256, (6, 16, 16, in_channels), dtype=np.uint8), y_test=np.arange(6) % classes)
-    spec = create_spec("cnn", in_channels, 16, classes)
-    meta = model_metadata("cnn", f"npz:{npz}", classes, in_channels, 16, [f"k{i}" for i in range(classes)],
+    spec = create_spec(model, in_channels, 16, classes)
+    meta = model_metadata(model, f"npz:{npz}", classes, in_channels, 16, [f"k{i}" for i in range(classes)],
                           (0.5,) * in_channels, (0.25,) * in_channels, "torch")
     save_checkpoint(tmp_path / f"run{classes}", init_params(spec, 0), meta)
     return tmp_path / f"run{classes}", spec
@@ -163,3 +234,24 @@ def test_activations_cli(tmp_path, in_channels, classes):
         _png(out / f"{n}.png")
     res = CliRunner().invoke(app, ["activations", str(run), "--backend", "numpy", "--image-index", "99", "-o", str(out)])
     assert res.exit_code == 2 and "out of range" in res.output
+
+
+def test_activations_threads_and_help_name_the_models_capture_points(tmp_path, unsaved):
+    from cifarbench.backends.numpy_backend.arrays import blas_threads
+
+    run, spec = _checkpoint(tmp_path, 3, 10, "lenet")
+    assert spec.capture_points == ("block1", "block2")
+    before = blas_threads()
+    if before is None:
+        pytest.skip("no BLAS thread control reachable here")
+    try:
+        res = CliRunner().invoke(app, ["activations", str(run), "--backend", "numpy", "--threads", "1",
+                                       "--image-index", "0", "--channels", "2", "-o", str(tmp_path / "act")])
+        assert res.exit_code == 0, res.output
+    finally:
+        blas_threads(before)
+    for name in spec.capture_points:  # the backend ran on the threads asked for (its name is in the title)
+        assert unsaved[f"{name}.png"]._suptitle.get_text().endswith(", 1 BLAS threads)")
+    assert [len(unsaved[f"{n}.png"].axes) for n in spec.capture_points] == [3, 3]  # 2 maps, 1 colorbar: no empty cell
+    text = " ".join(CliRunner().invoke(app, ["activations", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert "four" not in text and "lenet 2" in text

@@ -129,6 +129,32 @@ def test_warm_up_steps_are_left_out_of_speed_and_eta():
     assert rep.events[0]["epoch_eta_s"] == pytest.approx(1.0)  # 10 steps left at 0.1 s
 
 
+def test_step_log_rows_every_tenth_of_an_epoch_or_30_s_each_the_mean_since_the_last():
+    class Ramp(_Counting):  # step i (1-based) has loss i per image: interval means are checkable
+        def __init__(self):
+            super().__init__()
+            self.loss = 0.0
+
+        def running_stats(self):
+            self.reads += 1
+            return EpochStats(loss_sum=self.loss, correct=self.count // 2, count=self.count)
+
+    backend, clock, log = Ramp(), _Clock(), []
+    prog = StepProgress(RecordingReporter(), backend, 2, 3, 0, 50, 10, RunPlan(0, 1, None), clock=clock,
+                        step_log=log, steps_per_epoch=50, global_base=50)
+    for i in range(50):
+        clock.t += 0.01 if i != 31 else 40.0  # step 32 takes 40 s: a row at once (30 s cadence)
+        backend.count += 10
+        backend.loss += 10.0 * (i + 1)
+        prog.tick(i + 1, 0.1)
+    assert [r["step"] for r in log] == [5, 10, 15, 20, 25, 30, 32, 37, 42, 47, 50] and backend.reads == len(log)
+    assert log[0]["loss"] == pytest.approx(3.0) and log[1]["loss"] == pytest.approx(8.0)  # mean of 1..5, of 6..10
+    assert log[6] == {**log[6], "steps_in_row": 2, "loss": pytest.approx(31.5), "global_step": 82}
+    assert [r["epoch_pos"] for r in log][:2] == [1.1, 1.2] and log[-1]["epoch_pos"] == 2.0
+    images = sum(r["steps_in_row"] * 10 for r in log)
+    assert images == 500 and sum(r["loss"] * r["steps_in_row"] * 10 for r in log) == pytest.approx(backend.loss)
+
+
 # ----- through the trainer ---------------------------------------------------------------------
 @pytest.fixture
 def small_npz(tmp_path) -> str:
@@ -143,15 +169,26 @@ def _cfg(tiny_npz, **kw):
     return build_config(None, {**base, **kw})
 
 
-def test_trainer_progress_matches_the_epoch_record(small_npz, tmp_path):
+def test_trainer_progress_and_step_log_match_the_epoch_record(small_npz, tmp_path):
     rep = _Events(every_steps=1)
-    Trainer(_cfg(small_npz), rep, run_dir=tmp_path / "r", write=False).run()
+    Trainer(_cfg(small_npz), rep, run_dir=tmp_path / "r").run()  # 96 images: 6 steps of 16 per epoch
     assert [(e["epoch"], e["step"]) for e in rep.events] == [(ep, s) for ep in (1, 2) for s in range(1, 7)]
     for rec in rep.records:  # the last step's running loss is the epoch's training loss
         last = [e for e in rep.events if e["epoch"] == rec.epoch][-1]
         assert last["loss"] == pytest.approx(rec.train_loss, rel=1e-12)
         assert last["acc"] == pytest.approx(rec.train_acc, rel=1e-12)
     assert rep.events[-1]["run_eta_s"] > 0 and rep.events[6]["eta_includes_eval"] is True
+    # steps.jsonl: 10% of 6 steps is a row every step; the rows' interval means add up to each epoch's loss
+    steps = [json.loads(x) for x in (tmp_path / "r" / "steps.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"], r["global_step"]) for r in steps] == [
+        (e, s, 6 * (e - 1) + s) for e in (1, 2) for s in range(1, 7)]
+    for rec in rep.records:
+        rows = [r for r in steps if r["epoch"] == rec["epoch"]]
+        assert sum(r["loss"] * r["steps_in_row"] for r in rows) / 6 == pytest.approx(rec["train_loss"], rel=1e-12)
+        assert rows[-1]["lr"] == rec["lr"] and rows[-1]["epoch_pos"] == rec["epoch"]
+    assert json.loads((tmp_path / "r" / "checkpoint.json").read_text())["step_records"] == steps  # one unit
+    assert Trainer(_cfg(small_npz), write=False).step_log is False  # a run that writes nothing logs nothing
+    assert Trainer(_cfg(small_npz), step_log=False).step_log is False  # bench's training mode
 
 
 def test_max_steps_caps_the_run_and_the_schedule_follows(small_npz, tmp_path):

@@ -31,6 +31,8 @@ ARGS = ["--model", "lenet", "--augment", "flip", "--opt", "sgd", "--lr", "0.02",
         "--normalize", "dataset", "--seed", "0", "--sched", "constant"]
 # the fields of a metrics row that do not depend on the clock
 EXACT = ("epoch", "train_loss", "train_acc", "eval_split", "eval_loss", "eval_acc", "lr", "momentum")
+# ... and of a per-step row (steps.jsonl: at 2 steps per epoch, a row every step)
+STEP_EXACT = ("epoch", "step", "global_step", "epoch_pos", "loss", "acc", "steps_in_row", "lr")
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +54,8 @@ def child(data: str, out: Path, kill_at: str, *extra: str) -> subprocess.Complet
                            *extra], env=env, capture_output=True, text=True, timeout=300)
 
 
-def rows(run: Path) -> list[dict]:
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+def rows(run: Path, name: str = "metrics.jsonl") -> list[dict]:
+    return [json.loads(x) for x in (run / name).read_text().splitlines()]
 
 
 def assert_same_run(ref: Path, run: Path) -> None:
@@ -62,6 +64,8 @@ def assert_same_run(ref: Path, run: Path) -> None:
     for k in a.state:
         np.testing.assert_array_equal(a.state[k], b.state[k], err_msg=k)
     assert [{k: r[k] for k in EXACT} for r in rows(ref)] == [{k: r[k] for k in EXACT} for r in rows(run)]
+    steps = [[{k: r[k] for k in STEP_EXACT} for r in rows(d, "steps.jsonl")] for d in (ref, run)]
+    assert steps[0] == steps[1] and [r["global_step"] for r in steps[0]] == [1, 2, 3, 4, 5, 6]
     assert [r["epoch"] for r in b.sidecar["records"]] == [1, 2, 3]
     # nothing half-written is left, and the top of the run directory is the newest generation
     left = [p.name for p in run.rglob("*") if p.name.startswith((".new-", ".old-")) or p.name.endswith(".tmp")]
@@ -71,7 +75,7 @@ def assert_same_run(ref: Path, run: Path) -> None:
 
 # every write point of a checkpoint commit and of the metrics; @2 is the end of epoch 2
 POINTS = ["weights@2", "optimizer@2", "manifest@2", "commit@2", "publish-model@2", "publish-optimizer@2",
-          "prune@1", "best@1", "metrics@2"]
+          "prune@1", "best@1", "metrics@2", "steps@2"]
 
 
 @pytest.mark.parametrize("point", POINTS)

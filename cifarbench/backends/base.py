@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import abc
 import os
+import time
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Sequence
 
@@ -64,6 +65,8 @@ from cifarbench.errors import BackendUnavailable, CheckpointError, UsageError
 from cifarbench.models.spec import NOT_CANONICAL_SUFFIXES, Conv, Group, ModelSpec, Residual, iter_layers, with_dropout
 
 Precision = Literal["fp32", "bf16", "fp16"]
+# The phases of one training step as ``Backend.phase_step`` times them, in the order they run.
+STEP_PHASES = ("data", "forward", "backward", "optimizer")
 
 
 @dataclass(frozen=True)
@@ -310,6 +313,62 @@ class Backend(abc.ABC):
         check_optimizer_state(state, self.spec, self.opt.name)
         slots = {k: self._internal(k.rpartition(".")[0], v) for k, v in state.items() if k != "step"}
         self._set_optimizer_state(slots, int(round(float(np.asarray(state["step"])))))
+
+    # ----- one step, phase by phase (bench's per-batch detail) ---------------------------
+    def phase_step(self, start: int, stop: int, lr: float, momentum: float,
+                   clock=time.perf_counter) -> dict[str, float]:
+        """One optimizer step on order[start:stop], as ``train_step`` would take it, run as the
+        ``STEP_PHASES`` with the device blocked at each boundary; returns seconds per phase.
+
+        data = gather, crop, flip and normalise the batch; forward = the model and the loss;
+        backward = the gradients; optimizer = the update of the parameters and optimizer state.
+        Each phase ends when its outputs are computed (``_block``: a device synchronize, ``mx.eval``
+        of the outputs, ``block_until_ready``), so the clock covers the work, not its dispatch.
+        The weights and the optimizer move as in ``train_step``; the epoch sums do not. The split
+        costs what a fused step saves (kernel fusion across phases, compiled whole-step graphs):
+        bench reports the sum beside the fused step time.
+        """
+        self._need_optimizer()
+        carry: object = (start, stop)
+        times: dict[str, float] = {}
+        self.synchronize()
+        t0 = clock()
+        for phase in STEP_PHASES:
+            if phase == "optimizer":
+                done, carry = self._step_update(carry, lr, momentum)
+            else:
+                done, carry = getattr(self, f"_step_{phase}")(carry)
+            self._block(done)
+            t1 = clock()
+            times[phase] = t1 - t0
+            t0 = t1
+        return times
+
+    def can_time_phases(self) -> bool:
+        """True when this backend implements the ``_step_*`` primitives of ``phase_step``."""
+        return type(self)._step_forward is not Backend._step_forward
+
+    # The primitives of phase_step: each returns (outputs that end the phase, what the next one needs).
+    def _step_data(self, rows: tuple[int, int]):
+        """(start, stop) -> the device batch (x, y), normalised and augmented as ``train_step`` does."""
+        raise UsageError(f"backend '{self.name}' cannot time the phases of a step")
+
+    def _step_forward(self, batch):
+        """(x, y) -> train-mode logits and the loss, kept for the backward pass."""
+        raise UsageError(f"backend '{self.name}' cannot time the phases of a step")
+
+    def _step_backward(self, held):
+        """The forward's results -> the gradients."""
+        raise UsageError(f"backend '{self.name}' cannot time the phases of a step")
+
+    def _step_update(self, grads, lr: float, momentum: float):
+        """The gradients -> one optimizer step (its outputs: the new parameters and state)."""
+        raise UsageError(f"backend '{self.name}' cannot time the phases of a step")
+
+    def _block(self, outputs) -> None:
+        """Wait until ``outputs`` are computed. Eager backends wait for the device queue; lazy ones
+        (MLX, JAX) override this to evaluate exactly these outputs."""
+        self.synchronize()
 
     # ----- evaluation ------------------------------------------------------------------
     def predict(self, split: str, batch_size: int) -> np.ndarray:

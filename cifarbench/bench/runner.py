@@ -47,6 +47,7 @@ class BenchSettings:
     target_acc: Optional[float] = None
     baseline: Optional[str] = None  # "fastest" (default), "slowest", "first", or backend[:device[:model[:precision[:batch]]]]
     eval_images: Optional[int] = None  # throughput: images per timed evaluation (default: one training window's)
+    phase_steps: Optional[int] = None  # throughput: steps timed phase by phase (default: --steps; 0: none)
 
     @property
     def mode(self) -> str:
@@ -138,13 +139,14 @@ def _settings_dict(s: BenchSettings, cfg) -> dict[str, Any]:
              eval_batch_size=s.eval_batch_size or cfg.eval_batch_size,
              baseline=s.baseline or "fastest")
     if s.mode == "training":
-        for k in ("warmup_steps", "steps", "repeats"):
+        for k in ("warmup_steps", "steps", "repeats", "phase_steps"):
             d.pop(k)
     return d
 
 
 def _throughput_runner(s: BenchSettings, cfg, cases: list[Case], clock, progress=None):
-    win = throughput.Windows(s.warmup_steps, s.steps, s.repeats, s.eval_batch_size or cfg.eval_batch_size)
+    win = throughput.Windows(s.warmup_steps, s.steps, s.repeats, s.eval_batch_size or cfg.eval_batch_size,
+                             s.steps if s.phase_steps is None else s.phase_steps)
     win.check()
     biggest = max((c.batch_size for c in cases), default=1)
     n_train = biggest * max(s.steps, s.warmup_steps)

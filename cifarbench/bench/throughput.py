@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cifarbench.backends.base import Backend
+from cifarbench.backends.base import STEP_PHASES, Backend
 from cifarbench.bench.matrix import Case
 from cifarbench.bench.timing import Clock, timed
 from cifarbench.config import RunConfig
@@ -36,10 +36,13 @@ class Windows:
     steps: int = 20
     repeats: int = 5
     eval_batch_size: int = 1000
+    phase_steps: int = 0  # steps timed phase by phase (data, forward, backward, optimizer); 0: none
 
     def check(self) -> None:
         if self.warmup_steps < 0 or self.steps < 1 or self.repeats < 1 or self.eval_batch_size < 1:
             raise UsageError("--warmup-steps must be >= 0; --steps, --repeats and --eval-batch-size >= 1")
+        if self.phase_steps < 0:
+            raise UsageError("--phase-steps must be >= 0 (0: no per-phase timing)")
 
 
 @dataclass
@@ -129,6 +132,7 @@ def measure(backend: Backend, data: BenchData, batch_size: int, win: Windows, lr
         say(f"  window {len(steps_s)}/{win.repeats}: train {ips:,.3g} img/s ({t_s:.3g} s), "
             f"eval {len(data.y_eval) / t_e if t_e > 0 else math.inf:,.3g} img/s")
     images = win.steps * batch_size
+    phases = _phase_window(backend, rng, n, win, batch_size, lr, momentum, clock, say) if win.phase_steps else {}
     return {
         "data_s": data_s, "epoch_upload_s": summarize(uploads), "warmup_s": warm_s, "eval_warmup_s": eval_warm_s,
         "train_window_s": summarize(steps_s), "eval_window_s": summarize(eval_s),
@@ -136,7 +140,35 @@ def measure(backend: Backend, data: BenchData, batch_size: int, win: Windows, lr
         "eval_ips": summarize([len(data.y_eval) / t if t > 0 else math.inf for t in eval_s]),
         "step_ms": 1000 * float(np.median(steps_s)) / win.steps,
         "train_loss_last": losses[-1], "images_per_window": images, "eval_images": len(data.y_eval),
+        "fused_step_s": summarize([t / win.steps for t in steps_s]), **phases,
     }
+
+
+def _phase_window(backend: Backend, rng: np.random.Generator, n: int, win: Windows, bs: int, lr: float, mom: float,
+                  clock: Clock, say) -> dict[str, Any]:
+    """``win.phase_steps`` steps through ``Backend.phase_step`` (after one untimed step: the phases' own
+    compilation), after the timed windows so they are not disturbed: per phase, seconds per batch."""
+    from cifarbench.data.augment import draw_epoch
+
+    if not backend.can_time_phases():
+        return {"phase_skipped": f"backend '{backend.name}' does not time the phases of a step"}
+    steps = win.phase_steps
+    order, offsets, flips = draw_epoch(rng, n, backend.options.crop_pad, backend.options.flip)
+    backend.begin_epoch(order, offsets, flips, int(rng.integers(2**31)))
+    say(f"  step phases: {steps} steps timed phase by phase ...")
+    per: dict[str, list[float]] = {p: [] for p in STEP_PHASES}
+    for i in range(steps + 1):
+        start = (i % max(n // bs, 1)) * bs
+        times = backend.phase_step(start, start + bs, lr, mom, clock)
+        if i:  # the first: compilation of the phase functions, dropped as mikecvet dropped his first sample
+            for p in STEP_PHASES:
+                per[p].append(times[p])
+    backend.end_epoch()
+    out: dict[str, Any] = {f"phase_{p}_s": summarize(v) for p, v in per.items()}
+    out["phase_sum_s"] = summarize([sum(t) for t in zip(*per.values())])
+    out["phase_backprop_s"] = summarize([b + o for b, o in zip(per["backward"], per["optimizer"])])  # mikecvet's
+    out["phase_steps"] = steps
+    return out
 
 
 def run_case(case: Case, cfg: RunConfig, data: BenchData, win: Windows, clock: Clock = time.perf_counter,

@@ -69,7 +69,8 @@ def run_case(case: Case, config_file: str | None, overrides: dict[str, Any], see
         cfg.save_every = cfg.epochs  # one checkpoint at the end: writes stay out of the epochs being timed
         run_dir = out_dir / "runs" / label.replace("/", "-").replace(":", "-") if out_dir else None
         rec = _Forward(reporter, label)
-        summary = Trainer(cfg, rec, run_dir=run_dir, write=run_dir is not None, overwrite=True).run()  # a rerun replaces
+        summary = Trainer(cfg, rec, run_dir=run_dir, write=run_dir is not None, overwrite=True,
+                          step_log=False).run()  # a rerun replaces; no per-step log: no device reads in timed epochs
         runs.append((seed, summary, rec.records, run_dir))
     return _row(case, runs, target_acc)
 
@@ -89,6 +90,7 @@ def _row(case: Case, runs: list, target_acc: float | None) -> dict[str, Any]:
         "test_loss": summarize([s.test_loss for _, s, _, _ in runs]),
         "time_to_target_s": summarize(reached), "target_reached": len(reached),
         "curves": [{"seed": seed, "elapsed_s": [r.elapsed_s for r in recs], "eval_acc": [r.eval_acc for r in recs],
-                    "train_loss": [r.train_loss for r in recs]} for seed, _, recs, _ in runs],
+                    "train_loss": [r.train_loss for r in recs], "train_time_s": [r.train_time_s for r in recs],
+                    "test_time_s": s.test_time_s} for seed, s, recs, _ in runs],
         "run_dirs": [str(d) for _, _, _, d in runs if d is not None],
     }

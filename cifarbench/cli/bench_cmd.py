@@ -58,6 +58,12 @@ def bench(
     eval_images: Optional[int] = typer.Option(
         None, "--eval-images", help="Throughput: images per timed evaluation (default: as many as one training "
         "window, --steps x the largest batch, at most 10,000)."),
+    phase_steps: Optional[int] = typer.Option(
+        None, "--phase-steps", help="Throughput: steps timed phase by phase after the windows (data, forward, "
+        "backward, optimizer per batch: min/avg/max, µs per image; default: --steps; 0: none)."),
+    bench_out: Optional[Path] = typer.Option(
+        None, "--bench-out", metavar="FILE", help="Also append the results to FILE in mikecvet/cnn's .bench.out "
+        "layout (e.g. torch.cpu.cnn.bench.out), which `cifarbench plot` and his viz.py read."),
     fast_dev_run: bool = typer.Option(
         False, "--fast-dev-run", help="Smoke test: throughput 1 warm-up step, 1 window of 2 steps; training mode "
         "1 epoch of 2 steps on a 2-batch subset; writes nothing unless -o is given."),
@@ -87,13 +93,16 @@ def bench(
         backends=_split(backend), devices=_split(device), models=_split(model), precisions=_split(precision),
         batch_sizes=_ints(batch_size, "--batch-size"), config_file=config, overrides=overrides, synthetic=synthetic,
         warmup_steps=warmup_steps, steps=steps, repeats=repeats, eval_batch_size=eval_batch_size, epochs=epochs,
-        seeds=seeds, target_acc=target_acc, baseline=baseline, eval_images=eval_images,
+        seeds=seeds, target_acc=target_acc, baseline=baseline, eval_images=eval_images, phase_steps=phase_steps,
     )
+    if bench_out is not None and bench_out.is_dir():
+        raise UsageError(f"--bench-out {bench_out} is a directory; give a file, e.g. {bench_out / 'torch.cpu.cnn.bench.out'}")
     write = True
     if fast_dev_run:
         write = output is not None
         no_record = no_record or not write
         settings.warmup_steps, settings.steps, settings.repeats = 1, 2, 1
+        settings.phase_steps = 2 if phase_steps is None else min(phase_steps, 2)
         if settings.epochs:
             settings.epochs = 1
             batch = max(settings.batch_sizes or [8])
@@ -110,6 +119,10 @@ def bench(
             from cifarbench.results import record_run
 
             record_run(output / "bench.json", results_db, "bench", warn, info)
+    if result["rows"] and bench_out is not None:  # asked for by name: written even by --fast-dev-run
+        from cifarbench.report import benchout
+
+        info("appended " + escape(str(benchout.append(bench_out, result))))
     if json_out:
         print_json(result)
     if not result["rows"]:  # a runtime outcome (exit 1): the request was valid, this machine could not run it
@@ -126,10 +139,29 @@ def _show(result: dict[str, Any], to_stderr: bool) -> None:
     for row in cells:
         table.add_row(*(plain(c) for c in row))
     print_wide(table, err_console if to_stderr else out_console)
+    phases = phase_table(result)
+    if phases is not None:
+        print_wide(phases, err_console if to_stderr else out_console)
     for line in skipped_lines(result):
         info(f"[dim]not run:[/] {escape(line)}")
     if result.get("baseline"):
         info(plain(f"relative = {result['relative_meaning']}; baseline {result['baseline']}"))
+
+
+def phase_table(result: dict[str, Any]):
+    """The per-batch phase table (rich), or None when no row timed its phases."""
+    from rich.table import Table
+
+    from cifarbench.report.tables import PHASE_HEADERS, phase_cells
+
+    cells = phase_cells(result)
+    if not cells:
+        return None
+    table = Table(*PHASE_HEADERS, title="per-batch step phases (device synchronised at each boundary)",
+                  header_style="bold")
+    for i, row in enumerate(cells):
+        table.add_row(*(plain(c) for c in row), end_section=i + 1 < len(cells) and cells[i + 1][0] != "")
+    return table
 
 
 def _write(result: dict[str, Any], out_dir: Path) -> None:

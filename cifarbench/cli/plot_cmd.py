@@ -26,18 +26,67 @@ def _records(run_dir: Path) -> list[dict]:
     return recs
 
 
+def _steps(run_dir: Path) -> list[dict] | None:
+    """The run's per-step log (steps.jsonl), or None when it has none (older runs) or it is unreadable."""
+    try:
+        text = (run_dir / "steps.jsonl").read_text()
+        return [json.loads(ln) for ln in text.splitlines() if ln.strip()] or None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _bench_records(path: Path) -> list[dict] | None:
+    """The .bench.out records of a bench result (its directory or bench.json) or of a .bench.out file;
+    None when ``path`` is neither (a training run)."""
+    from cifarbench.report import benchout, load_result
+
+    if (path.is_dir() and (path / "bench.json").is_file()) or (path.is_file() and path.suffix == ".json"):
+        return benchout.from_result(load_result(path))
+    if path.is_file() and path.name.endswith(".out"):
+        return benchout.read(path)
+    return None
+
+
 def plot(
-    runs: list[Path] = typer.Argument(..., help="Run directories (or metrics.jsonl files)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="PNG path (default: RUN/curves.png, or curves.png for several runs)."),
+    runs: list[Path] = typer.Argument(..., help="Run directories (or metrics.jsonl files); or bench results "
+                                      "(directories, bench.json) and mikecvet .bench.out files for the comparison chart."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="PNG path (default: RUN/curves.png, curves.png "
+                                          "for several runs, bench_comparison.png for bench results)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for NumPy's BLAS (as train's)."),
 ) -> None:
-    """Loss and accuracy per epoch of one or several runs, in one PNG."""
+    """Loss (with per-step points when the run logged them), accuracy and lr per epoch of one or several runs;
+    or mikecvet's 4-panel comparison of bench results."""
+    from cifarbench.report.bench_chart import bench_comparison
     from cifarbench.report.plots import training_curves
 
+    _threads(threads)
+    bench = [_bench_records(r) for r in runs]
+    if any(b is not None for b in bench):
+        if not all(b is not None for b in bench):
+            raise UsageError("give either training runs or bench results, not both",
+                             hint="a bench result is a directory with bench.json, a bench.json, or a .bench.out file")
+        path = bench_comparison([rec for b in bench for rec in b], output or Path("bench_comparison.png"))
+        info(f"wrote {escape(str(path))}")
+        return
     data = [(r.name if r.is_dir() else r.parent.name, _records(r)) for r in runs]
-    configs = [_config(r if r.is_dir() else r.parent) for r in runs]
+    dirs = [r if r.is_dir() else r.parent for r in runs]
     if output is None:
-        output = (runs[0] if runs[0].is_dir() else runs[0].parent) / "curves.png" if len(runs) == 1 else Path("curves.png")
-    info(f"wrote {escape(str(training_curves(data, output, configs)))}")
+        output = dirs[0] / "curves.png" if len(runs) == 1 else Path("curves.png")
+    path = training_curves(data, output, [_config(d) for d in dirs], [_steps(d) for d in dirs])
+    info(f"wrote {escape(str(path))}")
+
+
+def _threads(threads: Optional[int]) -> None:
+    """--threads as train takes it: NumPy's BLAS (what the plots compute with) and torch, when loaded."""
+    if threads is None:
+        return
+    import sys
+
+    from cifarbench.backends.numpy_backend.arrays import blas_threads
+
+    blas_threads(threads)
+    if "torch" in sys.modules:  # never imported for this
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def _config(run_dir: Path) -> dict | None:
@@ -58,12 +107,14 @@ def activations(
     seed: int = typer.Option(0, "--seed"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
     output: Path = typer.Option(Path("activations"), "--output", "-o", help="Directory for the PNGs."),
-    channels: int = typer.Option(16, "--channels", help="Feature maps per grid."),
+    channels: int = typer.Option(16, "--channels", help="Feature maps per grid (at most the layer's channels)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch/NumPy (default: the framework's)."),
 ) -> None:
-    """Feature-map grids at the model's four capture points for one test image, plus the input."""
+    """Feature-map grids for one test image at each capture point the model declares (its blocks and
+    residual stages, the Group/Residual rows of `cifarbench models --summary NAME`: lenet 2, cnn and resnet18 4), plus the input."""
     from cifarbench.report.activations import render_activations
 
-    paths = render_activations(checkpoint, backend, device, image_index, seed, data_dir, output, channels)
+    paths = render_activations(checkpoint, backend, device, image_index, seed, data_dir, output, channels, threads)
     info(f"wrote {escape(', '.join(str(p) for p in paths))}")
 
 

@@ -31,10 +31,11 @@ class EpochSteps:
     """The training phase of each epoch of one run, on one backend."""
 
     def __init__(self, cfg: RunConfig, backend, schedule, steps_per_epoch: int, total_steps: int, n_train: int,
-                 stop: StopRequests, reporter: Reporter, distributed: bool = False):
+                 stop: StopRequests, reporter: Reporter, distributed: bool = False, step_log: list | None = None):
         self.cfg, self.backend, self.schedule, self.stop, self.rep = cfg, backend, schedule, stop, reporter
         self.steps_per_epoch, self.total_steps, self.n = steps_per_epoch, total_steps, n_train
         self.distributed = distributed  # under torchrun end_epoch is a collective: an interrupt saves no sums
+        self.step_log = step_log  # steps.jsonl's rows (engine/progress.py appends them), or None
         self.seen_batches: set[int] = set()  # batch sizes stepped already (a new one compiles/autotunes)
         self.next_step = 0
         self.partial: EpochTrain | None = None
@@ -63,7 +64,8 @@ class EpochSteps:
         b.synchronize()
         t0 = time.perf_counter()
         b.begin_epoch(order, offsets, flips, epoch_seed(cfg.seed + 1, epoch))
-        progress = StepProgress(self.rep, b, epoch + 1, epochs, first_step, last_step, bs, plan)
+        progress = StepProgress(self.rep, b, epoch + 1, epochs, first_step, last_step, bs, plan,
+                                step_log=self.step_log, steps_per_epoch=self.steps_per_epoch, global_base=base)
         lr = mom = 0.0
         warm_s, warm_images, warm_steps = 0.0, 0, 0
 

@@ -22,11 +22,20 @@ class RunPlan:
     eval_s: float | None  # seconds of the last evaluation (None before the first)
 
 
+# The per-step log (steps.jsonl): a row every 10% of an epoch or every 30 s, whichever comes first,
+# as the piped progress lines; each row's loss and accuracy are the means over the steps since the last.
+STEP_LOG_FRACTION, STEP_LOG_SECONDS = 0.1, 30.0
+
+
 class StepProgress:
-    """One epoch's progress events; ``tick`` is called after every step with the step count done."""
+    """One epoch's progress events; ``tick`` is called after every step with the step count done.
+
+    With ``step_log`` (a list), rows of the per-step log are appended to it on their own cadence
+    (``STEP_LOG_*``); a read of the device sums serves both when they fall due together."""
 
     def __init__(self, reporter, backend, epoch: int, epochs: int, first_step: int, last_step: int,
-                 batch_size: int, plan: RunPlan, clock=time.perf_counter):
+                 batch_size: int, plan: RunPlan, clock=time.perf_counter, step_log: list | None = None,
+                 steps_per_epoch: int | None = None, global_base: int = 0):
         self.rep, self.backend, self.clock = reporter, backend, clock
         self.epoch, self.epochs, self.first, self.last = epoch, epochs, first_step, last_step
         self.batch_size, self.plan = batch_size, plan
@@ -36,18 +45,43 @@ class StepProgress:
         self.t0 = clock()
         self.next_t = self.t0 + (self.every_s or float("inf"))
         self.next_step = first_step + (self.every_steps or 10**18)
+        self.log, self.global_base = step_log, global_base
+        self.per_epoch = steps_per_epoch or last_step
+        self.log_every = max(int(-(-self.per_epoch * STEP_LOG_FRACTION // 1)), 1)
+        self.log_next_step = first_step + self.log_every
+        self.log_next_t = self.t0 + STEP_LOG_SECONDS
+        self.log_prev = (0.0, 0, 0)  # the device sums (loss, correct, count) at the last row
+        self.log_step = first_step
 
     def tick(self, done: int, lr: float, warm_s: float = 0.0, warm_steps: int = 0) -> None:
         """``done``: steps of this epoch finished (absolute index + 1). Cheap unless an event is due."""
-        if not self.active:
+        if not self.active and self.log is None:
             return
-        if done < self.next_step and done < self.last:  # the last step always reports (then evaluation runs)
-            now = self.clock()
-            if now < self.next_t:
-                return
-        self.emit(done, lr, warm_s, warm_steps)
+        last = done >= self.last  # the last step always reports (then evaluation runs)
+        now = self.clock()
+        report = self.active and (last or done >= self.next_step or now >= self.next_t)
+        log = self.log is not None and (last or done >= self.log_next_step or now >= self.log_next_t)
+        if report or log:
+            self.emit(done, lr, warm_s, warm_steps, report=report, log=log)
 
-    def emit(self, done: int, lr: float, warm_s: float, warm_steps: int) -> dict[str, Any]:
+    def _log_row(self, p: dict[str, Any], stats) -> None:
+        loss, correct, count = stats.loss_sum, stats.correct, stats.count
+        n = count - self.log_prev[2]
+        if n > 0:
+            self.log.append({
+                "epoch": self.epoch, "step": p["step"], "global_step": self.global_base + p["step"],
+                "epoch_pos": self.epoch - 1 + p["step"] / self.per_epoch,
+                "loss": (loss - self.log_prev[0]) / n, "acc": (correct - self.log_prev[1]) / n,
+                "steps_in_row": p["step"] - self.log_step, "lr": p["lr"], "images_per_s": p["images_per_s"],
+                "elapsed_s": p["elapsed_s"],
+            })
+        self.log_prev = (loss, correct, count)
+        self.log_step = p["step"]
+        self.log_next_step = p["step"] + self.log_every
+        self.log_next_t = self.clock() + STEP_LOG_SECONDS
+
+    def emit(self, done: int, lr: float, warm_s: float, warm_steps: int, report: bool = True,
+             log: bool = False) -> dict[str, Any]:
         stats = self.backend.running_stats()  # synchronises: the clock below covers finished work only
         now = self.clock()
         elapsed = now - self.t0
@@ -70,7 +104,10 @@ class StepProgress:
             "lr": lr, "elapsed_s": elapsed, "epoch_eta_s": epoch_eta,
             "run_eta_s": run_eta, "eta_includes_eval": self.plan.eval_s is not None,
         }
-        self.rep.step_progress(p)
-        self.next_t = self.clock() + (self.every_s or float("inf"))
-        self.next_step = done + (self.every_steps or 10**18)
+        if log and stats is not None:
+            self._log_row(p, stats)
+        if report:
+            self.rep.step_progress(p)
+            self.next_t = self.clock() + (self.every_s or float("inf"))
+            self.next_step = done + (self.every_steps or 10**18)
         return p

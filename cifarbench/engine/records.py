@@ -176,6 +176,7 @@ class RunSummary(RunInfo):
     test_accuracy: float
     test_loss: float
     test: dict[str, Any]  # engine.metrics.evaluate_logits of the final test (per class, confusion matrix)
+    test_time_s: float | None = None  # the final test (TTA included)
     checkpoint: str | None  # the weights file, None when nothing is written
     class_names: tuple[str, ...]
     seed: int

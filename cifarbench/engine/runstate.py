@@ -33,6 +33,7 @@ class ResumePoint:
     partial: EpochTrain | None = None  # the part of that epoch trained before the save
     best: dict[str, Any] | None = None  # {"epoch", "eval_acc"} of best/ (validation only)
     records: list[EpochRecord] = field(default_factory=list)
+    step_records: list[dict[str, Any]] = field(default_factory=list)  # steps.jsonl's rows so far
     state: dict[str, np.ndarray] | None = None
     opt_state: dict[str, np.ndarray] | None = None
 
@@ -51,6 +52,7 @@ def load_resume_point(run_dir: Path, spec, warn) -> ResumePoint:
         if side.get("partial_epoch"):
             point.partial = EpochTrain.from_dict(side["partial_epoch"])
         point.best = side.get("best")
+        point.step_records = list(side.get("step_records") or [])  # committed with the rows, as one unit
         if "records" in side:  # the rows committed with this checkpoint
             point.records = [EpochRecord.from_dict(r) for r in side["records"]]
         else:  # written before checkpoints held their rows
@@ -76,20 +78,23 @@ def _rows_up_to(metrics: Path, epoch: int) -> list[EpochRecord]:
 
 def save_generation(run_dir: Path, backend, meta: dict[str, Any], cfg: RunConfig, epoch: int, step_in_epoch: int,
                     global_step: int, finished: bool, records: Sequence[EpochRecord],
-                    partial: EpochTrain | None, best: dict[str, Any] | None, is_best: bool) -> None:
+                    partial: EpochTrain | None, best: dict[str, Any] | None, is_best: bool,
+                    step_records: Sequence[dict[str, Any]] = ()) -> None:
     """One checkpoint generation: weights, optimizer, position, the rows so far, a partial epoch."""
     side = {
         "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "epochs": cfg.epochs,
         "finished": finished, "config": cfg.model_dump(mode="json"),
         "saved_at": datetime.now().isoformat(timespec="seconds"),
-        "records": [r.to_dict() for r in records], "partial_epoch": partial.to_dict() if partial is not None else None,
+        "records": [r.to_dict() for r in records], "step_records": list(step_records),
+        "partial_epoch": partial.to_dict() if partial is not None else None,
         "best": best,
     }
     ckpt.save_checkpoint(run_dir, backend.state_dict(), meta, backend.optimizer_state(), side,
                          keep=cfg.keep_checkpoints, best=is_best)
 
 
-def write_metrics(run_dir: Path, records: Sequence[EpochRecord]) -> None:
+def write_metrics(run_dir: Path, records: Sequence[EpochRecord], step_records: Sequence[dict] | None = None) -> None:
+    """metrics.jsonl and metrics.csv from the rows; steps.jsonl (the per-step log) when given."""
     rows = [r.to_dict() for r in records]
     atomic.write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic.kill_point("metrics")
@@ -98,3 +103,6 @@ def write_metrics(run_dir: Path, records: Sequence[EpochRecord]) -> None:
     w.writeheader()
     w.writerows(rows)
     atomic.write_text(run_dir / "metrics.csv", buf.getvalue())
+    if step_records is not None:
+        atomic.kill_point("steps")
+        atomic.write_text(run_dir / "steps.jsonl", "".join(json.dumps(r) + "\n" for r in step_records))

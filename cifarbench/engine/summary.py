@@ -12,7 +12,8 @@ from cifarbench.engine.records import EpochRecord, RunInfo, RunSummary
 
 
 def run_summary(info: RunInfo, records: Sequence[EpochRecord], test: dict[str, Any], total_time_s: float,
-                checkpoint: str | None, class_names: Sequence[str], seed: int, spec) -> RunSummary:
+                checkpoint: str | None, class_names: Sequence[str], seed: int, spec,
+                test_time_s: float | None = None) -> RunSummary:
     """``test``: evaluate_logits of the final test; ``total_time_s``: the run's, the test included."""
     last = records[-1] if records else None
     ips = [r.images_per_s for r in records]
@@ -26,7 +27,7 @@ def run_summary(info: RunInfo, records: Sequence[EpochRecord], test: dict[str, A
         warmup_s=sum(r.warmup_s for r in records),
         final_train_loss=last.train_loss if last else None, final_train_acc=last.train_acc if last else None,
         final_val_acc=last.eval_acc if last and info.eval_split == "val" else None,
-        test_accuracy=test["accuracy"], test_loss=test["loss"], test=test,
+        test_accuracy=test["accuracy"], test_loss=test["loss"], test=test, test_time_s=test_time_s,
         checkpoint=checkpoint, class_names=tuple(class_names), seed=seed,
         **_cost(spec, records),
     )

@@ -73,7 +73,8 @@ def _own_rate(spec) -> float | None:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, reporter: Reporter | None = None, run_dir: Path | None = None,
-                 resume: bool = False, write: bool = True, overwrite: bool = False, recipe: str | None = None):
+                 resume: bool = False, write: bool = True, overwrite: bool = False, recipe: str | None = None,
+                 step_log: bool = True):
         self.cfg = cfg
         self.recipe = recipe  # the resolved recipe in one line, shown at the start
         self.rep = reporter or Reporter()
@@ -83,6 +84,9 @@ class Trainer:
         self.dist = distributed.detect()  # under torchrun: this rank; None in a plain run
         self.write = write and (self.dist is None or self.dist.is_main)  # rank 0 alone writes
         self.records: list[EpochRecord] = []
+        # steps.jsonl: a light per-step log (engine/progress.py: ~10 rows per epoch), when the run writes
+        self.step_log = step_log and self.write
+        self.step_records: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.start_step_in_epoch = 0
         self.resumed_partial: EpochTrain | None = None  # the part of start_epoch trained before the resume
@@ -132,7 +136,8 @@ class Trainer:
         self.epochs = -(-self.total_steps // self.steps_per_epoch)
         self.schedule = make_schedule(cfg, self.steps_per_epoch, self.total_steps)
         self.steps = EpochSteps(cfg, self.backend, self.schedule, self.steps_per_epoch, self.total_steps, n,
-                                self.stop, self.rep, distributed=self.dist is not None)
+                                self.stop, self.rep, distributed=self.dist is not None,
+                                step_log=self.step_records if self.step_log else None)
         self.dropout_plan = self._dropout_plan()
         self.dropout_now: float | None = None  # the rate set on the backend (None: the spec's own)
 
@@ -193,6 +198,7 @@ class Trainer:
         self.start_epoch, self.start_step_in_epoch = point.epoch, point.step_in_epoch
         self.resumed_partial, self.best, self.records = point.partial, point.best, point.records
         self._committed = (self.start_epoch, self.start_step_in_epoch)
+        self.step_records[:] = point.step_records  # committed with the rows, as one unit
         return point.state, point.opt_state
 
     # ----- the loop --------------------------------------------------------------------
@@ -307,12 +313,13 @@ class Trainer:
         runstate.save_generation(
             self.run_dir, self.backend, self._meta(), self.cfg, epoch, step_in_epoch,
             global_step=min(epoch * self.steps_per_epoch + step_in_epoch, self.total_steps),
-            finished=epoch >= self.epochs, records=self.records, partial=partial, best=self.best, is_best=best)
+            finished=epoch >= self.epochs, records=self.records, partial=partial, best=self.best, is_best=best,
+            step_records=self.step_records)
         self._committed = (epoch, step_in_epoch)
 
     def _write_metrics(self) -> None:
         if self.write:
-            runstate.write_metrics(self.run_dir, self.records)
+            runstate.write_metrics(self.run_dir, self.records, self.step_records if self.step_log else None)
 
     def _info(self) -> RunInfo:
         cfg = self.cfg
@@ -334,7 +341,7 @@ class Trainer:
         test_time = time.perf_counter() - t0
         summary = run_summary(self._info(), self.records, test, total_time + test_time,
                               str(self.run_dir / ckpt.WEIGHTS) if self.write else None, self.ds.class_names,
-                              self.cfg.seed, self.spec)
+                              self.cfg.seed, self.spec, test_time_s=test_time)
         if self.write:
             write_run_log(self.run_dir, self.cfg, summary, self.backend)
         return summary

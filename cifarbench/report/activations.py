@@ -1,4 +1,4 @@
-"""Feature maps of one test image at a model's four capture points (after mike7seven's
+"""Feature maps of one test image at each capture point its model declares (after mike7seven's
 visualize_activations, generalised to every model, backend, data set and class count)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _test_image(meta: dict, data_dir: Optional[str], index: Optional[int], seed:
 
 def render_activations(checkpoint: str | Path, backend_name: Optional[str], device: Optional[str],
                        image_index: Optional[int], seed: int, data_dir: Optional[str], out_dir: str | Path,
-                       channels: int = 16) -> list[Path]:
+                       channels: int = 16, threads: Optional[int] = None) -> list[Path]:
     from cifarbench.backends import resolve
     from cifarbench.checkpoint import check_compatible, load_checkpoint
     from cifarbench.data.augment import normalize
@@ -48,7 +48,7 @@ def render_activations(checkpoint: str | Path, backend_name: Optional[str], devi
     if len(spec.capture_points) == 0:
         raise UsageError(f"model '{spec.name}' declares no capture points")
     mean, std = tuple(meta["mean"]), tuple(meta["std"])
-    backend = eval_backend(backend_name, device, spec, ck.state, mean, std, seed)
+    backend = eval_backend(backend_name, device, spec, ck.state, mean, std, seed, threads=threads)
     img, label, index = _test_image(meta, data_dir, image_index, seed)
     x = normalize(img[None], mean, std)
     if meta.get("resize"):  # trained on batches resized on the device (--image-size): show what it saw

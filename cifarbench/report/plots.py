@@ -25,10 +25,20 @@ def _plt():
 
 
 def _save(fig, path: str | Path) -> Path:
+    """Through the atomic writer: a reader, or a crash, sees the old PNG or the new one, never half."""
+    from cifarbench import atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    _plt().close(fig)
+
+    def write(fh) -> None:
+        fig.savefig(fh, format="png", dpi=DPI, bbox_inches="tight")
+        atomic.kill_point("png")  # tests: a kill here leaves the old image
+
+    try:
+        atomic.sweep_own_temp(path)  # what a killed save of this image left
+        atomic.write_with(path, write)
+    finally:
+        _plt().close(fig)
     return path
 
 
@@ -84,19 +94,27 @@ def run_title(label: str, recs: Sequence[dict[str, Any]], config: dict[str, Any]
 
 
 def training_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: str | Path,
-                    configs: Sequence[dict[str, Any] | None] | None = None) -> Path:
+                    configs: Sequence[dict[str, Any] | None] | None = None,
+                    steps: Sequence[Sequence[dict[str, Any]] | None] | None = None) -> Path:
     """Loss, accuracy and learning rate per epoch for each run (records as in metrics.jsonl); the title
-    names each run's model, data set and final accuracy; legends sit below the panels, off the curves."""
+    names each run's model, data set and final accuracy; legends sit below the panels, off the curves.
+    ``steps`` (rows of each run's steps.jsonl, or None) adds the per-step training loss as faint points
+    behind the loss curves, at their position in the epoch (epoch e ends at x = e)."""
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
 
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4.6))
     configs = list(configs or [None] * len(runs))
+    steps = list(steps or [None] * len(runs))
     fig.suptitle("\n".join(run_title(label, recs, cfg) for (label, recs), cfg in zip(runs, configs)), fontsize=10)
-    for label, recs in runs:
+    for (label, recs), step_rows in zip(runs, steps):
         ep = [r["epoch"] for r in recs]
-        line = ax_loss.plot(ep, [r.get("train_loss") for r in recs], marker="o", markersize=3, label=f"{label} train")
+        line = ax_loss.plot(ep, [r.get("train_loss") for r in recs], marker="o", markersize=3, label=f"{label} train",
+                            zorder=3)
         color = line[0].get_color()
+        if step_rows:
+            ax_loss.scatter([r["epoch_pos"] for r in step_rows], [r["loss"] for r in step_rows], s=8, alpha=0.3,
+                            color=color, linewidths=0, zorder=1, label=f"{label} train, per step")
         ax_loss.plot(ep, [r.get("eval_loss") for r in recs], linestyle="--", color=color, label=f"{label} {_split(recs)}")
         ax_acc.plot(ep, [100 * r.get("train_acc", math.nan) for r in recs], marker="o", markersize=3, color=color,
                     label=f"{label} train")
@@ -206,19 +224,36 @@ def sample_grid(images: np.ndarray, truth: Sequence[int], predicted: Sequence[in
     return _save(fig, path)
 
 
+def grid_shape(c: int) -> tuple[int, int]:
+    """(rows, cols) for c panels: as square as possible, never a whole empty row (6 -> 2 x 3)."""
+    cols = math.ceil(math.sqrt(c))
+    return math.ceil(c / cols), cols
+
+
 def feature_grid(act: np.ndarray, title: str, path: str | Path, channels: int = 16) -> Path:
-    """The first ``channels`` maps of one (C, H, W) activation in a square grid."""
+    """The first ``channels`` maps of one (C, H, W) activation, one panel per map (the grid fits the
+    count; the cells of a last, partial row are removed), on one colour scale with one colorbar, so
+    that a bright panel means a strong response, not only a different per-channel range."""
     plt = _plt()
     if act.ndim == 1:  # a vector capture (after flatten): show it as a strip
         act = act[:, None, None]
     c = min(channels, act.shape[0])
-    side = math.ceil(math.sqrt(c))
-    fig, axes = plt.subplots(side, side, figsize=(2.2 * side, 2.2 * side), squeeze=False)
+    rows, cols = grid_shape(c)
+    shown = act[:c]
+    vmin, vmax = float(shown.min()), float(shown.max())
+    if vmin == vmax:  # a constant map: a scale of width 0 would draw nothing
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols + 1.0, 2.2 * rows + 0.3), squeeze=False)
+    image = None
     for i, ax in enumerate(axes.flat):
+        if i >= c:
+            fig.delaxes(ax)
+            continue
         ax.axis("off")
-        if i < c:
-            ax.imshow(act[i], cmap="viridis", interpolation="nearest")
-            ax.set_title(f"ch {i}", fontsize=8)
+        image = ax.imshow(shown[i], cmap="viridis", interpolation="nearest", vmin=vmin, vmax=vmax)
+        ax.set_title(f"ch {i}", fontsize=8)
+    fig.subplots_adjust(right=0.86)  # a fixed slot for the colorbar: cheaper than re-laying out every panel
+    fig.colorbar(image, cax=fig.add_axes((0.89, 0.15, 0.025, 0.7)), label="activation (one scale for all channels)")
     fig.suptitle(title)
     return _save(fig, path)
 

@@ -131,3 +131,40 @@ def skipped_lines(result: dict[str, Any]) -> list[str]:
         bs = f" bs{s['batch_size']}" if s.get("batch_size") else ""
         out.append(f"{what}{bs}: {s['reason']}")
     return out
+
+
+PHASE_HEADERS = ["case", "phase", "min ms", "avg ms", "max ms", "µs/img min", "µs/img avg", "µs/img max", "share"]
+PHASES = (("data", "phase_data_s"), ("forward", "phase_forward_s"), ("backward", "phase_backward_s"),
+          ("optimizer", "phase_optimizer_s"))
+
+
+def phase_stats(row: dict[str, Any]) -> list[tuple[str, dict[str, float], dict[str, float]]]:
+    """(phase, per-batch seconds {min, avg, max}, per-image µs {min, avg, max}) for each timed phase, then
+    their per-step sum and the fused step of the timed windows; [] when the row timed no phases."""
+    bs = row["batch_size"]
+    out = []
+    for name, key in (*PHASES, ("sum", "phase_sum_s"), ("fused step", "fused_step_s")):
+        s = row.get(key) or {}
+        if not s.get("n"):
+            continue
+        batch = {"min": s["min"], "avg": s["mean"], "max": s["max"]}
+        out.append((name, batch, {k: 1e6 * v / bs for k, v in batch.items()}))
+    return out if any(name in dict(PHASES) for name, _, _ in out) else []
+
+
+def phase_cells(result: dict[str, Any]) -> list[list[str]]:
+    """Rows of the phase table: one per phase of each row, the case named on its first line; share = the
+    phase's average over the sum of the averages."""
+    cells = []
+    for row in result.get("rows", []):
+        stats = phase_stats(row)
+        total = next((b["avg"] for n, b, _ in stats if n == "sum"), None)
+        case = f"{row['backend']}/{row['device']}/{row['model']}/{row['precision']}/bs{row['batch_size']}"
+        for i, (name, batch, image) in enumerate(stats):
+            share = f"{100 * batch['avg'] / total:.0f}%" if total and name != "fused step" else (
+                f"sum/fused {total / batch['avg']:.2f}" if total and batch["avg"] else "")
+            if name == "sum":
+                share = "100%"
+            cells.append([case if i == 0 else "", name, *(sig(1e3 * batch[k]) for k in ("min", "avg", "max")),
+                          *(sig(image[k]) for k in ("min", "avg", "max")), share])
+    return cells

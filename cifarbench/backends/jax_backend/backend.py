@@ -179,14 +179,16 @@ class JaxBackend(Backend):
         self._state["loss"], self._state["correct"] = self._put(np.float32(0)), self._put(np.int32(0))
         self._count = 0
 
-    def _step_fn(self, opt: OptimConfig, state, padded, labels, order, offsets, flips, start, lr, mom,
-                 *, bs: int, crop: bool, flip: bool):
+    def _batch_fn(self, padded, labels, order, offsets, flips, start, *, bs: int, crop: bool, flip: bool):
         _, _, h, w, pad = self._splits["train"]
         idx = jax.lax.dynamic_slice(order, (start,), (bs,))
         offs = jax.lax.dynamic_slice(offsets, (start, 0), (bs, 2)) if crop else None
         flp = jax.lax.dynamic_slice(flips, (start,), (bs,)) if flip else None
-        xb = self._prepare(M.augment(padded, idx, offs, flp, pad, h, w))
-        yb = labels[idx]
+        return self._prepare(M.augment(padded, idx, offs, flp, pad, h, w)), labels[idx]
+
+    def _step_fn(self, opt: OptimConfig, state, padded, labels, order, offsets, flips, start, lr, mom,
+                 *, bs: int, crop: bool, flip: bool):
+        xb, yb = self._batch_fn(padded, labels, order, offsets, flips, start, bs=bs, crop=crop, flip=flip)
         key, sub = jax.random.split(state["key"])
 
         def loss_fn(params):
@@ -214,6 +216,66 @@ class JaxBackend(Backend):
                                  np.int32(start), np.float32(lr), np.float32(momentum),
                                  bs=stop - start, crop=crop, flip=flip)
         self._count += stop - start
+
+    # phase_step's primitives (base.py): _step_fn cut at the phase boundaries, each phase its own
+    # jitted function. The forward returns the pullback's residual arrays (its leaves); the backward
+    # rebuilds the pullback from the tree structure recorded when the forward was traced.
+    def _phase_fns(self):
+        if getattr(self, "_phases_for", None) is not self.opt:
+            self._pullbacks: dict[int, object] = {}
+            self._phases = {
+                "data": jax.jit(self._batch_fn, static_argnames=("bs", "crop", "flip")),
+                "forward": jax.jit(self._phase_forward_fn),
+                "backward": jax.jit(self._phase_backward_fn, static_argnames=("bs",)),
+                "optimizer": jax.jit(partial(_optimizer_update, self.opt)),
+            }
+            self._phases_for = self.opt
+        return self._phases
+
+    def _phase_forward_fn(self, params, buffers, xb, yb, key):
+        def loss_fn(p):
+            ctx = M.Ctx(p, buffers, True, True, key)
+            return M.cross_entropy(M.forward(self.spec, ctx, xb), yb, self.options.label_smoothing).mean(), ctx.new_buffers
+
+        loss, pullback, new_buffers = jax.vjp(loss_fn, params, has_aux=True)
+        leaves, self._pullbacks[xb.shape[0]] = jax.tree_util.tree_flatten(pullback)  # recorded at trace time
+        return loss, new_buffers, leaves
+
+    def _phase_backward_fn(self, leaves, *, bs: int):
+        return jax.tree_util.tree_unflatten(self._pullbacks[bs], leaves)(jnp.float32(1.0))[0]
+
+    def _step_data(self, rows):
+        start, stop = rows
+        if "train" not in self._splits or "key" not in self._state:
+            raise UsageError("set_data('train', ...) and begin_epoch() before train_step()")
+        padded, labels = self._splits["train"][:2]
+        batch = self._phase_fns()["data"](padded, labels, self._order, self._offsets, self._flips, np.int32(start),
+                                          bs=stop - start, crop=self._offsets is not None, flip=self._flips is not None)
+        return batch, batch
+
+    def _step_forward(self, batch):
+        xb, yb = batch
+        st = self._state
+        st["key"], sub = jax.random.split(st["key"])
+        loss, new_buffers, leaves = self._phase_fns()["forward"](st["params"], st["buffers"], xb, yb, sub)
+        st["buffers"] = {**st["buffers"], **new_buffers}
+        return (loss, new_buffers), (leaves, xb.shape[0])
+
+    def _step_backward(self, held):
+        leaves, bs = held
+        grads = self._phase_fns()["backward"](leaves, bs=bs)
+        return grads, grads
+
+    def _step_update(self, grads, lr: float, momentum: float):
+        st = self._state
+        step = st["step"] + 1
+        st["params"], st["slots"] = self._phase_fns()["optimizer"](st["params"], grads, st["slots"], step,
+                                                                    np.float32(lr), np.float32(momentum))
+        st["step"] = step
+        return [st["params"], st["slots"]], None
+
+    def _block(self, outputs) -> None:
+        jax.block_until_ready(outputs)
 
     def end_epoch(self) -> EpochStats:
         return self.running_stats()  # begin_epoch resets the sums

@@ -206,6 +206,47 @@ class MLXBackend(base.Backend):
         # Schedule the step now (the graph stays one step deep) without blocking the host.
         mx.async_eval(self._state_tree())
 
+    # phase_step's primitives (base.py): _train_on cut at the phase boundaries, uncompiled. MLX is
+    # lazy: a phase ends when mx.eval has computed its outputs, and the backward graph reuses the
+    # forward values already computed.
+    def _step_data(self, rows):
+        start, stop = rows
+        if self.loader is not None:
+            xb, yb = self.loader.next_batch(start, stop)
+            x_uint8, y = mx.array(xb), mx.array(yb.astype(np.int32))
+        else:
+            ep, split = self.epoch, self.splits["train"]
+            idx = ep["order"][start:stop]
+            x_uint8 = gather_batch(split, idx, None if ep["offsets"] is None else ep["offsets"][start:stop],
+                                   None if ep["flips"] is None else ep["flips"][start:stop])
+            y = split.labels[idx]
+        batch = (normalise(x_uint8, self.mean, self.std, self.options.resize), y)
+        return batch, batch
+
+    def _step_forward(self, batch):
+        x, y = batch
+
+        def loss_fn(params):
+            ctx = Ctx(params, self.buffers, True, True, self.dtype)
+            logits = run_layers(self.spec.layers, x.astype(self.dtype), ctx).astype(mx.float32)
+            return cross_entropy(logits, y, self.options.label_smoothing).mean(), ctx.new_buffers
+
+        (loss, new_buffers), grads = mx.value_and_grad(loss_fn)(self.params)
+        self.buffers.update(new_buffers)
+        return (loss, new_buffers), grads
+
+    def _step_backward(self, grads):
+        return grads, grads
+
+    def _step_update(self, grads, lr: float, momentum: float):
+        self.opt_state["lr"] = mx.array(float(lr))
+        self.opt_state["momentum"] = mx.array(float(momentum))
+        self.params.update(optim.apply(self.opt, self.params, grads, self.opt_state))
+        return [self.params, self.opt_state], None
+
+    def _block(self, outputs) -> None:
+        mx.eval(outputs)
+
     def end_epoch(self) -> EpochStats:
         return self.running_stats()  # begin_epoch resets the sums
 

@@ -104,9 +104,7 @@ class NumpyBackend(Backend):
         self.net.rng = xp.random.default_rng(seed)
         self._epoch = {"loss": xp.zeros((), np.float64), "correct": xp.zeros((), np.int64), "count": 0}
 
-    def train_step(self, start: int, stop: int, lr: float, momentum: float) -> None:
-        self._need_optimizer()
-        net, opt = self.net, self.optim
+    def _batch(self, start: int, stop: int):
         if self._epoch is None or "train" not in self.data:
             raise UsageError("set_data('train', ...) and begin_epoch() before train_step()")
         x, y = self.data["train"]
@@ -114,14 +112,38 @@ class NumpyBackend(Backend):
         offs = None if self._offsets is None else self._offsets[start:stop]
         flips = None if self._flips is None else self._flips[start:stop]
         pad = self.options.crop_pad if offs is not None else 0
-        xb = make_batch(x, idx, offs, flips, pad, self._mean, self._std, DTYPE, self.options.resize)
+        return make_batch(x, idx, offs, flips, pad, self._mean, self._std, DTYPE, self.options.resize), y[idx]
+
+    def train_step(self, start: int, stop: int, lr: float, momentum: float) -> None:
+        self._need_optimizer()
+        net, opt = self.net, self.optim
+        xb, yb = self._batch(start, stop)
         logits = net.forward(xb, train=True)
-        per_sample, dlogits, correct = cross_entropy(logits, y[idx], self.options.label_smoothing)
+        per_sample, dlogits, correct = cross_entropy(logits, yb, self.options.label_smoothing)
         net.backward(dlogits)
         opt.step(net.params, net.grads, lr, momentum)
         self._epoch["loss"] += per_sample.sum(dtype=np.float64)
         self._epoch["correct"] += correct
         self._epoch["count"] += int(stop - start)
+
+    # phase_step's primitives (base.py): train_step's body, cut at the phase boundaries
+    def _step_data(self, rows):
+        batch = self._batch(*rows)
+        return batch, batch
+
+    def _step_forward(self, batch):
+        xb, yb = batch
+        logits = self.net.forward(xb, train=True)
+        dlogits = cross_entropy(logits, yb, self.options.label_smoothing)[1]  # the loss's gradient comes with it
+        return dlogits, dlogits
+
+    def _step_backward(self, dlogits):
+        self.net.backward(dlogits)
+        return None, None
+
+    def _step_update(self, _grads, lr: float, momentum: float):
+        self.optim.step(self.net.params, self.net.grads, lr, momentum)
+        return None, None
 
     def end_epoch(self) -> EpochStats:
         return self.running_stats()  # begin_epoch resets the sums

@@ -239,6 +239,34 @@ class TorchBackend(Backend):
         self._count += hi - lo
         self._steps += 1
 
+    # phase_step's primitives (base.py): train_step's body, cut at the phase boundaries
+    def _step_data(self, rows):
+        batch = self._data.train_batch(*self._rows(*rows))
+        return batch, batch
+
+    def _step_forward(self, batch):
+        x, y = batch
+        self._set_mode(True)
+        self._optimizer.zero_grad(set_to_none=True)
+        self._mark_step()
+        with self._autocast():
+            _, objective, _ = self._loss(x, y, x.shape[0])
+        return objective, objective
+
+    def _step_backward(self, objective):
+        (objective if self._scaler is None else self._scaler.scale(objective)).backward()
+        return None, None
+
+    def _step_update(self, _grads, lr: float, momentum: float):
+        set_hyper(self._optimizer, self.opt.name, lr, momentum, self._steps)
+        if self._scaler is not None:
+            self._scaler.step(self._optimizer)
+            self._scaler.update()
+        else:
+            self._optimizer.step()
+        self._steps += 1
+        return None, None
+
     def end_epoch(self) -> EpochStats:
         stats = self.running_stats()
         self._reset_stats()
