@@ -16,8 +16,9 @@ from cifarbench.backends.numpy_backend.arrays import Workspace
 from cifarbench.models import spec as S
 
 # im2col bytes per chunk of images on NumPy: about a core's L2 cache, so a chunk's cols is
-# multiplied while still in cache (measured on an EPYC, 1 MiB L2: see benchmarks/numpy_vs_torch.py)
-CHUNK_BYTES = int(os.environ.get("CIFARBENCH_NUMPY_CHUNK_BYTES", 1 << 20))
+# multiplied while still in cache (measured on an EPYC with 1 MiB L2 per core: 2 MiB beat 1, 3, 4 and 16 MiB
+# at 1 and 2 threads, resnet20 b128 and cnn b64; benchmarks/results/numpy_vs_torch-epyc-2core-threads.txt)
+CHUNK_BYTES = int(os.environ.get("CIFARBENCH_NUMPY_CHUNK_BYTES", 2 << 20))
 
 
 class Net:
