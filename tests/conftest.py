@@ -93,3 +93,50 @@ def db_url(request, tmp_path):
     with admin.connect() as conn:
         conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
     admin.dispose()
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Each figure as it is saved: path name -> matplotlib Figure (inspected for what is drawn)."""
+    from cifarbench.report import plots
+
+    figures = {}
+    save = plots._save
+
+    def keep(fig, path):
+        out = save(fig, path)
+        figures[out.name] = fig
+        return out
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+@pytest.fixture
+def unsaved(monkeypatch):
+    """Each figure as it would be saved, not rendered (what is drawn is in the Figure; no PNG is needed)."""
+    from cifarbench.report import plots
+
+    figures = {}
+
+    def keep(fig, path):
+        figures[Path(path).name] = fig
+        plots._plt().close(fig)
+        return Path(path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def backend_or_skip(name: str, options):
+    """A CPU backend of ``name``, or the test is skipped (not installed, or no usable CPU device here)."""
+    from cifarbench.backends import create_backend, load_backend_class
+    from cifarbench.errors import BackendUnavailable
+
+    try:
+        cls = load_backend_class(name)
+    except BackendUnavailable as exc:
+        pytest.skip(exc.message)
+    if cls.probe().get("cpu", "no cpu") is not None:
+        pytest.skip(f"{name} has no usable cpu device here")
+    return create_backend(name, "cpu", options, 0)

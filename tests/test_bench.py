@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 import pytest
+from conftest import backend_or_skip
+from record_fixtures import record
 
 from cifarbench.backends.base import Backend, EpochStats, TrainOptions
 from cifarbench.bench import apply_baseline, compare, expand
@@ -14,7 +16,6 @@ from cifarbench.bench.throughput import BenchData, Windows, measure
 from cifarbench.bench.training import time_to_target
 from cifarbench.engine.metrics import summarize
 from cifarbench.errors import UsageError
-from record_fixtures import record
 
 
 class SlowDevice(Backend):
@@ -103,25 +104,12 @@ class _Spy:
         return time.perf_counter()
 
 
-def _backend_or_skip(name):
-    from cifarbench.backends import create_backend, load_backend_class
-    from cifarbench.errors import BackendUnavailable
-
-    try:
-        cls = load_backend_class(name)
-    except BackendUnavailable as exc:
-        pytest.skip(exc.message)
-    if cls.probe().get("cpu", "no cpu") is not None:
-        pytest.skip(f"{name} has no usable cpu device here")
-    return create_backend(name, "cpu", TrainOptions(mean=(0.5,) * 3, std=(0.25,) * 3, crop_pad=2, flip=True), 0)
-
-
 @pytest.mark.parametrize("name", ["torch", "numpy", pytest.param("mlx", marks=pytest.mark.slow)])  # mlx: compile
 def test_real_backends_synchronise_before_every_clock_read(name):
     from cifarbench.backends.base import OptimConfig
     from cifarbench.models import create_spec, init_params
 
-    backend = _backend_or_skip(name)
+    backend = backend_or_skip(name, TrainOptions(mean=(0.5,) * 3, std=(0.25,) * 3, crop_pad=2, flip=True))
     spec = create_spec("cnn", 3, 8, 10)
     backend.build(spec, init_params(spec, 0))
     backend.configure_optimizer(OptimConfig("sgd", 0.9))

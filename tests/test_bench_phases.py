@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import backend_or_skip, invoke
 
 from cifarbench.backends.base import STEP_PHASES, Backend, EpochStats, OptimConfig, TrainOptions
 from cifarbench.bench.throughput import BenchData, Windows, measure
@@ -23,29 +24,15 @@ from cifarbench.errors import UsageError
 from cifarbench.report import benchout, plots
 from cifarbench.report.bench_chart import bench_comparison
 from cifarbench.report.tables import phase_cells, phase_stats
-from conftest import invoke
 
 EPS32 = float(np.finfo(np.float32).eps)
 OPTIONS = TrainOptions(mean=(0.5,) * 3, std=(0.25,) * 3, crop_pad=2, flip=True)
 
 
-def _backend_or_skip(name):
-    from cifarbench.backends import create_backend, load_backend_class
-    from cifarbench.errors import BackendUnavailable
-
-    try:
-        cls = load_backend_class(name)
-    except BackendUnavailable as exc:
-        pytest.skip(exc.message)
-    if cls.probe().get("cpu", "no cpu") is not None:
-        pytest.skip(f"{name} has no usable cpu device here")
-    return create_backend(name, "cpu", OPTIONS, 0)
-
-
 def _ready(name, x, y, draws):
     from cifarbench.models import create_spec, init_params
 
-    b = _backend_or_skip(name)
+    b = backend_or_skip(name, OPTIONS)
     spec = create_spec("lenet", 3, 16, 10)
     b.build(spec, init_params(spec, 0))
     b.configure_optimizer(OptimConfig("sgd", 0.9, weight_decay=5e-4))
@@ -284,34 +271,6 @@ def test_bench_out_append_and_chart_survive_a_kill_at_their_write_points(tmp_pat
 
 
 # ----- the comparison chart ----------------------------------------------------------------------
-@pytest.fixture
-def drawn(monkeypatch):
-    figures = {}
-    save = plots._save
-
-    def keep(fig, path):
-        out = save(fig, path)
-        figures[out.name] = fig
-        return out
-
-    monkeypatch.setattr(plots, "_save", keep)
-    return figures
-
-
-@pytest.fixture
-def unsaved(monkeypatch):
-    """Each figure as it would be saved, not rendered: what is drawn is read from the Figure."""
-    figures = {}
-
-    def keep(fig, path):
-        figures[os.path.basename(path)] = fig
-        plots._plt().close(fig)
-        return path
-
-    monkeypatch.setattr(plots, "_save", keep)
-    return figures
-
-
 def test_comparison_chart_throughput_panels(tmp_path, unsaved):
     recs = benchout.from_result(_bench_result())
     bench_comparison(recs, tmp_path / "c.png")

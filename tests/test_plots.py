@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,35 +38,6 @@ def test_bench_charts(tmp_path):
     assert {p.name for p in paths} >= {"training_time.png", "accuracy_vs_time.png"}
     for p in paths:
         _png(p)
-
-
-@pytest.fixture
-def drawn(monkeypatch):
-    """Each figure as it is saved: path name -> matplotlib Figure (inspected for what is drawn)."""
-    figures = {}
-    save = plots._save
-
-    def keep(fig, path):
-        out = save(fig, path)
-        figures[out.name] = fig
-        return out
-
-    monkeypatch.setattr(plots, "_save", keep)
-    return figures
-
-
-@pytest.fixture
-def unsaved(monkeypatch):
-    """Each figure as it would be saved, not rendered (what is drawn is in the Figure; no PNG is needed)."""
-    figures = {}
-
-    def keep(fig, path):
-        figures[Path(path).name] = fig
-        plots._plt().close(fig)
-        return Path(path)
-
-    monkeypatch.setattr(plots, "_save", keep)
-    return figures
 
 
 def test_throughput_bars_draw_medians_whiskers_and_labels(tmp_path, drawn):
