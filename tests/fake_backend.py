@@ -19,6 +19,62 @@ from cifarbench.backends.base import Backend, EpochStats
 WARM_S, STEP_S = 0.25, 0.01  # first step of a batch size (a "compilation"), then every step
 
 
+class ModelFreeBackend(Backend):
+    """A backend with no model: the primitives a timing test does not reach, as no-ops."""
+
+    def set_data(self, split, x, y): ...
+    def _build(self, spec): ...
+    def _get_tensors(self): return {}
+    def _set_tensors(self, tensors): ...
+    def _forward(self, x, train, capture, dropout): return np.zeros((len(x), 10), np.float32), {}
+    def _configure_optimizer(self, opt): ...
+    def _get_optimizer_state(self): return {}, 0
+    def _set_optimizer_state(self, slots, step): ...
+
+
+class ClockSpy:
+    """Records the order of synchronize() calls and clock reads (a timer's ``clock`` argument)."""
+
+    def __init__(self):
+        self.events: list[str] = []
+
+    def clock(self):
+        self.events.append("clock")
+        return time.perf_counter()
+
+
+class QueuedDevice(ModelFreeBackend):
+    """A device whose calls return at once and whose work (``queued`` seconds) runs only when it is
+    synchronised: a timer that reads the clock without synchronising sees almost none of it."""
+
+    devices = ("fake",)
+    MODEL, SIZE = "cnn", 8
+
+    @classmethod
+    def probe(cls):
+        return {"fake": None}
+
+    def __init__(self):
+        from cifarbench.backends.base import TrainOptions
+        from cifarbench.models import create_spec, init_params
+
+        super().__init__("fake", TrainOptions())
+        spec = create_spec(self.MODEL, 3, self.SIZE, 10)
+        self.build(spec, init_params(spec, 0))  # Backend checks the weights; this device ignores them
+        self.queued, self.syncs, self.count = 0.0, 0, 0
+
+    def synchronize(self):
+        self.syncs += 1
+        time.sleep(self.queued)
+        self.queued = 0.0
+
+    def begin_epoch(self, order, offsets, flips, seed):
+        self.count = 0
+
+    def end_epoch(self):  # like the real ones, reading the stats would block; here it is left to synchronize
+        return EpochStats(loss_sum=1.5 * self.count, correct=0, count=self.count)
+
+
 class FakeBackend(Backend):
     name = "fake"
     devices = ("cpu",)

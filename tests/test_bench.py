@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
 from conftest import backend_or_skip
+from fake_backend import ClockSpy, QueuedDevice
 from record_fixtures import record
 
-from cifarbench.backends.base import Backend, EpochStats, TrainOptions
+from cifarbench.backends.base import TrainOptions
 from cifarbench.bench import apply_baseline, compare, expand
 from cifarbench.bench.throughput import BenchData, Windows, measure
 from cifarbench.bench.training import time_to_target
@@ -18,59 +18,22 @@ from cifarbench.engine.metrics import summarize
 from cifarbench.errors import UsageError
 
 
-class SlowDevice(Backend):
-    """A device whose calls return at once but whose work runs only when synchronised.
-
-    Each train_step queues STEP seconds of work, predict queues EVAL seconds; synchronize()
+class SlowDevice(QueuedDevice):
+    """Each train_step queues STEP seconds of work, predict queues EVAL seconds; synchronize()
     sleeps for what is queued. A bench that reads the clock without synchronising would
     see almost no time at all.
     """
 
     name = "slow"
-    devices = ("fake",)
     STEP, EVAL = 0.02, 0.03
-
-    @classmethod
-    def probe(cls):
-        return {"fake": None}
-
-    def __init__(self):
-        from cifarbench.models import create_spec, init_params
-
-        super().__init__("fake", TrainOptions())
-        spec = create_spec("cnn", 3, 8, 10)
-        self.build(spec, init_params(spec))  # Backend checks the weights; this device ignores them
-        self.queued = 0.0
-        self.syncs = 0
-        self.count = 0
-
-    def synchronize(self):
-        self.syncs += 1
-        time.sleep(self.queued)
-        self.queued = 0.0
 
     def train_step(self, start, stop, lr, momentum):
         self.queued += self.STEP
         self.count += stop - start
 
-    def end_epoch(self):  # like the real ones, reading the stats would block; here it is left to synchronize
-        return EpochStats(loss_sum=1.5 * self.count, correct=0, count=self.count)
-
-    def begin_epoch(self, order, offsets, flips, seed):
-        self.count = 0
-
     def _predict(self, split, batch_size):
         self.queued += self.EVAL
         return np.zeros((8, 10), np.float32)
-
-    def set_data(self, split, x, y): ...
-    def _build(self, spec): ...
-    def _get_tensors(self): return {}
-    def _set_tensors(self, tensors): ...
-    def _forward(self, x, train, capture, dropout): return np.zeros((len(x), 10), np.float32), {}
-    def _configure_optimizer(self, opt): ...
-    def _get_optimizer_state(self): return {}, 0
-    def _set_optimizer_state(self, slots, step): ...
 
 
 def _data(n=32, size=8, ch=3, classes=10, n_eval=8) -> BenchData:
@@ -93,17 +56,6 @@ def test_measured_time_includes_queued_device_work():
     assert res["train_loss_last"] == pytest.approx(1.5)
 
 
-class _Spy:
-    """Records the order of synchronize() calls and clock reads."""
-
-    def __init__(self):
-        self.events: list[str] = []
-
-    def clock(self):
-        self.events.append("clock")
-        return time.perf_counter()
-
-
 @pytest.mark.parametrize("name", ["torch", "numpy", pytest.param("mlx", marks=pytest.mark.slow)])  # mlx: compile
 def test_real_backends_synchronise_before_every_clock_read(name):
     from cifarbench.backends.base import OptimConfig
@@ -113,7 +65,7 @@ def test_real_backends_synchronise_before_every_clock_read(name):
     spec = create_spec("cnn", 3, 8, 10)
     backend.build(spec, init_params(spec, 0))
     backend.configure_optimizer(OptimConfig("sgd", 0.9))
-    spy = _Spy()
+    spy = ClockSpy()
     real_sync = backend.synchronize
 
     def sync():

@@ -12,13 +12,13 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from conftest import backend_or_skip, invoke
+from fake_backend import ClockSpy, QueuedDevice
 
-from cifarbench.backends.base import STEP_PHASES, Backend, EpochStats, OptimConfig, TrainOptions
+from cifarbench.backends.base import STEP_PHASES, OptimConfig, TrainOptions
 from cifarbench.bench.throughput import BenchData, Windows, measure
 from cifarbench.errors import UsageError
 from cifarbench.report import benchout, plots
@@ -41,15 +41,6 @@ def _ready(name, x, y, draws):
     return b
 
 
-class _Spy:
-    def __init__(self):
-        self.events: list[str] = []
-
-    def clock(self):
-        self.events.append("clock")
-        return time.perf_counter()
-
-
 # jax: five XLA compilations of lenet (the fused step and four phases), ~10-30 s on 2 busy cores
 @pytest.mark.parametrize("name", ["numpy", "torch", pytest.param("jax", marks=pytest.mark.slow), "mlx"])
 def test_phase_step_is_train_step_timed_at_synchronised_boundaries(name):
@@ -57,7 +48,7 @@ def test_phase_step_is_train_step_timed_at_synchronised_boundaries(name):
     x, y = rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8), rng.integers(0, 10, 16)
     draws = (rng.permutation(16), rng.integers(0, 5, (16, 2)), rng.integers(0, 2, 16).astype(bool))
     fused, split = _ready(name, x, y, draws), _ready(name, x, y, draws)
-    spy = _Spy()
+    spy = ClockSpy()
     for b in (split,):  # every clock read must follow a block of the device (or of the phase's outputs)
         for attr in ("synchronize", "_block"):
             real = getattr(b, attr)
@@ -79,24 +70,15 @@ def test_phase_step_is_train_step_timed_at_synchronised_boundaries(name):
     assert float(ob["step"]) == 2.0
 
 
-class LazyDevice(Backend):
+class LazyDevice(QueuedDevice):
     """Each phase primitive queues PHASE seconds of work that runs only when the device is blocked:
     a phase timer that read the clock without blocking would see none of it."""
 
-    name, devices, PHASE = "lazy", ("fake",), 0.01
-
-    @classmethod
-    def probe(cls):
-        return {"fake": None}
+    name, PHASE, MODEL, SIZE = "lazy", 0.01, "lenet", 16
 
     def __init__(self):
-        from cifarbench.models import create_spec, init_params
-
-        super().__init__("fake", TrainOptions())
-        spec = create_spec("lenet", 3, 16, 10)
-        self.build(spec, init_params(spec, 0))
+        super().__init__()
         self.configure_optimizer(OptimConfig())
-        self.queued, self.count = 0.0, 0
 
     def _queue(self, carry):
         self.queued += self.PHASE
@@ -107,31 +89,12 @@ class LazyDevice(Backend):
     def _step_update(self, grads, lr, momentum):
         return self._queue(grads)
 
-    def synchronize(self):
-        time.sleep(self.queued)
-        self.queued = 0.0
-
     def train_step(self, start, stop, lr, momentum):
         self.queued += 4 * self.PHASE
         self.count += stop - start
 
-    def begin_epoch(self, order, offsets, flips, seed):
-        self.count = 0
-
-    def end_epoch(self):
-        return EpochStats(1.0 * self.count, 0, self.count)
-
     def _predict(self, split, batch_size):
         return np.zeros((8, 10), np.float32)
-
-    def set_data(self, split, x, y): ...
-    def _build(self, spec): ...
-    def _get_tensors(self): return {}
-    def _set_tensors(self, tensors): ...
-    def _forward(self, x, train, capture, dropout): return np.zeros((len(x), 10), np.float32), {}
-    def _configure_optimizer(self, opt): ...
-    def _get_optimizer_state(self): return {}, 0
-    def _set_optimizer_state(self, slots, step): ...
 
 
 def _data(n=32, n_eval=8) -> BenchData:

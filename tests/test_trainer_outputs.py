@@ -28,7 +28,7 @@ GOLDEN = Path(__file__).parent / "golden" / "trainer_outputs.json"
 
 # decided by a clock (the fake sleeps 0 s, but the phases around its steps take time)
 CLOCKED = {"train_time_s", "eval_time_s", "epoch_time_s", "elapsed_s", "warmup_s", "images_per_s", "total_time_s",
-           "time_per_epoch_s", "training_time_seconds", "seconds", "saved_at", "timestamp"}
+           "time_per_epoch_s", "test_time_s", "training_time_seconds", "seconds", "saved_at", "timestamp"}
 # decided by the machine, the command line or the software installed, or other features' fields
 ELSEWHERE = {"fingerprint", "fingerprint_id", "hardware", "command_line", "config", "files", "device_name", "recipe"}
 
