@@ -76,7 +76,7 @@ def train(
     if resume is not None:
         cfg = _resume_config(resume, overrides)
         sources = {k: ("flag" if overrides.get(k) is not None else f"file {resume / 'config.yaml'}")
-                   for k in cfg.model_fields}
+                   for k in type(cfg).model_fields}
     else:  # no -c: the model's home recipe (configs/) under the flags
         cfg, sources = resolve_config(config, overrides, home=True)
     if beta1 is not None or beta2 is not None:
