@@ -370,7 +370,12 @@ def parity_size(name: str, default: int) -> int:
     return IMAGENET_PARITY_SIZE if name.endswith("-imagenet") else default
 
 
+# Models made of another model's layers but for the final logit Scale (tests/test_muon.py checks
+# it): the registry-wide suites run their twin, and them only under -m slow.
+SCALE_TWINS = {"speedrun-muon": "speedrun"}
+
+
 def registry_param(name: str, *values, id: str | None = None):
-    """pytest.param for a registry-wide forward test: the ImageNet ResNets only under -m slow."""
-    marks = [pytest.mark.slow] if name.endswith("-imagenet") else []
+    """pytest.param for a registry-wide forward test: the ImageNet ResNets and the Scale twins only under -m slow."""
+    marks = [pytest.mark.slow] if name.endswith("-imagenet") or name in SCALE_TWINS else []
     return pytest.param(name, *values, id=id or name, marks=marks)

@@ -25,7 +25,7 @@ from cifarbench.models import spec as S
 torch = pytest.importorskip("torch")
 
 from parity_reference import (  # noqa: E402
-    cancelled_biases, check_step_against_float64, flat, no_dropout, parity_size, reference_step, registry_param, rel,
+    SCALE_TWINS, cancelled_biases, check_step_against_float64, flat, no_dropout, parity_size, reference_step, registry_param, rel,
     torch_forward)
 
 SIZE, BATCH = 16, 8  # every registered model builds at 16x16; a quarter of the work of 32x32
@@ -59,7 +59,7 @@ def heavy(name: str) -> bool:
     """Deep or big models: a step plus the float32/float64 references take 5-30 s on a loaded 2-core CPU."""
     spec = create_spec(name, image_size=SIZE)
     convs = sum(isinstance(layer, S.Conv) for layer in S.iter_layers(spec.layers))
-    return spec.num_params() > 2_000_000 or convs > 20
+    return spec.num_params() > 2_000_000 or convs > 20 or name in SCALE_TWINS
 
 
 def model_param(name):
