@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from parity_reference import SCALE_TWINS
 
 from cifarbench.models import create_spec, model_names
 from cifarbench.models.shapes import output_shape
@@ -40,7 +41,8 @@ def test_rows_add_up_and_shapes_chain(name):
 
 
 # the ImageNet ResNets (4-7 s each here) under -m slow; test_finetune checks their MACs against the seed's figure
-@pytest.mark.parametrize("name,dataset", [pytest.param(n, (3, 32, 10), marks=[pytest.mark.slow] if n.endswith("-imagenet") else [])
+@pytest.mark.parametrize("name,dataset", [pytest.param(n, (3, 32, 10), marks=[pytest.mark.slow] if n.endswith("-imagenet")
+                                                       or n in SCALE_TWINS else [])
                                           for n in model_names()] + [("lenet", (1, 28, 10))])
 def test_macs_equal_torch_flop_counter(name, dataset):
     torch = pytest.importorskip("torch")

@@ -183,9 +183,9 @@ def test_trainer_progress_and_step_log_match_the_epoch_record(small_npz, tmp_pat
     assert [(r["epoch"], r["step"], r["global_step"]) for r in steps] == [
         (e, s, 6 * (e - 1) + s) for e in (1, 2) for s in range(1, 7)]
     for rec in rep.records:
-        rows = [r for r in steps if r["epoch"] == rec["epoch"]]
-        assert sum(r["loss"] * r["steps_in_row"] for r in rows) / 6 == pytest.approx(rec["train_loss"], rel=1e-12)
-        assert rows[-1]["lr"] == rec["lr"] and rows[-1]["epoch_pos"] == rec["epoch"]
+        rows = [r for r in steps if r["epoch"] == rec.epoch]
+        assert sum(r["loss"] * r["steps_in_row"] for r in rows) / 6 == pytest.approx(rec.train_loss, rel=1e-12)
+        assert rows[-1]["lr"] == rec.lr and rows[-1]["epoch_pos"] == rec.epoch
     assert json.loads((tmp_path / "r" / "checkpoint.json").read_text())["step_records"] == steps  # one unit
     assert Trainer(_cfg(small_npz), write=False).step_log is False  # a run that writes nothing logs nothing
     assert Trainer(_cfg(small_npz), step_log=False).step_log is False  # bench's training mode
