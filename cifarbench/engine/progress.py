@@ -27,6 +27,22 @@ class RunPlan:
 STEP_LOG_FRACTION, STEP_LOG_SECONDS = 0.1, 30.0
 
 
+class Cadence:
+    """Due every ``every_steps`` steps or ``every_s`` seconds (either may be None: never by it),
+    counted from ``start`` and from each time it was last taken."""
+
+    def __init__(self, every_steps: int | None, every_s: float | None, start: int, now: float) -> None:
+        self.every_steps, self.every_s = every_steps, every_s
+        self.taken(start, now)
+
+    def due(self, done: int, now: float) -> bool:
+        return done >= self.next_step or now >= self.next_t
+
+    def taken(self, done: int, now: float) -> None:
+        self.next_step = done + (self.every_steps or 10**18)
+        self.next_t = now + (self.every_s or float("inf"))
+
+
 class StepProgress:
     """One epoch's progress events; ``tick`` is called after every step with the step count done.
 
@@ -39,17 +55,15 @@ class StepProgress:
         self.rep, self.backend, self.clock = reporter, backend, clock
         self.epoch, self.epochs, self.first, self.last = epoch, epochs, first_step, last_step
         self.batch_size, self.plan = batch_size, plan
-        self.every_s = getattr(reporter, "progress_every_s", None)
-        self.every_steps = getattr(reporter, "progress_every_steps", None)
-        self.active = bool(self.every_s or self.every_steps)
+        every_s = getattr(reporter, "progress_every_s", None)
+        every_steps = getattr(reporter, "progress_every_steps", None)
+        self.active = bool(every_s or every_steps)
         self.t0 = clock()
-        self.next_t = self.t0 + (self.every_s or float("inf"))
-        self.next_step = first_step + (self.every_steps or 10**18)
+        self.report_at = Cadence(every_steps, every_s, first_step, self.t0)
         self.log, self.global_base = step_log, global_base
         self.per_epoch = steps_per_epoch or last_step
-        self.log_every = max(int(-(-self.per_epoch * STEP_LOG_FRACTION // 1)), 1)
-        self.log_next_step = first_step + self.log_every
-        self.log_next_t = self.t0 + STEP_LOG_SECONDS
+        log_every = max(int(-(-self.per_epoch * STEP_LOG_FRACTION // 1)), 1)
+        self.log_at = Cadence(log_every, STEP_LOG_SECONDS, first_step, self.t0)
         self.log_prev = (0.0, 0, 0)  # the device sums (loss, correct, count) at the last row
         self.log_step = first_step
 
@@ -59,8 +73,8 @@ class StepProgress:
             return
         last = done >= self.last  # the last step always reports (then evaluation runs)
         now = self.clock()
-        report = self.active and (last or done >= self.next_step or now >= self.next_t)
-        log = self.log is not None and (last or done >= self.log_next_step or now >= self.log_next_t)
+        report = self.active and (last or self.report_at.due(done, now))
+        log = self.log is not None and (last or self.log_at.due(done, now))
         if report or log:
             self.emit(done, lr, warm_s, warm_steps, report=report, log=log)
 
@@ -77,8 +91,7 @@ class StepProgress:
             })
         self.log_prev = (loss, correct, count)
         self.log_step = p["step"]
-        self.log_next_step = p["step"] + self.log_every
-        self.log_next_t = self.clock() + STEP_LOG_SECONDS
+        self.log_at.taken(p["step"], self.clock())
 
     def emit(self, done: int, lr: float, warm_s: float, warm_steps: int, report: bool = True,
              log: bool = False) -> dict[str, Any]:
@@ -108,6 +121,5 @@ class StepProgress:
             self._log_row(p, stats)
         if report:
             self.rep.step_progress(p)
-            self.next_t = self.clock() + (self.every_s or float("inf"))
-            self.next_step = done + (self.every_steps or 10**18)
+            self.report_at.taken(done, self.clock())
         return p

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cifarbench.engine.progress import Cadence
 from cifarbench.engine.records import EpochRecord, RunInfo, RunSummary
 
 
@@ -78,8 +79,7 @@ class _Due:
     def reset(self) -> None:
         self.every_steps = getattr(self.sink, "progress_every_steps", None)
         self.every_s = getattr(self.sink, "progress_every_s", None)
-        self.next_step = self.every_steps or None
-        self.next_t = self.clock() + self.every_s if self.every_s else None
+        self.cadence = Cadence(self.every_steps, self.every_s, 0, self.clock())
 
     @property
     def wants(self) -> bool:
@@ -89,11 +89,9 @@ class _Due:
         if not self.wants:
             return False
         now = self.clock()
-        hit = (p["step"] >= p["steps"] or (self.next_step is not None and p["step"] >= self.next_step)
-               or (self.next_t is not None and now >= self.next_t))
+        hit = p["step"] >= p["steps"] or self.cadence.due(p["step"], now)
         if hit:
-            self.next_step = p["step"] + self.every_steps if self.every_steps else None
-            self.next_t = now + self.every_s if self.every_s else None
+            self.cadence.taken(p["step"], now)
         return hit
 
 

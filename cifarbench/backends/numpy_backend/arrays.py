@@ -58,7 +58,7 @@ class Workspace:
         the batch with its own scratch (NumPy's copies and GEMMs release the GIL; the BLAS should
         then run 1 thread each). 1: every chunk on the calling thread."""
         threads = max(1, min(LANES, int(threads)))
-        if threads == self.threads and (threads == 1 or self._pool is not None):
+        if threads == self.threads:  # (a pool exists exactly when threads > 1)
             return
         if self._pool is not None:
             self._pool.shutdown(wait=True)
