@@ -33,6 +33,12 @@ def to_numpy(a) -> np.ndarray:
 # Workspace.lanes): up to 4 threads share the chunks out, and results never depend on how many.
 LANES = 4
 
+# Elementwise passes (BatchNorm, ReLU, residual adds) work through their rows in pieces of about
+# this many bytes per array, so the several passes each piece takes (statistics, normalise,
+# affine, ReLU) read it from cache rather than memory. Fixed, like LANES: results never depend on
+# the thread count.
+ROW_BYTES = int(os.environ.get("CIFARBENCH_NUMPY_ROW_BYTES", 1 << 20))
+
 
 class Workspace:
     """Scratch buffers reused across layers and steps, one flat allocation per role.
@@ -90,6 +96,26 @@ class Workspace:
         out = run(0, self)
         for f in futures:
             out += f.result()
+        return out
+
+    def rows(self, m: int, row_bytes: int, fn, align: int = 1) -> list:
+        """``fn(r0, r1, workspace)`` over pieces of range(m) rows (each about ``ROW_BYTES`` for rows of
+        ``row_bytes``, a multiple of ``align`` rows but for the remainder of m), cut within the lanes
+        of ``lanes``; returns the results in row order.
+
+        The pieces depend on m, the row size and align only, so partial sums combined in the
+        order returned are bit-identical for any thread count. Without chunks (a GPU): one piece.
+        """
+        per = m if self.chunk_bytes is None else max(1, ROW_BYTES // max(1, row_bytes) // align) * align
+        units = max(1, m // align)
+
+        def lane(s: int, e: int, pws: Workspace) -> list:
+            s, e = s * align, (m if e == units else e * align)
+            return [fn(r, min(e, r + per), pws) for r in range(s, e, per)]
+
+        out: list = []
+        for part in self.lanes(units, lane):
+            out += part
         return out
 
     def get(self, xp, role: str, shape: tuple[int, ...], dtype):

@@ -62,6 +62,9 @@ class Seq:
         self.name = name
         self.nodes = []
         for i, s in enumerate(specs):
+            if isinstance(s, S.ReLU) and s.slope == 0.0 and self.nodes and isinstance(self.nodes[-1], BatchNormNode):
+                self.nodes[-1].relu = True  # BatchNorm then ReLU: one fused node (see norm.py)
+                continue
             # Only the first node sees the sequence's input: it may need no dx (model input)
             # and must not overwrite it (a residual input is read by both branches). A
             # dropout may hand its input through unchanged, so it passes ownership on as is.
@@ -106,22 +109,26 @@ class ConvNode:
 
 
 class BatchNormNode:
+    """BatchNorm, with the ReLU that follows it fused in when there is one (``relu``)."""
+
     def __init__(self, s: S.BatchNorm, owned: bool):
-        self.s, self.owned = s, owned
+        self.s, self.owned, self.relu = s, owned, False
 
     def forward(self, x, net):
         n = self.s.name
         gamma, beta = net.weight(f"{n}.weight"), net.params[f"{n}.bias"]
         rm, rv = net.buffers[f"{n}.running_mean"], net.buffers[f"{n}.running_var"]
         if not net.train:
-            return norm.batchnorm_eval_forward(x, gamma, beta, rm, rv, self.s.eps)
-        y, self.cache, mean, var = norm.batchnorm_train_forward(x, gamma, beta, self.s.eps, inplace=self.owned)
+            return norm.batchnorm_eval_forward(x, gamma, beta, rm, rv, self.s.eps, net.ws, self.relu)
+        y, self.cache, mean, var = norm.batchnorm_train_forward(x, gamma, beta, self.s.eps, self.owned, net.ws,
+                                                                self.relu)
         norm.update_running(rm, rv, mean, var, x.size // x.shape[-1], self.s.momentum)
         return y
 
     def backward(self, dy, net):
         n = self.s.name
-        dx, dgamma, net.grads[f"{n}.bias"] = norm.batchnorm_backward(dy, self.cache, net.weight(f"{n}.weight"))
+        dx, dgamma, net.grads[f"{n}.bias"] = norm.batchnorm_backward(dy, self.cache, net.weight(f"{n}.weight"),
+                                                                     net.ws)
         if self.s.trainable_weight:
             net.grads[f"{n}.weight"] = dgamma
         self.cache = None
