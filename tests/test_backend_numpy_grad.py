@@ -72,6 +72,62 @@ def test_batchnorm_gradients(rng):
     close(dbeta, numgrad(f, beta))
 
 
+@pytest.fixture
+def pieces(monkeypatch):
+    """A workspace whose row passes cut a small array into several pieces over 4 lanes and 2
+    threads, tiled 2 rows at a time, with a 1-row remainder piece (the untiled path)."""
+    from cifarbench.backends.numpy_backend import arrays
+
+    monkeypatch.setattr(arrays, "INNER", 8)  # G = 2 rows for C = 4 channels
+    monkeypatch.setattr(arrays, "ROW_BYTES", 192)  # 6 float64 rows of 4 channels a piece
+    return Workspace(chunk_bytes=1, threads=2)
+
+
+def test_row_pieces_cover_every_row_once_in_order(pieces):
+    got = pieces.rows(45, 32, lambda r0, r1, ws: (r0, r1), align=2)
+    assert got[0][0] == 0 and got[-1][1] == 45
+    assert all(a[1] == b[0] for a, b in zip(got, got[1:]))
+    assert len(got) > 4 and any((r1 - r0) % 2 for r0, r1 in got)  # several pieces, a remainder among them
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_batchnorm_gradients_in_pieces(rng, pieces, relu):
+    """BatchNorm (and the ReLU fused after it) cut into pieces and lanes: statistics combined
+    piece by piece, gradients summed piece by piece, still the exact function's gradient."""
+    x = rng.standard_normal((3, 3, 5, 4)) * 2 + 1  # 45 rows of 4 channels
+    gamma, beta = rng.standard_normal(4), rng.standard_normal(4)
+    mean, var = x.reshape(-1, 4).mean(axis=0), x.reshape(-1, 4).var(axis=0)
+
+    def f(x=x):
+        y = norm.batchnorm_train_forward(x.copy(), gamma, beta, 1e-5, True, pieces, relu)[0]
+        return float((y * g).sum())
+
+    y, cache, m, v = norm.batchnorm_train_forward(x.copy(), gamma, beta, 1e-5, True, pieces, relu)
+    # float64: each combined statistic is a few dozen roundings of values of size ~1 from exact
+    np.testing.assert_allclose(m, mean, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(v, var, rtol=0, atol=1e-13)
+    ref = (x - mean) / np.sqrt(var + 1e-5) * gamma + beta
+    np.testing.assert_allclose(y, np.maximum(ref, 0) if relu else ref, rtol=0, atol=1e-12)
+    g = rng.standard_normal(y.shape)
+    dx, dgamma, dbeta = norm.batchnorm_backward(g, cache, gamma, pieces)
+    close(dx, numgrad(f, x))
+    close(dgamma, numgrad(f, gamma))
+    close(dbeta, numgrad(f, beta))
+    ye = norm.batchnorm_eval_forward(x, gamma, beta, mean, var, 1e-5, pieces, relu)
+    np.testing.assert_allclose(ye, np.maximum(ref, 0) if relu else ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+def test_relu_gradients_in_pieces(rng, pieces, slope):
+    x = rng.standard_normal((3, 3, 5, 4))
+    x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink
+    g = rng.standard_normal(x.shape)
+    y, mask = layers.relu_forward(x, slope, False, pieces)
+    np.testing.assert_array_equal(y, np.where(x > 0, x, slope * x))
+    close(layers.relu_backward(g, mask, slope, pieces),
+          numgrad(lambda: float((layers.relu_forward(x, slope)[0] * g).sum()), x))
+
+
 @pytest.mark.parametrize("slope", [0.0, 0.1])
 def test_relu_gradients(rng, slope):
     x = rng.standard_normal((2, 3, 3, 2))

@@ -134,6 +134,21 @@ def _numpy_steps(threads: int, model: str = "resnet20", steps: int = 2):
     return be.conv_threads, be.state_dict()
 
 
+def test_numpy_row_pieces_change_nothing_but_speed(monkeypatch):
+    """BatchNorm, ReLU and residual adds run in row pieces over the same lanes: with pieces small
+    enough that every lane holds several (and remainders), 1, 2 and 3 threads still give
+    bit-identical weights."""
+    import numpy as np
+
+    from cifarbench.backends.numpy_backend import arrays
+
+    monkeypatch.setattr(arrays, "ROW_BYTES", 4096)
+    runs = {t: _numpy_steps(t) for t in (1, 2, 3)}
+    for t in (2, 3):
+        for k, v in runs[1][1].items():
+            assert np.array_equal(runs[t][1][k], v), (t, k)
+
+
 def test_numpy_conv_threads_change_nothing_but_speed():
     """The batch's lanes do not depend on the thread count (Workspace.lanes): 1, 2 and 3 threads
     give bit-identical weights, so a run resumed with another thread count continues exactly."""

@@ -34,7 +34,7 @@ gathers it again instead of keeping a 9x-activation matrix per layer.
 
 from __future__ import annotations
 
-from cifarbench.backends.numpy_backend.arrays import Workspace, array_module
+from cifarbench.backends.numpy_backend.arrays import Tiled, Workspace, array_module
 
 
 def out_size(size: int, k: int, stride: int, pad: int) -> int:
@@ -120,15 +120,17 @@ def conv2d_forward(x, w, b, stride: int, pad: int, ws: Workspace):
     w2t = w.reshape(o, -1).T
     y = xp.empty((n * ho * wo, o), dtype=x.dtype)
     gathers = not (k == 1 and pad == 0 and stride == 1)
+    tl = Tiled(y, *(() if b is None else (b,)))
 
     def part(s0: int, e0: int, pws: Workspace) -> None:
         for s, e in _chunks(e0 - s0, gathers * ho * wo * k * k * c * x.itemsize, pws):
-            s, e = s + s0, e + s0
-            xp.matmul(im2col(x[s:e], k, stride, pad, pws), w2t, out=y[s * ho * wo : e * ho * wo])
+            r0, r1 = (s + s0) * ho * wo, (e + s0) * ho * wo
+            xp.matmul(im2col(x[s + s0 : e + s0], k, stride, pad, pws), w2t, out=y[r0:r1])
+            if b is not None:  # while the chunk's rows are in cache
+                g = tl.group(r0, r1)
+                tl.view(y, r0, r1, g)[...] += tl.vecs[g][0]
 
     ws.lanes(n, part)
-    if b is not None:
-        y += b
     return y.reshape(n, ho, wo, o)
 
 
@@ -143,7 +145,7 @@ def conv2d_backward(dy, x, w, stride: int, pad: int, ws: Workspace, need_dx: boo
     c = x.shape[-1]
     m = ho * wo  # output pixels per image
     dy2 = dy.reshape(n * m, o)
-    db = dy2.sum(axis=0) if has_bias else None
+    tl = Tiled(dy2)
     pointwise = k == 1 and pad == 0 and stride == 1
     transposed = not pointwise and stride == 1 and pad <= k - 1  # dx = conv(dy, flipped w): gathers only
     w2 = w.reshape(o, -1)
@@ -156,12 +158,15 @@ def conv2d_backward(dy, x, w, stride: int, pad: int, ws: Workspace, need_dx: boo
 
     def part(s0: int, e0: int, pws: Workspace):
         dw = xp.zeros((o, k * k * c), dtype=dy.dtype)
+        db = xp.zeros(o, dtype=dy.dtype) if has_bias else None
         step = pws.get(xp, "dwpart", dw.shape, dy.dtype)
         for s, e in _chunks(e0 - s0, per_image, pws):
             s, e = s + s0, e + s0
             dyc = dy2[s * m : e * m]
             xp.matmul(dyc.T, im2col(x[s:e], k, stride, pad, pws), out=step)
             dw += step
+            if has_bias:
+                db += tl.colsum(dy2, s * m, e * m)
             if dx is None:
                 continue
             if pointwise:
@@ -172,10 +177,12 @@ def conv2d_backward(dy, x, w, stride: int, pad: int, ws: Workspace, need_dx: boo
                 dcols = pws.get(xp, "dcols", (dyc.shape[0], k * k * c), dy.dtype)
                 xp.matmul(dyc, w2, out=dcols)
                 dx[s:e] = col2im(dcols, (e - s,) + x.shape[1:], k, stride, pad, pws)
-        return dw
+        return dw, db
 
     parts = ws.lanes(n, part)
-    dw = parts[0]
-    for other in parts[1:]:
+    dw, db = parts[0]
+    for other, other_db in parts[1:]:
         dw += other
+        if has_bias:
+            db += other_db
     return dx, dw.reshape(w.shape), db

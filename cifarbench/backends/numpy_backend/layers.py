@@ -8,28 +8,46 @@ from __future__ import annotations
 
 import numpy as np
 
-from cifarbench.backends.numpy_backend.arrays import array_module
+from cifarbench.backends.numpy_backend.arrays import WHOLE, Workspace, array_module, flat_rows
 
 # ----- ReLU / leaky ReLU: y = x if x > 0 else slope * x;  dx = dy * (1 if x > 0 else slope) --
 
 
-def relu_forward(x, slope: float = 0.0, inplace: bool = False):
-    """Returns (y, mask) with mask = x > 0 (a boolean, a quarter of the memory of y)."""
+def relu_forward(x, slope: float = 0.0, inplace: bool = False, ws: Workspace | None = None):
+    """Returns (y, mask) with mask = x > 0 (a boolean, a quarter of the memory of y), piece by
+    piece over the lanes (``Workspace.rows``)."""
+    ws = ws or WHOLE
     xp = array_module(x)
-    mask = x > 0
-    if slope == 0.0:
-        y = x if inplace else xp.empty_like(x)
-        xp.maximum(x, 0, out=y)
-    else:
-        y = xp.where(mask, x, x * slope)
-    return y, mask
+    x2 = flat_rows(x)
+    y2 = x2 if inplace else xp.empty_like(x2)
+    mask = xp.empty(x2.shape, bool)
+
+    def piece(r0, r1, pws):
+        xc, yc, mc = x2[r0:r1], y2[r0:r1], mask[r0:r1]
+        xp.greater(xc, 0, out=mc)
+        if slope == 0.0:
+            xp.maximum(xc, 0, out=yc)
+        else:
+            yc[...] = xp.where(mc, xc, xc * slope)
+
+    ws.rows(x2.shape[0], x2.shape[1] * x2.itemsize, piece)
+    return y2.reshape(x.shape), mask.reshape(x.shape)
 
 
-def relu_backward(dy, mask, slope: float = 0.0):
+def relu_backward(dy, mask, slope: float = 0.0, ws: Workspace | None = None):
+    ws = ws or WHOLE
     xp = array_module(dy)
-    if slope == 0.0:
-        return dy * mask
-    return xp.where(mask, dy, dy * slope)
+    d2, m2 = flat_rows(dy), flat_rows(mask)
+    dx = xp.empty_like(d2)
+
+    def piece(r0, r1, pws):
+        if slope == 0.0:
+            xp.multiply(d2[r0:r1], m2[r0:r1], out=dx[r0:r1])
+        else:
+            dx[r0:r1] = xp.where(m2[r0:r1], d2[r0:r1], d2[r0:r1] * slope)
+
+    ws.rows(d2.shape[0], d2.shape[1] * d2.itemsize, piece)
+    return dx.reshape(dy.shape)
 
 
 # ----- pooling over k x k windows with stride s: one strided view per window tap -----------

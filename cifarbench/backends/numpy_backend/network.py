@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from cifarbench.backends.numpy_backend import conv, layers, norm
-from cifarbench.backends.numpy_backend.arrays import Workspace
+from cifarbench.backends.numpy_backend.arrays import Workspace, add_into
 from cifarbench.models import spec as S
 
 # im2col bytes per chunk of images on NumPy: about a core's L2 cache, so a chunk's cols is
@@ -140,12 +140,12 @@ class ReLUNode:
         self.slope, self.owned = s.slope, owned
 
     def forward(self, x, net):
-        y, mask = layers.relu_forward(x, self.slope, inplace=self.owned)
+        y, mask = layers.relu_forward(x, self.slope, self.owned, net.ws)
         self.mask = mask if net.train else None
         return y
 
     def backward(self, dy, net):
-        return layers.relu_backward(dy, self.mask, self.slope)
+        return layers.relu_backward(dy, self.mask, self.slope, net.ws)
 
 
 class GELUNode:
@@ -262,7 +262,7 @@ class ResidualNode:
         out = self.body.forward(x, net)
         if out is x:  # a body of dropouts only, in eval mode
             out = out.copy()
-        out += self.shortcut.forward(x, net) if self.shortcut else x
+        add_into(out, self.shortcut.forward(x, net) if self.shortcut else x, net.ws)
         if self.relu:
             out = self.relu.forward(out, net)
         if self.name in net.capture_names:
@@ -276,7 +276,7 @@ class ResidualNode:
         dskip = self.shortcut.backward(dy, net) if self.shortcut else dy
         if not self.need_dx:
             return None
-        dx += dskip
+        add_into(dx, dskip, net.ws)
         return dx
 
 

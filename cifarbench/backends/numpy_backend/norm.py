@@ -28,40 +28,13 @@ boolean, a quarter of y's memory) for backward.
 
 from __future__ import annotations
 
+from cifarbench.backends.numpy_backend.arrays import WHOLE as _WHOLE
+from cifarbench.backends.numpy_backend.arrays import Tiled as _Tiled
 from cifarbench.backends.numpy_backend.arrays import Workspace, array_module
-
-_WHOLE = Workspace(None)  # no pieces: what a caller without a workspace (a test, a GPU) gets
 
 
 def _rows(x):
     return x.reshape(-1, x.shape[-1])
-
-
-# NumPy's inner loop runs along the last axis: with C = 16 channels, an (M, C) array broadcast
-# against a (C,) vector is M loops of 16 elements. Viewed as (M / G, G * C) against the vector
-# tiled G times, it is long loops instead (a column sum about 6x faster at C = 16).
-_INNER = 512
-
-
-class _Tiled:
-    """Row pieces viewed as (rows / G, G * C), with per-channel vectors tiled G times to match (G = 1
-    for a piece whose row count G does not divide: only ever a remainder)."""
-
-    def __init__(self, x2, *vectors):
-        self.c = x2.shape[1]
-        self.g = max(1, _INNER // self.c)
-        xp = array_module(x2)
-        self.vecs = {1: vectors, self.g: tuple(xp.tile(v, self.g) for v in vectors)}
-
-    def group(self, r0: int, r1: int) -> int:
-        return self.g if (r1 - r0) % self.g == 0 else 1
-
-    def view(self, a, r0: int, r1: int, g: int):
-        return a[r0:r1].reshape(-1, g * self.c)
-
-    def fold(self, s, g: int):
-        """A column sum over a tiled view, folded back to C channels."""
-        return s if g == 1 else s.reshape(g, self.c).sum(axis=0)
 
 
 def _moments(x2, ws: Workspace):
