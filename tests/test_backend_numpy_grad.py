@@ -228,3 +228,28 @@ def test_network_gradients_residual_float64(rng):
     grads = dict(net.grads)
     for name in ("c1.weight", "b1.weight", "c2.weight", "b2.bias", "c3.bias", "s3.weight", "fc.weight"):
         close(grads[name], numgrad(f, net.params[name]), tol=1e-5)
+
+
+@pytest.mark.parametrize("k,s,pad", [(2, 2, 0), (3, 2, 1), (3, 3, 0)])
+def test_maxpool_in_lanes_gives_each_window_to_its_first_max(k, s, pad):
+    """Max-pool over 4 lanes on 2 threads, on data full of ties (small integers, as after a
+    ReLU): each window's gradient goes to its first maximal tap in row-major order (torch's
+    rule), exactly as a per-window reference loop says, and the same as without lanes."""
+    x = np.random.default_rng(3).integers(0, 3, (5, 7, 7, 2)).astype(np.float64)
+    ws = Workspace(chunk_bytes=1, threads=2)
+    y, cache = layers.maxpool_forward(x, k, s, pad, ws)
+    dy = np.random.default_rng(4).standard_normal(y.shape)
+    dx = layers.maxpool_backward(dy, cache, k, s, pad, ws)
+    xp_ = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-np.inf)
+    ref_y, ref_dx = np.empty_like(y), np.zeros(xp_.shape)
+    for n, p, q, c in np.ndindex(*y.shape):
+        win = xp_[n, p * s : p * s + k, q * s : q * s + k, c]
+        i, j = np.unravel_index(np.argmax(win), win.shape)  # argmax: the first maximum
+        ref_y[n, p, q, c] = win[i, j]
+        ref_dx[n, p * s + i, q * s + j, c] += dy[n, p, q, c]
+    np.testing.assert_array_equal(y, ref_y)
+    # overlapping windows add up to ceil(k/s)^2 gradients per pixel, in another order than the loop
+    np.testing.assert_allclose(dx, ref_dx[:, pad : pad + 7, pad : pad + 7], rtol=0, atol=4 * 2.3e-16 * np.abs(dy).max())
+    y1, c1 = layers.maxpool_forward(x, k, s, pad)
+    np.testing.assert_array_equal(y1, y)
+    np.testing.assert_array_equal(layers.maxpool_backward(dy, c1, k, s, pad), dx)

@@ -37,7 +37,7 @@ LANES = 4
 # this many bytes per array, so the several passes each piece takes (statistics, normalise,
 # affine, ReLU) read it from cache rather than memory. Fixed, like LANES: results never depend on
 # the thread count.
-ROW_BYTES = int(os.environ.get("CIFARBENCH_NUMPY_ROW_BYTES", 1 << 20))
+ROW_BYTES = int(os.environ.get("CIFARBENCH_NUMPY_ROW_BYTES", 512 << 10))
 
 
 # NumPy's inner loop runs along the last axis: with C = 16 channels, an (M, C) array broadcast

@@ -62,39 +62,64 @@ def _tap(x, i: int, j: int, ho: int, wo: int, s: int):
     return x[:, i : i + s * ho : s, j : j + s * wo : s, :]
 
 
-def maxpool_forward(x, k: int, s: int, pad: int = 0):
+def maxpool_forward(x, k: int, s: int, pad: int = 0, ws: Workspace | None = None):
     """y = max over each window; cache = index of the first maximal tap (PyTorch's tie rule).
 
     ``pad``: -inf on each side of H and W (torch's MaxPool2d padding), so a padded tap never wins.
+    The images go through the lanes (``Workspace.lanes``); the first-maximal tap is found with
+    boolean passes (a tap wins where it equals the max and no earlier tap did), no masked writes.
     """
+    ws = ws or WHOLE
     xp = array_module(x)
     if pad:
         x = xp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-xp.inf)
     n, h, w, c = x.shape
     ho, wo = _pool_out(h, k, s), _pool_out(w, k, s)
-    y = xp.array(_tap(x, 0, 0, ho, wo, s))
-    for t in range(1, k * k):
-        xp.maximum(y, _tap(x, t // k, t % k, ho, wo, s), out=y)
-    # the first tap that equals the max: written from the last tap back, the first one wins
+    y = xp.empty((n, ho, wo, c), dtype=x.dtype)
     arg = xp.zeros(y.shape, dtype=xp.uint8)
-    for t in range(k * k - 1, 0, -1):
-        xp.copyto(arg, t, where=_tap(x, t // k, t % k, ho, wo, s) == y)
-    xp.copyto(arg, 0, where=_tap(x, 0, 0, ho, wo, s) == y)
+
+    def lane(i0, i1, pws):
+        xs, ys, args = x[i0:i1], y[i0:i1], arg[i0:i1]
+        ys[...] = _tap(xs, 0, 0, ho, wo, s)
+        for t in range(1, k * k):
+            xp.maximum(ys, _tap(xs, t // k, t % k, ho, wo, s), out=ys)
+        free = pws.get(xp, "pool_free", ys.shape, bool)  # no earlier tap was the max
+        won = pws.get(xp, "pool_won", ys.shape, bool)
+        step = pws.get(xp, "pool_step", ys.shape, xp.uint8)
+        free[...] = True
+        for t in range(k * k):
+            xp.equal(_tap(xs, t // k, t % k, ho, wo, s), ys, out=won)
+            won &= free
+            free ^= won
+            if t:
+                xp.multiply(won.view(xp.uint8), t, out=step)
+                args += step
+
+    ws.lanes(n, lane)
     return y, (arg, x.shape)
 
 
-def maxpool_backward(dy, cache, k: int, s: int, pad: int = 0):
+def maxpool_backward(dy, cache, k: int, s: int, pad: int = 0, ws: Workspace | None = None):
     """The gradient goes to the one tap that won each window (the padding's share is cut off)."""
+    ws = ws or WHOLE
     xp = array_module(dy)
     arg, x_shape = cache
     ho, wo = dy.shape[1], dy.shape[2]
-    dx = xp.zeros(x_shape, dtype=dy.dtype)
-    for t in range(k * k):
-        tap = _tap(dx, t // k, t % k, ho, wo, s)
-        if k <= s:  # windows do not overlap: each input pixel is written once
-            xp.multiply(dy, arg == t, out=tap)
-        else:
-            tap += dy * (arg == t)
+    tiles = k == s and ho * s == x_shape[1] and wo * s == x_shape[2]  # every input pixel in exactly one window
+    dx = (xp.empty if tiles else xp.zeros)(x_shape, dtype=dy.dtype)
+
+    def lane(i0, i1, pws):
+        dys, args, dxs = dy[i0:i1], arg[i0:i1], dx[i0:i1]
+        won = pws.get(xp, "pool_won", args.shape, bool)
+        for t in range(k * k):
+            tap = _tap(dxs, t // k, t % k, ho, wo, s)
+            xp.equal(args, t, out=won)
+            if k <= s:  # windows do not overlap: each input pixel is written once
+                xp.multiply(dys, won, out=tap)
+            else:
+                tap += dys * won
+
+    ws.lanes(dy.shape[0], lane)
     return xp.ascontiguousarray(dx[:, pad : dx.shape[1] - pad, pad : dx.shape[2] - pad, :]) if pad else dx
 
 

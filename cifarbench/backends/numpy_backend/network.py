@@ -176,12 +176,12 @@ class MaxPoolNode:
         self.k, self.st, self.pad = s.k, s.stride, s.pad
 
     def forward(self, x, net):
-        y, cache = layers.maxpool_forward(x, self.k, self.st, self.pad)
+        y, cache = layers.maxpool_forward(x, self.k, self.st, self.pad, net.ws)
         self.cache = cache if net.train else None
         return y
 
     def backward(self, dy, net):
-        return layers.maxpool_backward(dy, self.cache, self.k, self.st, self.pad)
+        return layers.maxpool_backward(dy, self.cache, self.k, self.st, self.pad, net.ws)
 
 
 class AvgPoolNode:

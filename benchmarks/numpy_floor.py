@@ -1,0 +1,140 @@
+"""Where a NumPy-backend train step's time goes, next to torch's whole step: the GEMM floor.
+
+    python benchmarks/numpy_floor.py [--cases cnn:64 resnet20:128] [--threads 1] [--steps 6]
+
+For each case it times ``--steps`` NumPy train steps (after two warm-up steps) with every
+``matmul`` of the convolutions and every im2col gather clocked (the clocks cost about 1 us a
+call), then the same steps on the torch CPU backend, in another process. It prints
+
+    gemm     the convolutions' GEMMs alone (BLAS time: what no NumPy code can go below)
+    gather   the im2col gathers (one strided copy each)
+    rest     everything else: BatchNorm, ReLU, pooling, the loss, the optimizer, Python
+    ceiling  torch's step / the GEMMs alone: the NumPy/torch ratio a step would reach if
+             everything but its GEMMs took no time at all
+
+The ceiling says what the im2col + BLAS design can reach on this CPU against the convolution
+kernels torch uses here (oneDNN), whatever else is optimised. With ``--threads N`` the clocks of
+the N conv threads add up; gemm and gather are then their sums divided by N (the wall time a
+perfect split would take), and rest is what is left of the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def _setup(kind: str, model: str, batch: int, threads: int, steps: int):
+    import numpy as np
+
+    from cifarbench.backends.base import OptimConfig, TrainOptions
+    from cifarbench.models import create_spec, init_params
+
+    options = TrainOptions(mean=(0.5,) * 3, std=(0.25,) * 3, label_smoothing=0.1, crop_pad=4, flip=True,
+                           extra={"threads": threads})
+    if kind == "torch":
+        from cifarbench.backends.torch_backend import TorchBackend
+
+        be = TorchBackend("cpu", options)
+    else:
+        from cifarbench.backends.numpy_backend import NumpyBackend
+
+        be = NumpyBackend("cpu", options)
+    spec = create_spec(model)
+    be.build(spec, init_params(spec, 0))
+    be.configure_optimizer(OptimConfig("sgd", momentum=0.9, nesterov=True, weight_decay=5e-4))
+    rng = np.random.default_rng(0)
+    n = batch * (steps + 2)
+    be.set_data("train", rng.integers(0, 256, (n, spec.image_size, spec.image_size, spec.in_channels), np.uint8),
+                rng.integers(0, spec.num_classes, n).astype(np.int64))
+    be.begin_epoch(rng.permutation(n), rng.integers(0, 9, (n, 2)), rng.random(n) < 0.5, 0)
+    return be
+
+
+def worker(kind: str, model: str, batch: int, threads: int, steps: int) -> dict:
+    clocks = {"gemm": 0.0, "gather": 0.0}
+    if kind == "numpy":
+        import numpy as np
+
+        from cifarbench.backends.numpy_backend import conv
+
+        real_im2col, real_module = conv.im2col, conv.array_module
+
+        def im2col(*a, **k):
+            t = time.perf_counter()
+            out = real_im2col(*a, **k)
+            clocks["gather"] += time.perf_counter() - t
+            return out
+
+        class Clocked:  # numpy, with matmul clocked
+            __name__ = "numpy"
+
+            def __getattr__(self, name):
+                return getattr(np, name)
+
+            @staticmethod
+            def matmul(*a, **k):
+                t = time.perf_counter()
+                out = np.matmul(*a, **k)
+                clocks["gemm"] += time.perf_counter() - t
+                return out
+
+        clocked = Clocked()
+        conv.im2col = im2col
+        conv.array_module = lambda a: clocked if real_module(a) is np else real_module(a)
+    be = _setup(kind, model, batch, threads, steps)
+    for i in range(2):
+        be.train_step(i * batch, (i + 1) * batch, 0.05, 0.9)
+    be.synchronize()
+    clocks.update(gemm=0.0, gather=0.0)
+    t0 = time.perf_counter()
+    for i in range(2, steps + 2):
+        be.train_step(i * batch, (i + 1) * batch, 0.05, 0.9)
+    be.synchronize()
+    step = (time.perf_counter() - t0) / steps
+    return {"step_s": step, "gemm_s": clocks["gemm"] / steps / threads, "gather_s": clocks["gather"] / steps / threads}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", nargs="+", default=["cnn:64", "resnet20:128"])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        kind, model, batch, threads, steps = args.worker
+        print(json.dumps(worker(kind, model, int(batch), int(threads), int(steps))))
+        return
+    import platform
+
+    import numpy
+    import torch
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    print(f"# {cpu}; {os.cpu_count()} CPUs; numpy {numpy.__version__}; torch {torch.__version__}; "
+          f"{args.threads} thread(s); load average {os.getloadavg()[0]:.2f}")
+    print(f"{'case':>14} {'numpy ms':>9} {'gemm':>7} {'gather':>7} {'rest':>7} {'torch ms':>9} "
+          f"{'numpy/torch':>11} {'ceiling':>8}")
+    for case in args.cases:
+        model, batch = case.split(":")
+        res = {}
+        for kind in ("numpy", "torch"):
+            out = subprocess.run([sys.executable, __file__, "--worker", kind, model, batch, str(args.threads),
+                                  str(args.steps)], capture_output=True, text=True, check=True)
+            res[kind] = json.loads(out.stdout.strip().splitlines()[-1])
+        n, t = res["numpy"], res["torch"]
+        rest = n["step_s"] - n["gemm_s"] - n["gather_s"]
+        print(f"{model + ' b' + batch:>14} {n['step_s'] * 1e3:9.1f} {n['gemm_s'] * 1e3:7.1f} {n['gather_s'] * 1e3:7.1f} "
+              f"{rest * 1e3:7.1f} {t['step_s'] * 1e3:9.1f} {t['step_s'] / n['step_s']:11.2f} "
+              f"{t['step_s'] / n['gemm_s']:8.2f}")
+    print(f"# load average after {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
