@@ -13,25 +13,27 @@ from cifarbench.backends.numpy_backend.arrays import WHOLE, Workspace, array_mod
 # ----- ReLU / leaky ReLU: y = x if x > 0 else slope * x;  dx = dy * (1 if x > 0 else slope) --
 
 
-def relu_forward(x, slope: float = 0.0, inplace: bool = False, ws: Workspace | None = None):
-    """Returns (y, mask) with mask = x > 0 (a boolean, a quarter of the memory of y), piece by
-    piece over the lanes (``Workspace.rows``)."""
+def relu_forward(x, slope: float = 0.0, inplace: bool = False, ws: Workspace | None = None, need_mask: bool = True):
+    """Returns (y, mask) with mask = x > 0 (a boolean, a quarter of the memory of y; None unless
+    ``need_mask`` or a slope needs it), piece by piece over the lanes (``Workspace.rows``)."""
     ws = ws or WHOLE
     xp = array_module(x)
     x2 = flat_rows(x)
     y2 = x2 if inplace else xp.empty_like(x2)
-    mask = xp.empty(x2.shape, bool)
+    need_mask = need_mask or slope != 0.0
+    mask = xp.empty(x2.shape, bool) if need_mask else None
 
     def piece(r0, r1, pws):
-        xc, yc, mc = x2[r0:r1], y2[r0:r1], mask[r0:r1]
-        xp.greater(xc, 0, out=mc)
+        xc, yc = x2[r0:r1], y2[r0:r1]
+        if need_mask:
+            xp.greater(xc, 0, out=mask[r0:r1])
         if slope == 0.0:
             xp.maximum(xc, 0, out=yc)
         else:
-            yc[...] = xp.where(mc, xc, xc * slope)
+            yc[...] = xp.where(mask[r0:r1], xc, xc * slope)
 
     ws.rows(x2.shape[0], x2.shape[1] * x2.itemsize, piece)
-    return y2.reshape(x.shape), mask.reshape(x.shape)
+    return y2.reshape(x.shape), None if mask is None else mask.reshape(x.shape)
 
 
 def relu_backward(dy, mask, slope: float = 0.0, ws: Workspace | None = None):

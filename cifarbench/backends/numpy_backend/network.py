@@ -140,7 +140,7 @@ class ReLUNode:
         self.slope, self.owned = s.slope, owned
 
     def forward(self, x, net):
-        y, mask = layers.relu_forward(x, self.slope, self.owned, net.ws)
+        y, mask = layers.relu_forward(x, self.slope, self.owned, net.ws, need_mask=net.train)
         self.mask = mask if net.train else None
         return y
 

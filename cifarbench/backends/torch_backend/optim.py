@@ -26,7 +26,7 @@ def _groups(params: list[torch.Tensor], names: list[str] | None, opt: OptimConfi
 def make_optimizer(
     params: list[torch.Tensor], opt: OptimConfig, device: torch.device, names: list[str] | None = None,
     compile_ns: bool = False,
-) -> torch.optim.Optimizer:
+) -> torch.optim.Optimizer | EagerOptimizer:
     # foreach batches the per-parameter updates into a few kernels; it pays off on GPUs. On CUDA the
     # fused kernels go further, and only they let GradScaler (fp16) step without a host sync: it hands
     # them its found-inf flag on the device instead of reading it back every step.
@@ -38,6 +38,8 @@ def make_optimizer(
         return Muon(params, momentum=opt.momentum, muon_momentum=opt.muon_momentum, nesterov=opt.nesterov,
                     weight_decay=opt.weight_decay, ns_steps=opt.ns_steps,
                     ns_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32, compile_ns=compile_ns)
+    if device.type == "cpu" and opt.name in ("sgd", "adam", "adamw"):
+        return EagerOptimizer(params, opt)
     if opt.name == "sgd":
         return torch.optim.SGD(
             params, lr=0.0, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay, foreach=foreach,
@@ -46,6 +48,85 @@ def make_optimizer(
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[opt.name]  # the name is checked by Backend
     return cls(params, lr=0.0, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay, foreach=foreach,
                fused=fused)
+
+
+class EagerOptimizer:
+    """torch.optim's SGD, Adam and AdamW on CPU tensors, without torch.optim.
+
+    Building any ``torch.optim.Optimizer`` imports ``torch._dynamo`` (its ``add_param_group`` is
+    wrapped to keep dynamo out), about 0.8 s of a CPU run's start-up whatever the foreach/fused
+    flags say. On the CPU torch.optim takes its single-tensor path (no foreach, no fused
+    kernels): this class is that path, the same tensor operations in the same order, so its
+    weights and state are bit-identical to torch.optim's (tested step for step). Its state has
+    torch.optim's layout (``momentum_buffer``; ``step`` as a float32 CPU tensor, ``exp_avg``,
+    ``exp_avg_sq``), so ``export_state``/``import_state`` read and write either.
+    """
+
+    def __init__(self, params, opt: OptimConfig):
+        self.name = opt.name
+        defaults = {"lr": 0.0, "weight_decay": opt.weight_decay}
+        if opt.name == "sgd":
+            defaults.update(momentum=opt.momentum, nesterov=opt.nesterov, dampening=0.0)
+        else:
+            defaults.update(betas=tuple(opt.betas), eps=opt.eps)
+        groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+        self.param_groups = [{**defaults, **g, "params": list(g["params"])} for g in groups]
+        self.state: dict[torch.Tensor, dict] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.detach_()
+                    p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    (self._sgd if self.name == "sgd" else self._adam)(group, p, p.grad)
+        return None
+
+    def _sgd(self, group, p, grad) -> None:
+        lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
+        if wd != 0:
+            grad = grad.add(p, alpha=wd)
+        if momentum != 0:
+            state = self.state.setdefault(p, {})
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = grad.detach().clone()
+            else:
+                buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
+            grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
+        p.add_(grad, alpha=-lr)
+
+    def _adam(self, group, p, grad) -> None:
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        beta1, beta2 = group["betas"]
+        state = self.state.setdefault(p, {})
+        if not state:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        step_t, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        step_t += 1
+        if wd != 0:
+            if self.name == "adamw":
+                p.mul_(1 - lr * wd)
+            else:
+                grad = grad.add(p, alpha=wd)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step = step_t.item()
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        step_size = lr / bias_correction1
+        denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(eps)
+        p.addcdiv_(exp_avg, denom, value=-step_size)
 
 
 def _fro(x: torch.Tensor) -> torch.Tensor:
