@@ -130,9 +130,9 @@ def test_short_training_run_tracks_torch():
     """16 steps of batch 16 with crop, flip, nesterov, weight decay and label smoothing: every step agrees
     with torch to the contract from re-synchronised states (see parity_reference.lockstep), and both
     free-running trajectories learn."""
-    from parity_reference import lockstep
+    from parity_reference import continuous, lockstep
 
-    spec = small_cnn()
+    spec = dataclasses.replace(small_cnn(), layers=continuous(small_cnn().layers))  # see continuous()
     x, y = data(128)
 
     def make(name):
