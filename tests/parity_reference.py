@@ -26,18 +26,23 @@ def rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def no_dropout(layers):
-    """The layers with dropout p=0 (the frameworks' random streams differ); everything else as registered."""
+def _rewrite(layers, leaf):
+    """The layers with ``leaf(layer)`` in place of every non-container layer, containers walked."""
     out = []
     for layer in layers:
-        if isinstance(layer, S.Dropout):
-            layer = S.Dropout(0.0)
-        elif isinstance(layer, S.Group):
-            layer = dataclasses.replace(layer, layers=no_dropout(layer.layers))
+        if isinstance(layer, S.Group):
+            layer = dataclasses.replace(layer, layers=_rewrite(layer.layers, leaf))
         elif isinstance(layer, S.Residual):
-            layer = dataclasses.replace(layer, body=no_dropout(layer.body), shortcut=no_dropout(layer.shortcut))
+            layer = dataclasses.replace(layer, body=_rewrite(layer.body, leaf), shortcut=_rewrite(layer.shortcut, leaf))
+        else:
+            layer = leaf(layer)
         out.append(layer)
     return tuple(out)
+
+
+def no_dropout(layers):
+    """The layers with dropout p=0 (the frameworks' random streams differ); everything else as registered."""
+    return _rewrite(layers, lambda layer: S.Dropout(0.0) if isinstance(layer, S.Dropout) else layer)
 
 
 def continuous(layers):
@@ -49,16 +54,12 @@ def continuous(layers):
     MLX against torch: one step of 16 with a momentum gap of 8.5e-4 while its loss agreed to 2.5e-7;
     with average pools the worst of the 16 steps was 1.3e-6). The tie rule itself is tested apart.
     """
-    out = []
-    for layer in no_dropout(layers):
+    def leaf(layer):
         if isinstance(layer, S.MaxPool) and not layer.pad:
-            layer = S.AvgPool(k=layer.k, stride=layer.stride)
-        elif isinstance(layer, S.Group):
-            layer = dataclasses.replace(layer, layers=continuous(layer.layers))
-        elif isinstance(layer, S.Residual):
-            layer = dataclasses.replace(layer, body=continuous(layer.body), shortcut=continuous(layer.shortcut))
-        out.append(layer)
-    return tuple(out)
+            return S.AvgPool(k=layer.k, stride=layer.stride)
+        return layer
+
+    return _rewrite(no_dropout(layers), leaf)
 
 
 def cancelled_biases(layers) -> set[str]:
