@@ -179,3 +179,50 @@ def test_cupy_probe_never_raises_and_numpy_needs_no_cupy():
     code = "import sys, cifarbench.backends.numpy_backend as m; m.NumpyBackend.probe(); print('cupy' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("model", ["cnn", "resnet20"])
+def test_whole_batch_path_of_a_gpu_takes_the_same_steps(model):
+    """CuPy runs the same node code with no chunks, lanes or row pieces (``Workspace(None)``: one
+    piece of the whole batch). Run that way on NumPy, each of three SGD steps, from the state the
+    CPU's pieces-over-lanes path reached (lockstep: free-running float32 trajectories part
+    chaotically, 1.8e-6 after one step and 1e-2 after three here), moves the weights as that path
+    does: only the order of the partial sums (BN statistics, dw, db) differs. Bound: the contract's
+    1e-4, relative over all weight changes (measured 0.8e-6 to 1.7e-6). Max-pools are average pools
+    (``parity_reference.continuous``): one near-tie among cnn's 8,192 block-3 windows, routed to
+    another pixel, moved the step by 3.7%, a discrete event and not the summation order."""
+    import dataclasses
+
+    from cifarbench.backends.numpy_backend.arrays import Workspace
+    from parity_reference import continuous
+
+    x, y = data(48)
+    opt = OptimConfig("sgd", momentum=0.9, nesterov=True, weight_decay=5e-4)
+    spec = create_spec(model, image_size=16)
+    spec = dataclasses.replace(spec, layers=continuous(spec.layers))
+    pair = []
+    for whole in (False, True):
+        be = NumpyBackend("cpu", TrainOptions(mean=MEAN, std=STD, label_smoothing=0.1, extra={"threads": 2}))
+        be.build(spec, init_params(spec, seed=0))
+        if whole:
+            be.net.ws = Workspace(None)
+        be.configure_optimizer(opt)
+        be.set_data("train", x, y)
+        pair.append(be)
+    pieces, gpu = pair
+    names = list(spec.param_shapes())
+    for s in range(3):
+        gpu.load_state_dict(pieces.state_dict())
+        if s:
+            gpu.load_optimizer_state(pieces.optimizer_state())
+        before = pieces.state_dict()
+        moves = []
+        for be in pair:
+            be.begin_epoch(np.arange(48), None, None, 0)  # same dropout stream for both
+            be.train_step(s * 16, s * 16 + 16, 0.05, 0.9)
+            after = be.state_dict()
+            moves.append(np.concatenate([(after[k] - before[k]).ravel() for k in names]))
+        assert np.abs(moves[0]).max() > 0
+        gap = np.linalg.norm(moves[0] - moves[1]) / np.linalg.norm(moves[0])
+        print(f"step {s}: gap {gap:.1e}")
+        assert gap < 1e-4, s
