@@ -28,20 +28,14 @@ boolean, a quarter of y's memory) for backward.
 
 from __future__ import annotations
 
-from cifarbench.backends.numpy_backend.arrays import WHOLE as _WHOLE
-from cifarbench.backends.numpy_backend.arrays import Tiled as _Tiled
-from cifarbench.backends.numpy_backend.arrays import Workspace, array_module
-
-
-def _rows(x):
-    return x.reshape(-1, x.shape[-1])
+from cifarbench.backends.numpy_backend.arrays import WHOLE, Tiled, Workspace, array_module, flat_rows
 
 
 def _moments(x2, ws: Workspace):
     """Per-channel mean and biased variance of x2 (M, C), piece by piece (two passes over each
     piece while it is in cache), combined in row order."""
     xp = array_module(x2)
-    tl = _Tiled(x2)
+    tl = Tiled(x2)
 
     def piece(r0, r1, pws):
         g = tl.group(r0, r1)
@@ -69,15 +63,15 @@ def batchnorm_train_forward(x, gamma, beta, eps: float, inplace: bool = False, w
     inplace: x may be overwritten (it becomes xhat), saving an activation-sized array.
     relu: y = max(gamma * xhat + beta, 0), the ReLU that follows fused in (its mask joins the cache).
     """
-    ws = ws or _WHOLE
+    ws = ws or WHOLE
     xp = array_module(x)
-    x2 = _rows(x)
+    x2 = flat_rows(x)
     mean, var = _moments(x2, ws)
     invstd = 1.0 / xp.sqrt(var + eps)
     xhat = x2 if inplace else xp.empty_like(x2)
     y = xp.empty_like(x2)
     keep = xp.empty(x2.shape, bool) if relu else None
-    tl = _Tiled(x2, mean, invstd, gamma, beta)
+    tl = Tiled(x2, mean, invstd, gamma, beta)
 
     def piece(r0, r1, pws):
         g = tl.group(r0, r1)
@@ -106,13 +100,13 @@ def update_running(running_mean, running_var, mean, var, m: int, momentum: float
 
 def batchnorm_eval_forward(x, gamma, beta, running_mean, running_var, eps: float, ws: Workspace | None = None,
                            relu: bool = False):
-    ws = ws or _WHOLE
+    ws = ws or WHOLE
     xp = array_module(x)
     scale = gamma / xp.sqrt(running_var + eps)
     shift = beta - running_mean * scale
-    x2 = _rows(x)
+    x2 = flat_rows(x)
     y = xp.empty_like(x2)
-    tl = _Tiled(x2, scale, shift)
+    tl = Tiled(x2, scale, shift)
 
     def piece(r0, r1, pws):
         g = tl.group(r0, r1)
@@ -130,12 +124,12 @@ def batchnorm_eval_forward(x, gamma, beta, running_mean, running_var, eps: float
 def batchnorm_backward(dy, cache, gamma, ws: Workspace | None = None):
     """(dx, dgamma, dbeta) of batchnorm_train_forward; dy is left untouched, the cache is used up
     (dx is computed in xhat's buffer)."""
-    ws = ws or _WHOLE
+    ws = ws or WHOLE
     xp = array_module(dy)
     xhat, invstd, keep = cache
-    dy2 = _rows(dy)
+    dy2 = flat_rows(dy)
     m, c = dy2.shape
-    tl = _Tiled(dy2)
+    tl = Tiled(dy2)
 
     def grad_in(r0, r1, g, pws):
         """dz for rows [r0, r1) as a tiled view: dy, or dy where the fused ReLU let the forward through."""
@@ -156,13 +150,11 @@ def batchnorm_backward(dy, cache, gamma, ws: Workspace | None = None):
     for db, dg in parts[1:]:
         dbeta += db
         dgamma += dg
-    k = gamma * invstd
-    coef = {1: (-dgamma / m, dbeta / m, k)}
-    coef[tl.g] = tuple(xp.tile(v, tl.g) for v in coef[1])
+    coef = Tiled(dy2, -dgamma / m, dbeta / m, gamma * invstd)
 
     def apply(r0, r1, pws):
         g = tl.group(r0, r1)
-        dgm, dbm, kk = coef[g]
+        dgm, dbm, kk = coef.vecs[g]
         dz = grad_in(r0, r1, g, pws)
         dx = tl.view(xhat, r0, r1, g)  # dx = k * (dz - dbeta/M - xhat*dgamma/M), written over xhat
         dx *= dgm
