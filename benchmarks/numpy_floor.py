@@ -2,9 +2,10 @@
 
     python benchmarks/numpy_floor.py [--cases cnn:64 resnet20:128] [--threads 1] [--steps 6]
 
-For each case it times ``--steps`` NumPy train steps (after two warm-up steps) with every
-``matmul`` of the convolutions and every im2col gather clocked (the clocks cost about 1 us a
-call), then the same steps on the torch CPU backend, in another process. It prints
+For each case (built as ``numpy_vs_torch.py`` builds its SGD cases) it times ``--steps`` NumPy
+train steps (after two warm-up steps) with every ``matmul`` of the convolutions and every im2col
+gather clocked (the clocks cost about 1 us a call), then the same steps on the torch CPU
+backend, in another process. It prints
 
     gemm     the convolutions' GEMMs alone (BLAS time: what no NumPy code can go below)
     gather   the im2col gathers (one strided copy each)
@@ -27,32 +28,7 @@ import subprocess
 import sys
 import time
 
-
-def _setup(kind: str, model: str, batch: int, threads: int, steps: int):
-    import numpy as np
-
-    from cifarbench.backends.base import OptimConfig, TrainOptions
-    from cifarbench.models import create_spec, init_params
-
-    options = TrainOptions(mean=(0.5,) * 3, std=(0.25,) * 3, label_smoothing=0.1, crop_pad=4, flip=True,
-                           extra={"threads": threads})
-    if kind == "torch":
-        from cifarbench.backends.torch_backend import TorchBackend
-
-        be = TorchBackend("cpu", options)
-    else:
-        from cifarbench.backends.numpy_backend import NumpyBackend
-
-        be = NumpyBackend("cpu", options)
-    spec = create_spec(model)
-    be.build(spec, init_params(spec, 0))
-    be.configure_optimizer(OptimConfig("sgd", momentum=0.9, nesterov=True, weight_decay=5e-4))
-    rng = np.random.default_rng(0)
-    n = batch * (steps + 2)
-    be.set_data("train", rng.integers(0, 256, (n, spec.image_size, spec.image_size, spec.in_channels), np.uint8),
-                rng.integers(0, spec.num_classes, n).astype(np.int64))
-    be.begin_epoch(rng.permutation(n), rng.integers(0, 9, (n, 2)), rng.random(n) < 0.5, 0)
-    return be
+from numpy_vs_torch import build_case  # beside this file: the same backends, weights, data and optimizer
 
 
 def worker(kind: str, model: str, batch: int, threads: int, steps: int) -> dict:
@@ -86,14 +62,16 @@ def worker(kind: str, model: str, batch: int, threads: int, steps: int) -> dict:
         clocked = Clocked()
         conv.im2col = im2col
         conv.array_module = lambda a: clocked if real_module(a) is np else real_module(a)
-    be = _setup(kind, model, batch, threads, steps)
+    n = batch * (steps + 2)
+    be, lr, mom, rng = build_case(kind, model, "sgd", threads, n)
+    be.begin_epoch(rng.permutation(n), rng.integers(0, 9, (n, 2)), rng.random(n) < 0.5, 0)
     for i in range(2):
-        be.train_step(i * batch, (i + 1) * batch, 0.05, 0.9)
+        be.train_step(i * batch, (i + 1) * batch, lr, mom)
     be.synchronize()
     clocks.update(gemm=0.0, gather=0.0)
     t0 = time.perf_counter()
     for i in range(2, steps + 2):
-        be.train_step(i * batch, (i + 1) * batch, 0.05, 0.9)
+        be.train_step(i * batch, (i + 1) * batch, lr, mom)
     be.synchronize()
     step = (time.perf_counter() - t0) / steps
     return {"step_s": step, "gemm_s": clocks["gemm"] / steps / threads, "gather_s": clocks["gather"] / steps / threads}

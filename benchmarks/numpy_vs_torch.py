@@ -36,13 +36,14 @@ WARMUP_STEPS = 3
 # ----- worker: one backend, driven by lines on stdin ------------------------------------------
 
 
-def worker(kind: str, cfg: dict) -> None:
+def build_case(kind: str, model: str, opt: str, threads: int, n: int):
+    """(backend, lr, momentum, rng): ``kind`` ("numpy" or "torch") built with ``model``'s seed-0
+    weights and ``opt`` ("sgd" or "adamw"), holding ``n`` synthetic uint8 training images."""
     import numpy as np
 
     from cifarbench.backends.base import OptimConfig, TrainOptions
     from cifarbench.models import create_spec, init_params
 
-    threads, batch = cfg["threads"], cfg["batch"]
     options = TrainOptions(mean=CIFAR_MEAN, std=CIFAR_STD, label_smoothing=0.1, crop_pad=4, flip=True,
                            extra={"threads": threads})
     if kind == "torch":
@@ -53,17 +54,23 @@ def worker(kind: str, cfg: dict) -> None:
         from cifarbench.backends.numpy_backend import NumpyBackend
 
         be = NumpyBackend("cpu", options)
-    spec = create_spec(cfg["model"])
+    spec = create_spec(model)
     be.build(spec, init_params(spec, 0))
-    if cfg["opt"] == "sgd":
-        opt, lr, mom = OptimConfig("sgd", momentum=0.9, nesterov=True, weight_decay=5e-4), 0.05, 0.9
+    if opt == "sgd":
+        config, lr, mom = OptimConfig("sgd", momentum=0.9, nesterov=True, weight_decay=5e-4), 0.05, 0.9
     else:
-        opt, lr, mom = OptimConfig("adamw", weight_decay=5e-2), 1e-3, 0.9
-    be.configure_optimizer(opt)
+        config, lr, mom = OptimConfig("adamw", weight_decay=5e-2), 1e-3, 0.9
+    be.configure_optimizer(config)
     rng = np.random.default_rng(0)
-    n = batch * 16
     be.set_data("train", rng.integers(0, 256, (n, spec.image_size, spec.image_size, spec.in_channels), np.uint8),
                 rng.integers(0, spec.num_classes, n).astype(np.int64))
+    return be, lr, mom, rng
+
+
+def worker(kind: str, cfg: dict) -> None:
+    batch = cfg["batch"]
+    n = batch * 16
+    be, lr, mom, rng = build_case(kind, cfg["model"], cfg["opt"], cfg["threads"], n)
     pos = [n]
 
     def steps(k: int) -> None:
