@@ -29,8 +29,9 @@ def to_numpy(a) -> np.ndarray:
     return np.array(a, copy=True)
 
 
-# The batch of a convolution is cut into this many lanes whatever the thread count (see
-# Workspace.lanes): up to 4 threads share the chunks out, and results never depend on how many.
+# A batch (its convolutions, BatchNorm, ReLU, residual adds and pooling) is cut into this many lanes
+# whatever the thread count (see Workspace.lanes): up to 4 threads share them out, and results
+# never depend on how many.
 LANES = 4
 
 # Elementwise passes (BatchNorm, ReLU, residual adds) work through their rows in pieces of about
@@ -94,9 +95,9 @@ class Workspace:
         self.set_threads(threads)
 
     def set_threads(self, threads: int) -> None:
-        """Run the chunks of a convolution on ``threads`` Python threads, each on its own part of
-        the batch with its own scratch (NumPy's copies and GEMMs release the GIL; the BLAS should
-        then run 1 thread each). 1: every chunk on the calling thread."""
+        """Run the lanes (``lanes``, ``rows``) on ``threads`` Python threads, each on its own part of
+        the batch with its own scratch (NumPy's copies, ufuncs and GEMMs release the GIL; the BLAS
+        should then run 1 thread each). 1: every lane on the calling thread."""
         threads = max(1, min(LANES, int(threads)))
         if threads == self.threads:  # (a pool exists exactly when threads > 1)
             return
