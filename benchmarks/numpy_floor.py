@@ -3,7 +3,7 @@
     python benchmarks/numpy_floor.py [--cases cnn:64 resnet20:128] [--threads 1] [--steps 6]
 
 For each case (built as ``numpy_vs_torch.py`` builds its SGD cases) it times ``--steps`` NumPy
-train steps (after two warm-up steps) with every ``matmul`` of the convolutions and every im2col
+train steps (after two warm-up steps) with every GEMM of the convolutions and every im2col
 gather clocked (the clocks cost about 1 us a call), then the same steps on the torch CPU
 backend, in another process. It prints
 
@@ -34,34 +34,21 @@ from numpy_vs_torch import build_case  # beside this file: the same backends, we
 def worker(kind: str, model: str, batch: int, threads: int, steps: int) -> dict:
     clocks = {"gemm": 0.0, "gather": 0.0}
     if kind == "numpy":
-        import numpy as np
-
         from cifarbench.backends.numpy_backend import conv
 
-        real_im2col, real_module = conv.im2col, conv.array_module
-
-        def im2col(*a, **k):
-            t = time.perf_counter()
-            out = real_im2col(*a, **k)
-            clocks["gather"] += time.perf_counter() - t
-            return out
-
-        class Clocked:  # numpy, with matmul clocked
-            __name__ = "numpy"
-
-            def __getattr__(self, name):
-                return getattr(np, name)
-
-            @staticmethod
-            def matmul(*a, **k):
+        def clocked(fn, what):
+            def timed(*a, **k):
                 t = time.perf_counter()
-                out = np.matmul(*a, **k)
-                clocks["gemm"] += time.perf_counter() - t
+                out = fn(*a, **k)
+                clocks[what] += time.perf_counter() - t
                 return out
 
-        clocked = Clocked()
-        conv.im2col = im2col
-        conv.array_module = lambda a: clocked if real_module(a) is np else real_module(a)
+            return timed
+
+        # every conv GEMM goes through these two (their arguments, im2col included, are made before the clock starts)
+        conv.im2col = clocked(conv.im2col, "gather")
+        conv.matmul_rows = clocked(conv.matmul_rows, "gemm")
+        conv.matmul_t_acc = clocked(conv.matmul_t_acc, "gemm")
     n = batch * (steps + 2)
     be, lr, mom, rng = build_case(kind, model, "sgd", threads, n)
     be.begin_epoch(rng.permutation(n), rng.integers(0, 9, (n, 2)), rng.random(n) < 0.5, 0)

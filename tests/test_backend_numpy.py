@@ -226,3 +226,34 @@ def test_whole_batch_path_of_a_gpu_takes_the_same_steps(model):
         gap = np.linalg.norm(moves[0] - moves[1]) / np.linalg.norm(moves[0])
         print(f"step {s}: gap {gap:.1e}")
         assert gap < 1e-4, s
+
+
+@pytest.mark.parametrize("m", [7, 40, 41])  # fewer rows than a piece; whole pieces; pieces and a remainder
+def test_gemm_row_pieces_stay_within_the_dot_product_error_bound(monkeypatch, m):
+    """matmul_rows and matmul_t_acc (stacked row pieces of a GEMM, then the remainder rows) compute
+    a @ b and acc + a.T @ b: every entry within the forward error bound of a length-L dot product,
+    gamma_L * (|a| @ |b|) with gamma_L = L eps / (1 - L eps), L the summed terms (K for a @ b; the
+    m rows, the piece sums and acc for a.T @ b)."""
+    from cifarbench.backends.numpy_backend import arrays
+
+    monkeypatch.setattr(arrays, "GEMM_CELLS", 8 * 6 * 5)  # 5 rows a piece for K = 8, N = 6
+    monkeypatch.setattr(arrays, "GEMM_MIN_ROWS", 2)
+    ws = arrays.Workspace(chunk_bytes=1)
+    rng = np.random.default_rng(m)
+    for dtype in (np.float64, np.float32):
+        eps = np.finfo(dtype).eps
+        a, b = rng.standard_normal((m, 8)).astype(dtype), rng.standard_normal((8, 6)).astype(dtype)
+        out = np.full((m, 6), np.nan, dtype)
+        arrays.matmul_rows(a, b, out, ws)
+        exact = a.astype(np.float64) @ b.astype(np.float64)
+        gamma = 8 * eps / (1 - 8 * eps)
+        assert np.all(np.abs(out - exact) <= gamma * (np.abs(a).astype(np.float64) @ np.abs(b)))
+        d = rng.standard_normal((m, 6)).astype(dtype)
+        acc0 = rng.standard_normal((8, 6)).astype(dtype)
+        acc = acc0.copy()
+        arrays.matmul_t_acc(a, d, acc, ws)
+        exact = acc0.astype(np.float64) + a.T.astype(np.float64) @ d.astype(np.float64)
+        terms = m + m // 5 + 2
+        gamma = terms * eps / (1 - terms * eps)
+        bound = gamma * (np.abs(acc0) + np.abs(a.T).astype(np.float64) @ np.abs(d))
+        assert np.all(np.abs(acc - exact) <= bound)

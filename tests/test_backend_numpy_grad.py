@@ -27,7 +27,14 @@ def rng():
 @pytest.mark.parametrize("k,stride,pad,bias", [(3, 1, 1, True), (3, 2, 1, False), (1, 2, 0, False), (1, 1, 0, True), (3, 1, 0, True),
                                            (3, 1, 2, False), (2, 1, 1, True), (1, 1, 1, False), (3, 3, 1, True)])
 @pytest.mark.parametrize("chunk_bytes", [None, 1])  # the whole batch at once; one image per chunk
-def test_conv2d_gradients(rng, k, stride, pad, bias, chunk_bytes):
+@pytest.mark.parametrize("gemm_pieces", [False, True])  # every GEMM in stacked row pieces, with a remainder
+def test_conv2d_gradients(rng, monkeypatch, k, stride, pad, bias, chunk_bytes, gemm_pieces):
+    if gemm_pieces:
+        from cifarbench.backends.numpy_backend import arrays
+
+        # 2-20 rows a piece for these shapes (K x N from 12 to 108): a 30-row chunk is several pieces
+        monkeypatch.setattr(arrays, "GEMM_CELLS", 250)
+        monkeypatch.setattr(arrays, "GEMM_MIN_ROWS", 1)
     x = rng.standard_normal((2, 5, 6, 3))
     w = rng.standard_normal((4, k, k, 3))
     b = rng.standard_normal(4) if bias else None

@@ -15,7 +15,7 @@ over pixels or images.
 
 Backward, with ``dy`` reshaped to (M, O)::
 
-    dw2   = dy.T @ cols            (O, K)
+    dw2   = dy.T @ cols            (O, K), computed as its transpose cols.T @ dy (the faster GEMM)
     db    = sum over rows of dy    (O,)
     dx    = the adjoint of the forward, applied to dy
 
@@ -34,7 +34,7 @@ gathers it again instead of keeping a 9x-activation matrix per layer.
 
 from __future__ import annotations
 
-from cifarbench.backends.numpy_backend.arrays import Tiled, Workspace, array_module
+from cifarbench.backends.numpy_backend.arrays import Tiled, Workspace, array_module, matmul_rows, matmul_t_acc
 
 
 def out_size(size: int, k: int, stride: int, pad: int) -> int:
@@ -117,7 +117,7 @@ def conv2d_forward(x, w, b, stride: int, pad: int, ws: Workspace):
     n, h, wd, c = x.shape
     o, k = w.shape[0], w.shape[1]
     ho, wo = out_size(h, k, stride, pad), out_size(wd, k, stride, pad)
-    w2t = w.reshape(o, -1).T
+    w2t = xp.ascontiguousarray(w.reshape(o, -1).T)  # contiguous: see arrays.GEMM_CELLS
     y = xp.empty((n * ho * wo, o), dtype=x.dtype)
     gathers = not (k == 1 and pad == 0 and stride == 1)
     tl = Tiled(y, *(() if b is None else (b,)))
@@ -125,7 +125,7 @@ def conv2d_forward(x, w, b, stride: int, pad: int, ws: Workspace):
     def part(s0: int, e0: int, pws: Workspace) -> None:
         for s, e in _chunks(e0 - s0, gathers * ho * wo * k * k * c * x.itemsize, pws):
             r0, r1 = (s + s0) * ho * wo, (e + s0) * ho * wo
-            xp.matmul(im2col(x[s + s0 : e + s0], k, stride, pad, pws), w2t, out=y[r0:r1])
+            matmul_rows(im2col(x[s + s0 : e + s0], k, stride, pad, pws), w2t, y[r0:r1], pws)
             if b is not None:  # while the chunk's rows are in cache
                 g = tl.group(r0, r1)
                 tl.view(y, r0, r1, g)[...] += tl.vecs[g][0]
@@ -150,39 +150,37 @@ def conv2d_backward(dy, x, w, stride: int, pad: int, ws: Workspace, need_dx: boo
     transposed = not pointwise and stride == 1 and pad <= k - 1  # dx = conv(dy, flipped w): gathers only
     w2 = w.reshape(o, -1)
     if transposed:
-        wtt = xp.ascontiguousarray(w[:, ::-1, ::-1, :].transpose(3, 1, 2, 0)).reshape(c, k * k * o).T
+        wtt = xp.ascontiguousarray(w[:, ::-1, ::-1, :].transpose(1, 2, 0, 3)).reshape(k * k * o, c)
     dx = xp.empty(x.shape, dtype=dy.dtype) if need_dx else None
     hw = x.shape[1] * x.shape[2]
     dx2 = None if dx is None else dx.reshape(n * hw, c)
     per_image = (not pointwise) * max(m * k * k * c, hw * k * k * o) * dy.itemsize
 
     def part(s0: int, e0: int, pws: Workspace):
-        dw = xp.zeros((o, k * k * c), dtype=dy.dtype)
+        dwt = xp.zeros((k * k * c, o), dtype=dy.dtype)  # dw.T: cols.T @ dy is the faster GEMM
         db = xp.zeros(o, dtype=dy.dtype) if has_bias else None
-        step = pws.get(xp, "dwpart", dw.shape, dy.dtype)
         for s, e in _chunks(e0 - s0, per_image, pws):
             s, e = s + s0, e + s0
             dyc = dy2[s * m : e * m]
-            xp.matmul(dyc.T, im2col(x[s:e], k, stride, pad, pws), out=step)
-            dw += step
+            matmul_t_acc(im2col(x[s:e], k, stride, pad, pws), dyc, dwt, pws)
             if has_bias:
                 db += tl.colsum(dy2, s * m, e * m)
             if dx is None:
                 continue
             if pointwise:
-                xp.matmul(dyc, w2, out=dx2[s * hw : e * hw])
+                matmul_rows(dyc, w2, dx2[s * hw : e * hw], pws)
             elif transposed:
-                xp.matmul(im2col(dy[s:e], k, 1, k - 1 - pad, pws), wtt, out=dx2[s * hw : e * hw])
+                matmul_rows(im2col(dy[s:e], k, 1, k - 1 - pad, pws), wtt, dx2[s * hw : e * hw], pws)
             else:
                 dcols = pws.get(xp, "dcols", (dyc.shape[0], k * k * c), dy.dtype)
-                xp.matmul(dyc, w2, out=dcols)
+                matmul_rows(dyc, w2, dcols, pws)
                 dx[s:e] = col2im(dcols, (e - s,) + x.shape[1:], k, stride, pad, pws)
-        return dw, db
+        return dwt, db
 
     parts = ws.lanes(n, part)
-    dw, db = parts[0]
+    dwt, db = parts[0]
     for other, other_db in parts[1:]:
-        dw += other
+        dwt += other
         if has_bias:
             db += other_db
-    return dx, dw.reshape(w.shape), db
+    return dx, xp.ascontiguousarray(dwt.T).reshape(w.shape), db
