@@ -138,7 +138,15 @@ def conv2d_backward(dy, x, w, stride: int, pad: int, ws: Workspace, need_dx: boo
     """Gradients (dx or None, dw, db or None) of conv2d_forward for upstream gradient dy,
     chunk by chunk of images like the forward (cols is gathered again, never kept); dw is summed
     lane by lane (``Workspace.lanes``), then over the lanes in order, so it does not depend on
-    how many threads ran the lanes."""
+    how many threads ran the lanes.
+
+    When dx is the transposed convolution (stride 1), dw comes from the same gathered matrix:
+    with ``dcols = im2col(dy, pad k - 1 - pad)`` (a row per input pixel q, a column per flipped
+    tap t' = (k-1-i, k-1-j) and output channel o), ``dcols[q, (t', o)] = dy[q + pad - t, o]``, so
+
+        dw[o, i, j, c] = sum_q x[q, c] * dcols[q, (t', o)]      i.e.  dw' = dcols.T @ x
+
+    and x is never gathered again (one gather per conv's backward instead of two)."""
     xp = array_module(dy)
     n, ho, wo, o = dy.shape
     k = w.shape[1]
@@ -148,39 +156,49 @@ def conv2d_backward(dy, x, w, stride: int, pad: int, ws: Workspace, need_dx: boo
     tl = Tiled(dy2)
     pointwise = k == 1 and pad == 0 and stride == 1
     transposed = not pointwise and stride == 1 and pad <= k - 1  # dx = conv(dy, flipped w): gathers only
+    shared = transposed and need_dx  # dw from dx's gathered matrix (above)
     w2 = w.reshape(o, -1)
     if transposed:
         wtt = xp.ascontiguousarray(w[:, ::-1, ::-1, :].transpose(1, 2, 0, 3)).reshape(k * k * o, c)
     dx = xp.empty(x.shape, dtype=dy.dtype) if need_dx else None
     hw = x.shape[1] * x.shape[2]
+    x2 = x.reshape(n * hw, c)
     dx2 = None if dx is None else dx.reshape(n * hw, c)
     per_image = (not pointwise) * max(m * k * k * c, hw * k * k * o) * dy.itemsize
 
     def part(s0: int, e0: int, pws: Workspace):
-        dwt = xp.zeros((k * k * c, o), dtype=dy.dtype)  # dw.T: cols.T @ dy is the faster GEMM
+        # dw.T (cols.T @ dy is the faster GEMM), or the flipped (k*k*o, c) matrix of dcols.T @ x
+        acc = xp.zeros((k * k * o, c) if shared else (k * k * c, o), dtype=dy.dtype)
         db = xp.zeros(o, dtype=dy.dtype) if has_bias else None
         for s, e in _chunks(e0 - s0, per_image, pws):
             s, e = s + s0, e + s0
             dyc = dy2[s * m : e * m]
-            matmul_t_acc(im2col(x[s:e], k, stride, pad, pws), dyc, dwt, pws)
             if has_bias:
                 db += tl.colsum(dy2, s * m, e * m)
+            if shared:
+                dcols = im2col(dy[s:e], k, 1, k - 1 - pad, pws)
+                matmul_rows(dcols, wtt, dx2[s * hw : e * hw], pws)
+                matmul_t_acc(dcols, x2[s * hw : e * hw], acc, pws)
+                continue
+            matmul_t_acc(im2col(x[s:e], k, stride, pad, pws), dyc, acc, pws)
             if dx is None:
                 continue
             if pointwise:
                 matmul_rows(dyc, w2, dx2[s * hw : e * hw], pws)
-            elif transposed:
-                matmul_rows(im2col(dy[s:e], k, 1, k - 1 - pad, pws), wtt, dx2[s * hw : e * hw], pws)
             else:
                 dcols = pws.get(xp, "dcols", (dyc.shape[0], k * k * c), dy.dtype)
                 matmul_rows(dyc, w2, dcols, pws)
                 dx[s:e] = col2im(dcols, (e - s,) + x.shape[1:], k, stride, pad, pws)
-        return dwt, db
+        return acc, db
 
     parts = ws.lanes(n, part)
-    dwt, db = parts[0]
+    acc, db = parts[0]
     for other, other_db in parts[1:]:
-        dwt += other
+        acc += other
         if has_bias:
             db += other_db
-    return dx, xp.ascontiguousarray(dwt.T).reshape(w.shape), db
+    if shared:  # acc[(k-1-i, k-1-j, o), c] -> dw[o, i, j, c]
+        dw = acc.reshape(k, k, o, c)[::-1, ::-1].transpose(2, 0, 1, 3)
+    else:
+        dw = acc.T.reshape(w.shape)
+    return dx, xp.ascontiguousarray(dw), db
