@@ -208,14 +208,16 @@ class Workspace:
             out += part
         return out
 
-    def get(self, xp, role: str, shape: tuple[int, ...], dtype):
+    def get(self, xp, role, shape: tuple[int, ...], dtype, zeroed: bool = False):
+        """A (shape, dtype) view of the buffer kept for ``role`` (any hashable), grown as needed.
+        zeroed: the buffer is all zeros when (re)made; what the caller writes into it stays."""
         n = 1
         for d in shape:
             n *= d
         key = (role, np.dtype(dtype).str, xp.__name__)
         flat = self._flat.get(key)
         if flat is None or flat.size < n:
-            flat = xp.empty(n, dtype=dtype)
+            flat = (xp.zeros if zeroed else xp.empty)(n, dtype=dtype)
             self._flat[key] = flat
         return flat[:n].reshape(shape)
 
