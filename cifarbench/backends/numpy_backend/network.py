@@ -15,10 +15,13 @@ from cifarbench.backends.numpy_backend import conv, layers, norm
 from cifarbench.backends.numpy_backend.arrays import Workspace, add_into
 from cifarbench.models import spec as S
 
-# im2col bytes per chunk of images on NumPy: about a core's L2 cache, so a chunk's cols is
-# multiplied while still in cache (measured on an EPYC with 1 MiB L2 per core: 2 MiB beat 1, 3, 4 and 16 MiB
-# at 1 and 2 threads, resnet20 b128 and cnn b64; benchmarks/results/numpy_vs_torch-epyc-2core-threads.txt)
-CHUNK_BYTES = int(os.environ.get("CIFARBENCH_NUMPY_CHUNK_BYTES", 2 << 20))
+# im2col bytes per chunk of images on NumPy. A chunk is gathered, then multiplied in GEMM pieces
+# (arrays.matmul_rows) that each read a cache-sized part of it; bigger chunks mean fewer calls, and so
+# fewer hand-overs of the GIL between the lane threads. Measured on a 2-core Xeon (2 MiB L2 a core),
+# interleaved runs, against 2 MiB: 8 MiB 9% faster for resnet20 b128 at 2 threads, 1-3% at 1 thread
+# (cnn b64: 3% at 1 thread, equal at 2); 32 MiB 4% slower than 8. On an EPYC (1 MiB L2), before the
+# GEMM pieces, 2 MiB had beaten 1, 3, 4 and 16 MiB (benchmarks/results/numpy_vs_torch-epyc-2core-threads.txt).
+CHUNK_BYTES = int(os.environ.get("CIFARBENCH_NUMPY_CHUNK_BYTES", 8 << 20))
 
 
 class Net:
