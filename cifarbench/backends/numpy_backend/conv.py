@@ -21,15 +21,16 @@ Backward, with ``dy`` reshaped to (M, O)::
 
 For stride 1 the adjoint is itself a convolution: ``dx = conv(dy, w')`` with pad ``k - 1 - pad``
 and ``w'[c, i, j, o] = w[o, k-1-i, k-1-j, c]`` (the kernel flipped, in and out channels swapped):
-one more im2col (of dy) and one GEMM, so it is gathers all the way. For stride > 1 it is
-col2im: ``dcols = dy @ w2`` (M, K), each tap's slice of dcols added back where it was gathered
-from (k*k strided adds).
+one im2col of dy and one GEMM. That same gathered matrix gives dw too (``conv2d_backward``), so a
+stride-1 conv's backward gathers once, never x again. For stride > 1 dx is col2im: ``dcols =
+dy @ w2`` (M, K), each tap's slice of dcols added back where it was gathered from (k*k strided
+adds), and dw needs x's cols gathered again.
 
 im2col is one copy out of a strided 6-D view (N, Ho, Wo, k, k, C) of the padded input, so NumPy
 copies runs of k*C contiguous values instead of k*k separate C-value slices. Both passes go
-through the batch in chunks of images (``Workspace.chunk_bytes``, about a core's L2 cache on
-NumPy): a chunk's cols is gathered and multiplied while it is still in cache, and backward
-gathers it again instead of keeping a 9x-activation matrix per layer.
+through the batch in chunks of images (``Workspace.chunk_bytes``) instead of keeping a
+9x-activation matrix per layer; a chunk's GEMM runs in row pieces (``arrays.matmul_rows``) that
+suit OpenBLAS's small-matrix kernel.
 """
 
 from __future__ import annotations
