@@ -25,7 +25,7 @@ from cifarbench.models import spec as S
 torch = pytest.importorskip("torch")
 
 from parity_reference import (  # noqa: E402
-    SCALE_TWINS, cancelled_biases, check_step_against_float64, flat, no_dropout, parity_size, reference_step, registry_param, rel,
+    CONTRACT, SCALE_TWINS, cancelled_biases, check_step_against_float64, flat, no_dropout, parity_size, reference_step, registry_param, rel,
     torch_forward)
 
 SIZE, BATCH = 16, 8  # every registered model builds at 16x16; a quarter of the work of 32x32
@@ -91,6 +91,19 @@ def backend_cls(request):
     return _backend_class(request.param)
 
 
+def assert_within_contract(spec, state, x, ours, ref32, train: bool) -> None:
+    """ours within CONTRACT of torch float32, or, where torch float32 is itself that far off, of a float64
+    run of the same reference: deep train-mode forwards (resnet50-imagenet, BN over 32 values a channel
+    in its last stage) put torch float32 1.0e-4 from float64 on one CPU (a 2-core Xeon) while the
+    backend was 4.9e-5 from it; the contract is the distance to the exact result."""
+    if rel(ours, ref32) < CONTRACT:
+        return
+    t64 = {k: torch.tensor(v).double() for k, v in state.items()}
+    ref64 = torch_forward(spec, t64, torch.tensor(x).double(), train=train).numpy()
+    print(f"{spec.name} train={train}: against float64: ours {rel(ours, ref64):.1e}, torch32 {rel(ref32, ref64):.1e}")
+    assert rel(ours, ref64) < CONTRACT
+
+
 def test_logits_match_torch(model, backend_cls):
     spec, state = model
     x = normalised_nchw(batch(spec, BATCH)[0])
@@ -100,11 +113,11 @@ def test_logits_match_torch(model, backend_cls):
     t = {k: torch.tensor(v) for k, v in state.items()}
     ref = torch_forward(spec, t, torch.tensor(x), train=False).numpy()
     assert ours.shape == (BATCH, spec.num_classes) and ours.dtype == np.float32
-    assert rel(ours, ref) < 1e-4
+    assert_within_contract(spec, state, x, ours, ref, train=False)
     # training-mode forward (batch statistics) agrees too, and captures come back NCHW
     ours_tr, caps = be.forward(x, train=True, capture=spec.capture_points[:1])
     ref_tr = torch_forward(spec, {k: torch.tensor(v) for k, v in state.items()}, torch.tensor(x), train=True).numpy()
-    assert rel(ours_tr, ref_tr) < 1e-4
+    assert_within_contract(spec, state, x, ours_tr, ref_tr, train=True)
     assert caps[spec.capture_points[0]].shape[0] == BATCH and caps[spec.capture_points[0]].ndim in (2, 4)
     print(f"{be.name} {spec.name}: logits rel eval {rel(ours, ref):.1e} train {rel(ours_tr, ref_tr):.1e}")
 
