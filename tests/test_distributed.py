@@ -17,6 +17,7 @@ import json
 import multiprocessing as mp
 import os
 import pickle
+import re
 import socket
 import sys
 from pathlib import Path
@@ -220,5 +221,9 @@ def test_real_torchrun_launcher(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)  # rank 0's summary alone: rank 1 printed nothing on stdout
     assert "x 2 ranks (gloo)" in summary["device_name"] and summary["test"]["total"] == 40
-    assert proc.stderr.count("epoch 2/2") == 1  # one progress line per epoch, from rank 0
+    # progress from rank 0 alone: one epoch line, and (the default --log-interval 10%, at most every
+    # step) one line per step but the last, which its epoch line follows at once
+    steps = int(re.search(r"2 epochs x (\d+) steps", proc.stderr).group(1))
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("epoch 2/2 |")]
+    assert sum(" | step " in ln for ln in lines) == steps - 1 and sum(" | train acc " in ln for ln in lines) == 1
     assert (out / "model.safetensors").is_file() and (out / "run_log.json").is_file()
