@@ -221,7 +221,7 @@ def test_activations_threads_and_help_name_the_models_capture_points(tmp_path, u
     finally:
         blas_threads(before)
     for name in spec.capture_points:  # the backend ran on the threads asked for (its name is in the title)
-        assert unsaved[f"{name}.png"]._suptitle.get_text().endswith(", 1 BLAS threads)")
+        assert unsaved[f"{name}.png"]._suptitle.get_text().endswith(", 1 thread)")
     assert [len(unsaved[f"{n}.png"].axes) for n in spec.capture_points] == [3, 3]  # 2 maps, 1 colorbar: no empty cell
     text = " ".join(CliRunner().invoke(app, ["activations", "--help"], env={"COLUMNS": "200"}).output.split())
     assert "four" not in text and "lenet 2" in text

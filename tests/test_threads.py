@@ -161,3 +161,13 @@ def test_numpy_conv_threads_change_nothing_but_speed():
         assert runs[t][1].keys() == ref.keys()
         for k, v in ref.items():
             assert np.array_equal(runs[t][1][k], v), (t, k)
+
+
+@pytest.mark.parametrize("threads,text", [(1, ", 1 thread)"), (2, ", 2 threads)"), (3, ", 3 threads)")])
+def test_numpy_backend_names_its_thread_count(threads, text):
+    """The run header's backend line (describe -> device_name) says how many threads the engine runs on."""
+    from cifarbench.backends.base import TrainOptions
+    from cifarbench.backends.numpy_backend import NumpyBackend
+
+    be = NumpyBackend("cpu", TrainOptions(extra={"threads": threads}))
+    assert be.describe().endswith(text) and be.conv_threads == threads

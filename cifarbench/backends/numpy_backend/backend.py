@@ -168,8 +168,13 @@ class NumpyBackend(Backend):
         pass
 
     def describe(self) -> str:
-        threads = "" if getattr(self, "threads", None) is None else (
-            f", {self.threads} BLAS threads" if self.conv_threads == 1 else f", {self.conv_threads} conv threads")
+        n = getattr(self, "threads", None)
+        if n is None:
+            threads = ""
+        elif self.conv_threads > 1:  # the batch's lanes on n threads, one BLAS thread each
+            threads = f", {self.conv_threads} threads"
+        else:
+            threads = ", 1 thread" if n == 1 else f", {n} BLAS threads"
         return f"numpy cpu (NumPy {np.__version__}, float32 im2col + BLAS GEMM{threads})"
 
 
