@@ -60,24 +60,22 @@ GEMM_CELLS = 1_000_000
 GEMM_MIN_ROWS = 96
 
 
-def gemm_rows(k: int, n: int, ws) -> int | None:
-    """Rows per GEMM piece for (rows, k) @ (k, n), or None for one GEMM (a GPU, or pieces too small)."""
-    if ws.chunk_bytes is None:
-        return None
-    r = GEMM_CELLS // max(1, k * n)
-    return r if r >= GEMM_MIN_ROWS else None
+def gemm_pieces(m: int, k: int, n: int, ws) -> tuple[int, int]:
+    """(r, p) for an (m, k) @ (k, n) GEMM: p whole pieces of r rows, then the remainder; p < 2 means
+    one GEMM (a GPU, pieces too small, or too few rows for two)."""
+    r = 0 if ws.chunk_bytes is None else GEMM_CELLS // max(1, k * n)
+    return (r, m // r) if r >= GEMM_MIN_ROWS else (m, 1)
 
 
 def matmul_rows(a, b, out, ws) -> None:
-    """out = a @ b (a: rows x K, b: K x N C-contiguous, out: rows x N), in row pieces of ``gemm_rows``.
+    """out = a @ b (a: rows x K, b: K x N C-contiguous, out: rows x N), in row pieces of ``gemm_pieces``.
 
     The pieces go to NumPy as one stacked matmul (its loop over them runs in C, without the GIL:
     a Python loop of GEMMs hands the GIL back and forth with the other lane threads at every call,
     which at 2 threads cost more than the small kernel gains), then the remainder rows."""
     xp = array_module(a)
-    r = gemm_rows(b.shape[0], b.shape[1], ws)
     m = a.shape[0]
-    p = 0 if r is None else m // r
+    r, p = gemm_pieces(m, b.shape[0], b.shape[1], ws)
     if p < 2:
         xp.matmul(a, b, out=out)
         return
@@ -87,13 +85,11 @@ def matmul_rows(a, b, out, ws) -> None:
 
 
 def matmul_t_acc(a, b, acc, ws) -> None:
-    """acc += a.T @ b (a: rows x K, b: rows x N, acc: K x N), in row pieces of ``gemm_rows`` (one
+    """acc += a.T @ b (a: rows x K, b: rows x N, acc: K x N), in row pieces of ``gemm_pieces`` (one
     stacked matmul, as in ``matmul_rows``), their products summed in row order."""
     xp = array_module(a)
-    k, n = a.shape[1], b.shape[1]
-    r = gemm_rows(k, n, ws)
-    m = a.shape[0]
-    p = 0 if r is None else m // r
+    (m, k), n = a.shape, b.shape[1]
+    r, p = gemm_pieces(m, k, n, ws)
     if p < 2:
         acc += a.T @ b
         return

@@ -152,7 +152,7 @@ def conv2d_forward(x, w, b, stride: int, pad: int, ws: Workspace):
 
 def conv2d_backward(dy, x, w, stride: int, pad: int, ws: Workspace, need_dx: bool = True, has_bias: bool = True):
     """Gradients (dx or None, dw, db or None) of conv2d_forward for upstream gradient dy,
-    chunk by chunk of images like the forward (cols is gathered again, never kept); dw is summed
+    chunk by chunk of images like the forward (a chunk's matrix is gathered again, never kept); dw is summed
     lane by lane (``Workspace.lanes``), then over the lanes in order, so it does not depend on
     how many threads ran the lanes.
 

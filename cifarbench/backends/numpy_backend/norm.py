@@ -19,7 +19,7 @@ Backward (dy -> dx), with sums over the M rows and dz = dy (times [y > 0] when a
     dx = gamma / sqrt(var + eps) * (dz - dbeta / M - xhat * dgamma / M)
 
 Every pass goes through the rows in pieces (``Workspace.rows``: cache-sized, cut within the
-fixed lanes that the conv threads share), so the several operations of a pass read a piece from
+fixed lanes that the lane threads share), so the several operations of a pass read a piece from
 cache instead of streaming the activation through memory once per operation. Statistics are
 per-piece (count, mean, centred sum of squares), combined in row order with Chan's pairwise
 update; they do not depend on the thread count. A fused ReLU keeps its mask ``y > 0`` (a
