@@ -46,7 +46,7 @@ ROW_BYTES = int(os.environ.get("CIFARBENCH_NUMPY_ROW_BYTES", str(512 << 10)))
 # NumPy's inner loop runs along the last axis: with C = 16 channels, an (M, C) array broadcast
 # against a (C,) vector is M loops of 16 elements. Viewed as (M / G, G * C) against the vector
 # tiled G times, it is long loops instead (a column sum about 6x faster at C = 16).
-INNER = 512
+INNER = int(os.environ.get("CIFARBENCH_NUMPY_INNER", "8192"))
 
 
 # OpenBLAS (its SkylakeX and later x86-64 kernels) multiplies a GEMM of at most 1e6 multiply-adds
@@ -119,6 +119,14 @@ class Tiled:
     def fold(self, s, g: int):
         """A column sum over a tiled view, folded back to C channels."""
         return s if g == 1 else s.reshape(g, self.c).sum(axis=0)
+
+    def tile(self, ws, role, v, g: int):
+        """Vector v (C,) tiled g times into ws's buffer for ``role`` (v itself for g = 1)."""
+        if g == 1:
+            return v
+        buf = ws.get(array_module(v), role, (g, self.c), v.dtype)
+        buf[...] = v
+        return buf.reshape(-1)
 
     def colsum(self, a, r0: int, r1: int):
         """sum(a[r0:r1], axis=0) over C channels, through the tiled view."""

@@ -8,31 +8,42 @@ from __future__ import annotations
 
 import numpy as np
 
-from cifarbench.backends.numpy_backend.arrays import WHOLE, Workspace, array_module, flat_rows
+from cifarbench.backends.numpy_backend.arrays import WHOLE, Tiled, Workspace, array_module, flat_rows
 
 # ----- ReLU / leaky ReLU: y = x if x > 0 else slope * x;  dx = dy * (1 if x > 0 else slope) --
 
 
-def relu_forward(x, slope: float = 0.0, inplace: bool = False, ws: Workspace | None = None, need_mask: bool = True):
+def relu_forward(x, slope: float = 0.0, inplace: bool = False, ws: Workspace | None = None, need_mask: bool = True,
+                 skip=None):
     """Returns (y, mask) with mask = x > 0 (a boolean, a quarter of the memory of y; None unless
-    ``need_mask`` or a slope needs it), piece by piece over the lanes (``Workspace.rows``)."""
+    ``need_mask`` or a slope needs it), piece by piece over the lanes (``Workspace.rows``).
+
+    skip: y = relu(x + skip), the residual add before the ReLU in the same pass over each piece
+    (with inplace, x + skip is written over x)."""
     ws = ws or WHOLE
     xp = array_module(x)
     x2 = flat_rows(x)
+    s2 = None if skip is None else flat_rows(skip)
     y2 = x2 if inplace else xp.empty_like(x2)
     need_mask = need_mask or slope != 0.0
     mask = xp.empty(x2.shape, bool) if need_mask else None
+    tl = Tiled(x2, xp.zeros(x2.shape[1], x2.dtype))
 
     def piece(r0, r1, pws):
-        xc, yc = x2[r0:r1], y2[r0:r1]
+        g = tl.group(r0, r1)
+        (zero,) = tl.vecs[g]
+        xc, yc = tl.view(x2, r0, r1, g), tl.view(y2, r0, r1, g)
+        if s2 is not None:
+            xp.add(xc, tl.view(s2, r0, r1, g), out=yc)
+            xc = yc
         if need_mask:
-            xp.greater(xc, 0, out=mask[r0:r1])
+            xp.greater(xc, zero, out=tl.view(mask, r0, r1, g))
         if slope == 0.0:
-            xp.maximum(xc, 0, out=yc)
+            xp.maximum(xc, zero, out=yc)  # (against a vector: NumPy's loop for a scalar 0 is 2x slower)
         else:
-            yc[...] = xp.where(mask[r0:r1], xc, xc * slope)
+            yc[...] = xp.where(tl.view(mask, r0, r1, g), xc, xc * slope)
 
-    ws.rows(x2.shape[0], x2.shape[1] * x2.itemsize, piece)
+    ws.rows(x2.shape[0], x2.shape[1] * x2.itemsize, piece, tl.g)
     return y2.reshape(x.shape), None if mask is None else mask.reshape(x.shape)
 
 

@@ -142,8 +142,8 @@ class ReLUNode:
     def __init__(self, s: S.ReLU, owned: bool):
         self.slope, self.owned = s.slope, owned
 
-    def forward(self, x, net):
-        y, mask = layers.relu_forward(x, self.slope, self.owned, net.ws, need_mask=net.train)
+    def forward(self, x, net, skip=None):
+        y, mask = layers.relu_forward(x, self.slope, self.owned, net.ws, need_mask=net.train, skip=skip)
         self.mask = mask if net.train else None
         return y
 
@@ -265,9 +265,11 @@ class ResidualNode:
         out = self.body.forward(x, net)
         if out is x:  # a body of dropouts only, in eval mode
             out = out.copy()
-        add_into(out, self.shortcut.forward(x, net) if self.shortcut else x, net.ws)
-        if self.relu:
-            out = self.relu.forward(out, net)
+        skip = self.shortcut.forward(x, net) if self.shortcut else x
+        if self.relu:  # out + skip, then the ReLU: one pass over each piece
+            out = self.relu.forward(out, net, skip)
+        else:
+            add_into(out, skip, net.ws)
         if self.name in net.capture_names:
             net.captures[self.name] = out.copy()
         return out

@@ -31,63 +31,67 @@ from __future__ import annotations
 from cifarbench.backends.numpy_backend.arrays import WHOLE, Tiled, Workspace, array_module, flat_rows
 
 
-def _moments(x2, ws: Workspace):
+def _moments(x2, ws: Workspace, d2):
     """Per-channel mean and biased variance of x2 (M, C), piece by piece (two passes over each
-    piece while it is in cache), combined in row order."""
+    piece while it is in cache), combined in row order. d2 receives x2 centred on each piece's
+    own mean (it may be x2 itself); returns (mean, var, {first row of a piece: its mean})."""
     xp = array_module(x2)
     tl = Tiled(x2)
 
     def piece(r0, r1, pws):
         g = tl.group(r0, r1)
-        xc = tl.view(x2, r0, r1, g)
+        xc, dc = tl.view(x2, r0, r1, g), tl.view(d2, r0, r1, g)
         mean = tl.fold(xc.sum(axis=0), g) / (r1 - r0)
-        d = pws.get(xp, "bn_d", xc.shape, xc.dtype)
-        xp.subtract(xc, mean if g == 1 else xp.tile(mean, g), out=d)
-        return r1 - r0, mean, tl.fold(xp.einsum("ij,ij->j", d, d), g)
+        xp.subtract(xc, tl.tile(pws, "bn_mu", mean, g), out=dc)
+        return r0, r1 - r0, mean, tl.fold(xp.einsum("ij,ij->j", dc, dc), g)
 
     parts = ws.rows(x2.shape[0], x2.shape[1] * x2.itemsize, piece, tl.g)
-    n, mean, m2 = parts[0]
-    for nb, mb, m2b in parts[1:]:  # Chan et al.: merge (n, mean, M2) of two disjoint sets
+    _, n, mean, m2 = parts[0]
+    for _, nb, mb, m2b in parts[1:]:  # Chan et al.: merge (n, mean, M2) of two disjoint sets
         total = n + nb
         delta = mb - mean
         mean = mean + delta * (nb / total)
         m2 = m2 + m2b + delta * delta * (n * nb / total)
         n = total
-    return mean, m2 / n
+    return mean, m2 / n, {r0: mb for r0, _, mb, _ in parts}
 
 
 def batchnorm_train_forward(x, gamma, beta, eps: float, inplace: bool = False, ws: Workspace | None = None,
                             relu: bool = False):
     """Returns y and the cache backward needs, plus (mean, biased var).
 
-    inplace: x may be overwritten (it becomes xhat), saving an activation-sized array.
+    inplace: x may be overwritten (it becomes the cache's centred copy), saving an activation-sized array.
     relu: y = max(gamma * xhat + beta, 0), the ReLU that follows fused in (its mask joins the cache).
+
+    The cache keeps d = x - (its piece's mean) from the statistics pass, not xhat: with delta_p =
+    piece mean - batch mean, xhat = (d + delta_p) * invstd, so y = d * s + (beta + delta_p * s) with
+    s = gamma * invstd, two passes a piece where centring on the batch mean again and scaling
+    would take four. delta_p is of the order of std / sqrt(piece rows): d is as well centred as
+    x - mean, so no precision is lost to cancellation (unlike y = x * s + t, PyTorch's CPU form).
     """
     ws = ws or WHOLE
     xp = array_module(x)
     x2 = flat_rows(x)
-    mean, var = _moments(x2, ws)
+    d2 = x2 if inplace else xp.empty_like(x2)
+    mean, var, piece_means = _moments(x2, ws, d2)
     invstd = 1.0 / xp.sqrt(var + eps)
-    xhat = x2 if inplace else xp.empty_like(x2)
+    scale = gamma * invstd
     y = xp.empty_like(x2)
     keep = xp.empty(x2.shape, bool) if relu else None
-    tl = Tiled(x2, mean, invstd, gamma, beta)
+    tl = Tiled(x2, scale, xp.zeros_like(scale))
 
     def piece(r0, r1, pws):
         g = tl.group(r0, r1)
-        mu, inv, ga, be = tl.vecs[g]
-        xh, yc = tl.view(xhat, r0, r1, g), tl.view(y, r0, r1, g)
-        xp.subtract(tl.view(x2, r0, r1, g), mu, out=xh)
-        xh *= inv
-        xp.multiply(xh, ga, out=yc)
-        yc += be
+        sc, zero = tl.vecs[g]
+        yc = tl.view(y, r0, r1, g)
+        xp.multiply(tl.view(d2, r0, r1, g), sc, out=yc)
+        yc += tl.tile(pws, "bn_shift", beta + (piece_means[r0] - mean) * scale, g)
         if relu:
-            kc = tl.view(keep, r0, r1, g)
-            xp.greater(yc, 0, out=kc)
-            xp.maximum(yc, 0, out=yc)
+            xp.greater(yc, zero, out=tl.view(keep, r0, r1, g))
+            xp.maximum(yc, zero, out=yc)  # (against a vector: NumPy's loop for a scalar 0 is 2x slower)
 
     ws.rows(x2.shape[0], x2.shape[1] * x2.itemsize, piece, tl.g)
-    return y.reshape(x.shape), (xhat, invstd, keep), mean, var
+    return y.reshape(x.shape), (d2, invstd, keep, mean, piece_means), mean, var
 
 
 def update_running(running_mean, running_var, mean, var, m: int, momentum: float) -> None:
@@ -123,44 +127,49 @@ def batchnorm_eval_forward(x, gamma, beta, running_mean, running_var, eps: float
 
 def batchnorm_backward(dy, cache, gamma, ws: Workspace | None = None):
     """(dx, dgamma, dbeta) of batchnorm_train_forward; dy is left untouched, the cache is used up
-    (dx is computed in xhat's buffer)."""
+    (dx is computed in the buffer of its centred copy d).
+
+    In the forward's pieces, with xhat = (d + delta_p) * invstd (see batchnorm_train_forward)::
+
+        dgamma = invstd * sum_p (sum(dz * d) + delta_p * sum(dz))
+        dx     = k * (dz + a * d + (a * delta_p - dbeta / M)),   k = gamma * invstd, a = -invstd * dgamma / M
+
+    dz (dy through the fused ReLU's mask) is made once, in the first pass, into a scratch array
+    the second pass reads back."""
     ws = ws or WHOLE
     xp = array_module(dy)
-    xhat, invstd, keep = cache
+    d2, invstd, keep, mean, piece_means = cache
     dy2 = flat_rows(dy)
     m, c = dy2.shape
     tl = Tiled(dy2)
-
-    def grad_in(r0, r1, g, pws):
-        """dz for rows [r0, r1) as a tiled view: dy, or dy where the fused ReLU let the forward through."""
-        dyc = tl.view(dy2, r0, r1, g)
-        if keep is None:
-            return dyc
-        t = pws.get(xp, "bn_t", dyc.shape, dyc.dtype)
-        xp.multiply(dyc, tl.view(keep, r0, r1, g), out=t)
-        return t
+    dz2 = dy2 if keep is None else ws.get(xp, "bn_dz", dy2.shape, dy2.dtype)
 
     def sums(r0, r1, pws):
         g = tl.group(r0, r1)
-        dz = grad_in(r0, r1, g, pws)
-        return tl.fold(dz.sum(axis=0), g), tl.fold(xp.einsum("ij,ij->j", dz, tl.view(xhat, r0, r1, g)), g)
+        dz = tl.view(dz2, r0, r1, g)
+        if keep is not None:
+            xp.multiply(tl.view(dy2, r0, r1, g), tl.view(keep, r0, r1, g), out=dz)
+        return tl.fold(dz.sum(axis=0), g), tl.fold(xp.einsum("ij,ij->j", dz, tl.view(d2, r0, r1, g)), g)
 
     parts = ws.rows(m, c * dy2.itemsize, sums, tl.g)
-    dbeta, dgamma = parts[0][0].copy(), parts[0][1].copy()
-    for db, dg in parts[1:]:
+    starts = list(piece_means)
+    dbeta = parts[0][0].copy()
+    dgd = parts[0][1] + (piece_means[starts[0]] - mean) * parts[0][0]
+    for r0, (db, dg) in zip(starts[1:], parts[1:]):
         dbeta += db
-        dgamma += dg
-    coef = Tiled(dy2, -dgamma / m, dbeta / m, gamma * invstd)
+        dgd += dg + (piece_means[r0] - mean) * db
+    dgamma = dgd * invstd
+    a = -invstd * dgamma / m
+    coef = Tiled(dy2, a, gamma * invstd)
 
     def apply(r0, r1, pws):
         g = tl.group(r0, r1)
-        dgm, dbm, kk = coef.vecs[g]
-        dz = grad_in(r0, r1, g, pws)
-        dx = tl.view(xhat, r0, r1, g)  # dx = k * (dz - dbeta/M - xhat*dgamma/M), written over xhat
-        dx *= dgm
-        dx += dz
-        dx -= dbm
+        av, kk = coef.vecs[g]
+        dx = tl.view(d2, r0, r1, g)  # written over d
+        dx *= av
+        dx += tl.view(dz2, r0, r1, g)
+        dx += tl.tile(pws, "bn_shift", a * (piece_means[r0] - mean) - dbeta / m, g)
         dx *= kk
 
     ws.rows(m, c * dy2.itemsize, apply, tl.g)
-    return xhat.reshape(dy.shape), dgamma, dbeta
+    return d2.reshape(dy.shape), dgamma, dbeta
