@@ -34,7 +34,7 @@ from cifarbench.backends.numpy_backend.arrays import WHOLE, Tiled, Workspace, ar
 def _moments(x2, ws: Workspace, d2):
     """Per-channel mean and biased variance of x2 (M, C), piece by piece (two passes over each
     piece while it is in cache), combined in row order. d2 receives x2 centred on each piece's
-    own mean (it may be x2 itself); returns (mean, var, {first row of a piece: its mean})."""
+    own mean (it may be x2 itself); returns (mean, var, {first row of a piece: its mean - mean})."""
     xp = array_module(x2)
     tl = Tiled(x2)
 
@@ -53,7 +53,7 @@ def _moments(x2, ws: Workspace, d2):
         mean = mean + delta * (nb / total)
         m2 = m2 + m2b + delta * delta * (n * nb / total)
         n = total
-    return mean, m2 / n, {r0: mb for r0, _, mb, _ in parts}
+    return mean, m2 / n, {r0: mb - mean for r0, _, mb, _ in parts}
 
 
 def batchnorm_train_forward(x, gamma, beta, eps: float, inplace: bool = False, ws: Workspace | None = None,
@@ -73,7 +73,7 @@ def batchnorm_train_forward(x, gamma, beta, eps: float, inplace: bool = False, w
     xp = array_module(x)
     x2 = flat_rows(x)
     d2 = x2 if inplace else xp.empty_like(x2)
-    mean, var, piece_means = _moments(x2, ws, d2)
+    mean, var, deltas = _moments(x2, ws, d2)
     invstd = 1.0 / xp.sqrt(var + eps)
     scale = gamma * invstd
     y = xp.empty_like(x2)
@@ -85,13 +85,13 @@ def batchnorm_train_forward(x, gamma, beta, eps: float, inplace: bool = False, w
         sc, zero = tl.vecs[g]
         yc = tl.view(y, r0, r1, g)
         xp.multiply(tl.view(d2, r0, r1, g), sc, out=yc)
-        yc += tl.tile(pws, "bn_shift", beta + (piece_means[r0] - mean) * scale, g)
+        yc += tl.tile(pws, "bn_shift", beta + deltas[r0] * scale, g)
         if relu:
             xp.greater(yc, zero, out=tl.view(keep, r0, r1, g))
             xp.maximum(yc, zero, out=yc)  # (against a vector: NumPy's loop for a scalar 0 is 2x slower)
 
     ws.rows(x2.shape[0], x2.shape[1] * x2.itemsize, piece, tl.g)
-    return y.reshape(x.shape), (d2, invstd, keep, mean, piece_means), mean, var
+    return y.reshape(x.shape), (d2, invstd, keep, deltas), mean, var
 
 
 def update_running(running_mean, running_var, mean, var, m: int, momentum: float) -> None:
@@ -138,7 +138,7 @@ def batchnorm_backward(dy, cache, gamma, ws: Workspace | None = None):
     the second pass reads back."""
     ws = ws or WHOLE
     xp = array_module(dy)
-    d2, invstd, keep, mean, piece_means = cache
+    d2, invstd, keep, deltas = cache
     dy2 = flat_rows(dy)
     m, c = dy2.shape
     tl = Tiled(dy2)
@@ -149,15 +149,14 @@ def batchnorm_backward(dy, cache, gamma, ws: Workspace | None = None):
         dz = tl.view(dz2, r0, r1, g)
         if keep is not None:
             xp.multiply(tl.view(dy2, r0, r1, g), tl.view(keep, r0, r1, g), out=dz)
-        return tl.fold(dz.sum(axis=0), g), tl.fold(xp.einsum("ij,ij->j", dz, tl.view(d2, r0, r1, g)), g)
+        db = tl.fold(dz.sum(axis=0), g)
+        return db, tl.fold(xp.einsum("ij,ij->j", dz, tl.view(d2, r0, r1, g)), g) + deltas[r0] * db
 
     parts = ws.rows(m, c * dy2.itemsize, sums, tl.g)
-    starts = list(piece_means)
-    dbeta = parts[0][0].copy()
-    dgd = parts[0][1] + (piece_means[starts[0]] - mean) * parts[0][0]
-    for r0, (db, dg) in zip(starts[1:], parts[1:]):
+    dbeta, dgd = parts[0][0].copy(), parts[0][1].copy()
+    for db, dg in parts[1:]:
         dbeta += db
-        dgd += dg + (piece_means[r0] - mean) * db
+        dgd += dg
     dgamma = dgd * invstd
     a = -invstd * dgamma / m
     coef = Tiled(dy2, a, gamma * invstd)
@@ -168,7 +167,7 @@ def batchnorm_backward(dy, cache, gamma, ws: Workspace | None = None):
         dx = tl.view(d2, r0, r1, g)  # written over d
         dx *= av
         dx += tl.view(dz2, r0, r1, g)
-        dx += tl.tile(pws, "bn_shift", a * (piece_means[r0] - mean) - dbeta / m, g)
+        dx += tl.tile(pws, "bn_shift", a * deltas[r0] - dbeta / m, g)
         dx *= kk
 
     ws.rows(m, c * dy2.itemsize, apply, tl.g)
